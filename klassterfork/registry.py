@@ -59,10 +59,13 @@ class Registry:
         )
 
     def accepted_args(self, name):
-        """Keyword names the builder accepts, or None if it takes **kwargs."""
+        """Keyword names the builder accepts.
+
+        A `**kwargs` catch-all is not counted: Keras classes forward it to a
+        base class that rejects unknown names late and vaguely, so a config
+        may only use named arguments.
+        """
         params = inspect.signature(self[name]).parameters.values()
-        if any(p.kind is p.VAR_KEYWORD for p in params):
-            return None
         return [
             p.name
             for p in params

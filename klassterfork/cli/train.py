@@ -1,0 +1,138 @@
+"""`kf-train` = `python runs/train.py CONFIG [-r] [-e] [--set k=v] [--print-config]`.
+
+Trains every stage of a config in order (a later stage starts from the weights
+of the one before), or with `-e` evaluates the latest checkpoint (or
+`--checkpoint`) on `datasets.val` and writes a predictions file.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+RUNS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "runs")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="kf-train", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="config path, or a bare file name found under runs/")
+    parser.add_argument("-r", "--resume", action="store_true",
+                        help="resume from the latest checkpoint of the experiment")
+    parser.add_argument("-e", "--evaluate", action="store_true",
+                        help="evaluate the latest (or --checkpoint) checkpoint on datasets.val")
+    parser.add_argument("--checkpoint", help="checkpoint prefix to evaluate with -e")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train_loop.epochs=3")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved stages as JSON and exit")
+    parser.add_argument("--experiment-dir", help="overrides meta.experiment_dir")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from klassterfork.config.loader import ConfigError, find_config, load
+
+    try:
+        path = find_config(args.config, RUNS_DIR)
+        stages, source = load(path, args.set)
+    except ConfigError as err:
+        print(f"kf-train: config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(stages, indent=2))
+        return 0
+    try:
+        return run(stages, source, args)
+    except ConfigError as err:
+        print(f"kf-train: config error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(stages, source, args):
+    from klassterfork.training import builders
+    from klassterfork.training import strategy as strategies
+    from klassterfork.training.trainer import Stage, stage_dirs, write_json_atomic
+
+    first_loop = builders.train_loop_config(stages[0], source)
+    if first_loop["logical_cpu_devices"]:
+        strategies.split_cpu(first_loop["logical_cpu_devices"])
+    try:
+        strategy = strategies.make_strategy(first_loop["strategy"], first_loop["devices"])
+    except ValueError as err:
+        from klassterfork.config.loader import ConfigError
+
+        raise ConfigError(source, "train_loop.strategy", str(err)) from None
+    meta = stages[-1].get("meta") or {}
+    name = meta.get("name") or os.path.splitext(os.path.basename(source.path))[0]
+    experiment_dir = args.experiment_dir or meta.get("experiment_dir") or os.path.join(
+        "experiments", name
+    )
+    os.makedirs(experiment_dir, exist_ok=True)
+    chief = strategies.is_chief(strategy)
+    if chief:
+        write_json_atomic(os.path.join(experiment_dir, "config.resolved.json"), stages)
+
+    if args.evaluate:
+        index = len(stages) - 1
+        stage = Stage(stages[index], source, experiment_dir=experiment_dir,
+                      stage_index=index, strategy=strategy)
+        dirs = stage_dirs(experiment_dir, index)
+        restored = stage.restore(args.checkpoint) if args.checkpoint and os.path.isdir(
+            args.checkpoint) else None
+        if args.checkpoint and not restored:
+            stage.checkpoint.restore(args.checkpoint).expect_partial()
+            restored = args.checkpoint
+        if not restored:
+            for i in range(index, -1, -1):
+                restored = stage.restore(stage_dirs(experiment_dir, i)["checkpoints"],
+                                         model_only=True)
+                if restored:
+                    break
+        if not restored:
+            print(f"kf-train: no checkpoint under {experiment_dir} to evaluate.",
+                  file=sys.stderr)
+            return 1
+        predictions = os.path.join(dirs["root"], "predictions_val")
+        metrics = stage.evaluate(predictions_path=predictions)
+        print(f"evaluated {restored}")
+        print(f"val top-1 {metrics['val_top1']:.4f}  top-5 {metrics['val_top5']:.4f}  "
+              f"({metrics['val_videos']} videos)")
+        print(f"predictions: {predictions}.npz / .json")
+        if chief:
+            write_json_atomic(os.path.join(dirs["root"], "eval_metrics.json"), metrics)
+        return 0
+
+    previous = None
+    result = {}
+    for index, stage_cfg in enumerate(stages):
+        dirs = stage_dirs(experiment_dir, index)
+        if os.path.exists(dirs["done"]):
+            if not args.resume:
+                from klassterfork.config.loader import ConfigError
+
+                raise ConfigError(
+                    source, "meta.experiment_dir", f"{experiment_dir} already holds a "
+                    "finished run: resume with -r, or choose another experiment_dir."
+                )
+            print(f"stage {index}: already complete, skipped")
+            previous = dirs["checkpoints"]
+            continue
+        stage = Stage(stage_cfg, source, experiment_dir=experiment_dir,
+                      stage_index=index, strategy=strategy)
+        result = stage.train(resume=args.resume, previous_checkpoints=previous)
+        if result.get("stopped"):
+            return 0
+        previous = dirs["checkpoints"]
+    if chief:
+        dirs = stage_dirs(experiment_dir, len(stages) - 1)
+        print(f"checkpoints: {dirs['checkpoints']}")
+        print(f"CSV log:     {dirs['csv']}")
+        print(f"TensorBoard: tensorboard --logdir {dirs['tensorboard']}")
+        print(f"model:       {dirs['model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

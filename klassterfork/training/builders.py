@@ -1,0 +1,228 @@
+"""Builds the pieces of one stage from its config dict: data, model, loss,
+optimizer. Every config problem becomes a `ConfigError` naming file and line."""
+
+import difflib
+import glob
+import inspect
+import json
+import os
+
+import keras
+
+from klassterfork import models
+from klassterfork.config.components import build_component, split_component
+from klassterfork.config.loader import ConfigError
+from klassterfork.data import pipeline
+from klassterfork.models.registry import MODELS
+from klassterfork.training.losses import LOSSES
+from klassterfork.training.optimizers import OPTIMIZERS
+from klassterfork.training.schedules import SCHEDULES
+
+TRAIN_LOOP_DEFAULTS = {
+    "epochs": 1,
+    "strategy": "default",
+    "devices": None,
+    "logical_cpu_devices": None,
+    "steps_per_epoch": None,
+    "checkpoint_every_steps": 100,
+    "keep_checkpoints": 3,
+    "log_every_steps": 10,
+    "eval_every_epochs": 1,
+    "jit_compile": False,
+    "deterministic": False,
+    "seed": 0,
+    "stop_after_steps": None,
+    "progress": True,
+}
+METRICS = ("top1", "top5")
+# Keys of a dataset block that the trainer consumes; the rest go to the pipeline.
+DATASET_KEYS = ("dir", "split", "files", "flip", "num_examples")
+
+
+def train_loop_config(stage, source):
+    """The `train_loop` block with defaults filled and unknown keys rejected."""
+    block = dict(stage.get("train_loop") or {})
+    for key in block:
+        if key not in TRAIN_LOOP_DEFAULTS:
+            close = difflib.get_close_matches(key, TRAIN_LOOP_DEFAULTS, n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                source, f"train_loop.{key}",
+                f"unknown key.{hint} Accepted: {', '.join(TRAIN_LOOP_DEFAULTS)}",
+            )
+    return {**TRAIN_LOOP_DEFAULTS, **block}
+
+
+def metric_names(stage, source):
+    names = stage.get("metrics") or list(METRICS)
+    for i, name in enumerate(names):
+        if name not in METRICS:
+            raise ConfigError(
+                source, "metrics", f"unknown metric {name!r} (item {i}). "
+                f"Accepted: {', '.join(METRICS)}"
+            )
+    return list(names)
+
+
+class DatasetInfo:
+    """A split's shard files plus what its manifest says (size, labels, flip)."""
+
+    def __init__(self, files, manifest):
+        self.files = files
+        self.manifest = manifest or {}
+
+    @property
+    def num_examples(self):
+        counts = self.manifest.get("counts", {})
+        for key in ("videos_written", "videos", "written", "num_videos"):
+            if key in counts:
+                return int(counts[key])
+        if "num_videos" in self.manifest:
+            return int(self.manifest["num_videos"])
+        return None
+
+    @property
+    def label_names(self):
+        for key in ("label_names", "labels", "label_map"):
+            names = self.manifest.get(key)
+            if isinstance(names, list):
+                return names
+        return None
+
+    @property
+    def flip_label_map(self):
+        return self.manifest.get("flip_label_map")
+
+
+def dataset_info(block, source, key):
+    """Finds the shard files and manifest of a `datasets.<name>` block."""
+    if "files" in block:
+        pattern = block["files"]
+        files = sorted(glob.glob(pattern)) if isinstance(pattern, str) else list(pattern)
+        manifest_path = None
+        if "split" in block and files:
+            manifest_path = os.path.join(
+                os.path.dirname(files[0]), f"{block['split']}.manifest.json"
+            )
+    elif "dir" in block:
+        split = block.get("split")
+        if not split:
+            raise ConfigError(source, f"{key}.dir", "`split` is required with `dir`.")
+        files = sorted(glob.glob(os.path.join(block["dir"], f"{split}-*-of-*.tfrecord")))
+        manifest_path = os.path.join(block["dir"], f"{split}.manifest.json")
+    else:
+        raise ConfigError(source, key, "a dataset needs `dir` + `split`, or `files`.")
+    if not files:
+        where = block.get("dir", block.get("files"))
+        raise ConfigError(
+            source, key, f"no TFRecord shards found for {where!r} "
+            f"(split {block.get('split')!r}). Run kf-convert first."
+        )
+    manifest = None
+    if manifest_path and os.path.exists(manifest_path):
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    info = DatasetInfo(files, manifest)
+    if "num_examples" in block:
+        info.manifest.setdefault("counts", {})["videos_written"] = block["num_examples"]
+    return info
+
+
+def _pipeline_kwargs(fn, block, source, key, extra):
+    kwargs = {k: v for k, v in block.items() if k not in DATASET_KEYS}
+    kwargs.update(extra)
+    accepted = list(inspect.signature(fn).parameters)[1:]
+    for name in kwargs:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                source, f"{key}.{name}", f"not an argument of {fn.__name__}.{hint} "
+                f"Accepted: {', '.join(accepted + list(DATASET_KEYS))}"
+            )
+    return kwargs
+
+
+def flip_map(block, info, source, key):
+    flip = block.get("flip", False)
+    if flip is False or flip is None:
+        return None
+    if flip is True or flip == "manifest":
+        if info.flip_label_map is None:
+            raise ConfigError(
+                source, f"{key}.flip", "the manifest declares no flip_label_map; "
+                "give the map as a list (label after flipping per class, -1 = never flip)."
+            )
+        return list(info.flip_label_map)
+    if isinstance(flip, list):
+        return flip
+    raise ConfigError(
+        source, f"{key}.flip", f"must be true, false, 'manifest' or a list. Received: {flip!r}"
+    )
+
+
+def make_train_dataset(block, info, source, key, *, seed):
+    extra = {"seed": block.get("seed", seed)}
+    fmap = flip_map(block, info, source, key)
+    if fmap is not None:
+        extra["flip_label_map"] = fmap
+    kwargs = _pipeline_kwargs(pipeline.train_dataset, block, source, key, extra)
+    try:
+        return pipeline.train_dataset(info.files, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(source, key, str(err)) from None
+
+
+def make_eval_dataset(block, info, source, key):
+    kwargs = _pipeline_kwargs(pipeline.eval_dataset, block, source, key, {"with_ids": True})
+    try:
+        return pipeline.eval_dataset(info.files, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(source, key, str(err)) from None
+
+
+def make_model(stage, source, *, num_classes=None):
+    block = stage.get("model")
+    if block is None:
+        raise ConfigError(source, "model", "the stage has no model. "
+                          f"Accepted: {', '.join(models.available())}")
+    name, kwargs = split_component(block, source, "model", MODELS)
+    accepted = MODELS.accepted_args(name)
+    if num_classes is not None and "num_classes" in accepted and "num_classes" not in kwargs:
+        kwargs["num_classes"] = num_classes
+    try:
+        return models.build(name, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(source, f"model.{name}", str(err)) from None
+
+
+def make_loss(stage, source):
+    block = stage.get("loss") or {"SparseCategoricalCrossentropy": {"from_logits": True}}
+    name, kwargs = split_component(block, source, "loss", LOSSES)
+    accepted = LOSSES.accepted_args(name)
+    if "reduction" in accepted:
+        kwargs["reduction"] = None  # the loop averages over the global batch
+    try:
+        return LOSSES[name](**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(source, f"loss.{name}", str(err)) from None
+
+
+def make_optimizer(stage, source, *, steps_per_epoch):
+    block = stage.get("optimizer") or {"Adam": {}}
+    name, kwargs = split_component(block, source, "optimizer", OPTIMIZERS)
+    lr = kwargs.get("learning_rate")
+    if isinstance(lr, (dict, str)):
+        kwargs["learning_rate"] = build_component(
+            lr, source, f"optimizer.{name}.learning_rate", SCHEDULES,
+            steps_per_epoch=steps_per_epoch,
+        )
+    try:
+        return OPTIMIZERS[name](**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(source, f"optimizer.{name}", str(err)) from None
+
+
+def current_lr(optimizer):
+    lr = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))

@@ -1,0 +1,364 @@
+"""The training loop: our own `strategy.run` loop, one code path for the
+default strategy, MirroredStrategy and MultiWorkerMirroredStrategy.
+
+Why not `model.fit`: in Keras 3.15, `fit` under MultiWorkerMirroredStrategy
+fails ("unsupported type PerReplica"), while this loop trains identically on 2
+workers. The optimizer is built inside the strategy scope before the first
+step (keras issue 23085), so its slots are mirrored like the model.
+
+Checkpoints (`tf.train.CheckpointManager`) hold model, optimizer, step, epoch
+and the training data iterator, so `resume=True` continues at the exact step
+and data position. TensorFlow writes checkpoint data under temporary names and
+updates the `checkpoint` index file last, so a killed run never leaves a
+half-written checkpoint as the latest one.
+"""
+
+import csv
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from klassterfork.config.loader import ConfigError
+from klassterfork.evaluation.predictions import write_predictions
+from klassterfork.training import builders
+from klassterfork.training import strategy as strategies
+
+CSV_FIELDS = (
+    "epoch", "step", "loss", "top1", "top5", "lr", "clips_per_s",
+    "val_loss", "val_top1", "val_top5", "time",
+)
+
+
+def stage_dirs(experiment_dir, stage_index):
+    root = os.path.join(experiment_dir, f"stage{stage_index}")
+    return {
+        "root": root,
+        "checkpoints": os.path.join(root, "checkpoints"),
+        "tensorboard": os.path.join(root, "tensorboard"),
+        "csv": os.path.join(root, "log.csv"),
+        "done": os.path.join(root, "DONE"),
+        "model": os.path.join(root, "model.keras"),
+        "best": os.path.join(root, "best.keras"),
+    }
+
+
+def _top_k_correct(labels, logits, k):
+    k = min(k, logits.shape[-1])
+    hits = tf.math.in_top_k(tf.cast(labels, tf.int32), tf.cast(logits, tf.float32), k)
+    return tf.reduce_sum(tf.cast(hits, tf.float32))
+
+
+def save_keras_atomic(model, path):
+    """`model.save` to a temporary name, then rename (no half-written model)."""
+    tmp = path[: -len(".keras")] + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class Stage:
+    """One training stage: built from a resolved stage dict.
+
+    Args:
+        stage: dict. The stage config (see design.md, Configs).
+        source: config Source, for located errors.
+        experiment_dir: str. Where checkpoints, logs and models go.
+        stage_index: int.
+        strategy: tf.distribute.Strategy.
+    """
+
+    def __init__(self, stage, source, *, experiment_dir, stage_index, strategy):
+        self.stage, self.source = stage, source
+        self.loop = builders.train_loop_config(stage, source)
+        self.metrics = builders.metric_names(stage, source)
+        self.strategy = strategy
+        self.chief = strategies.is_chief(strategy)
+        self.dirs = stage_dirs(experiment_dir, stage_index)
+        self.stage_index = stage_index
+        datasets = stage.get("datasets") or {}
+        if "train" not in datasets and "val" not in datasets:
+            raise ConfigError(source, "datasets", "needs a `train` and/or `val` dataset.")
+        self.train_info = self.val_info = None
+        if "train" in datasets:
+            self.train_info = builders.dataset_info(datasets["train"], source, "datasets.train")
+        if "val" in datasets:
+            self.val_info = builders.dataset_info(datasets["val"], source, "datasets.val")
+        info = self.train_info or self.val_info
+        self.label_names = info.label_names
+        seed = int(self.loop["seed"])
+        if self.loop["deterministic"]:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(seed)
+
+        self.global_batch = None
+        self.steps_per_epoch = 1
+        if self.train_info is not None:
+            self.global_batch = int(datasets["train"]["batch_size"])
+            self.steps_per_epoch = self.loop["steps_per_epoch"] or self._steps_from_manifest()
+        with strategy.scope():
+            num_classes = len(self.label_names) if self.label_names else None
+            self.model = builders.make_model(stage, source, num_classes=num_classes)
+            self.loss_fn = builders.make_loss(stage, source)
+            self.optimizer = builders.make_optimizer(
+                stage, source, steps_per_epoch=self.steps_per_epoch
+            )
+            # Build the optimizer's slots now, inside the scope (keras issue 23085).
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.train_iterator = None
+        if self.train_info is not None:
+            dataset = builders.make_train_dataset(
+                datasets["train"], self.train_info, source, "datasets.train", seed=seed
+            )
+            options = tf.data.Options()
+            # Few shards per worker is common: shard by element, not by file.
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA
+            )
+            dataset = dataset.with_options(options)
+            self.train_iterator = iter(strategy.experimental_distribute_dataset(dataset))
+        self.val_block = datasets.get("val")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+            **({"iterator": self.train_iterator} if self.train_iterator is not None else {}),
+        )
+
+    def _steps_from_manifest(self):
+        count = self.train_info.num_examples
+        if count is None:
+            raise ConfigError(
+                self.source, "datasets.train", "the manifest gives no video count: set "
+                "train_loop.steps_per_epoch or datasets.train.num_examples."
+            )
+        steps = count // self.global_batch
+        if steps < 1:
+            raise ConfigError(
+                self.source, "datasets.train.batch_size",
+                f"batch_size {self.global_batch} is larger than the {count} training videos.",
+            )
+        return steps
+
+    # ---- steps ---------------------------------------------------------------
+    def _make_train_step(self):
+        model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
+        global_batch = self.global_batch
+
+        def step_fn(clips, labels):
+            with tf.GradientTape() as tape:
+                logits = model(clips, training=True)
+                per_example = loss_fn(labels, logits)
+                # Gradients are summed over replicas, so each replica divides by
+                # the GLOBAL batch: the sum is then the mean over all examples.
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return {
+                "loss": tf.reduce_sum(per_example),
+                "top1": _top_k_correct(labels, logits, 1),
+                "top5": _top_k_correct(labels, logits, 5),
+                "count": tf.cast(tf.shape(labels)[0], tf.float32),
+            }
+
+        def train_step(iterator):
+            clips, labels = next(iterator)
+            out = self.strategy.run(step_fn, args=(clips, labels))
+            self.step.assign_add(1)
+            return {
+                k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in out.items()
+            }
+
+        return tf.function(train_step, jit_compile=bool(self.loop["jit_compile"]))
+
+    def _predict_fn(self):
+        model = self.model
+
+        @tf.function
+        def predict(clips):
+            # (B, V, T, H, W, C): views folded into the batch, softmax averaged.
+            shape = tf.shape(clips)
+            flat = tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0))
+            logits = tf.cast(model(flat, training=False), tf.float32)
+            probs = tf.nn.softmax(logits, axis=-1)
+            return tf.reduce_mean(tf.reshape(probs, [shape[0], shape[1], -1]), axis=1)
+
+        return predict
+
+    # ---- evaluation ----------------------------------------------------------
+    def evaluate(self, predictions_path=None):
+        """Multi-view evaluation on `datasets.val`; returns metrics dict."""
+        if self.val_info is None:
+            raise ConfigError(self.source, "datasets", "evaluation needs a `val` dataset.")
+        dataset = builders.make_eval_dataset(
+            self.val_block, self.val_info, self.source, "datasets.val"
+        )
+        predict = self._predict_fn()
+        ids, scores, labels = [], [], []
+        for clips, batch_labels, batch_ids in dataset:
+            scores.append(predict(clips).numpy())
+            labels.append(batch_labels.numpy())
+            ids.extend(x.decode("utf-8") for x in batch_ids.numpy())
+        scores = np.concatenate(scores)
+        labels = np.concatenate(labels).astype(np.int64)
+        labelled = labels >= 0
+        s, y = scores[labelled], labels[labelled]
+        order = np.argsort(-s, axis=1, kind="stable")
+        metrics = {
+            "val_loss": float(-np.mean(np.log(np.maximum(s[np.arange(len(y)), y], 1e-12))))
+            if len(y) else float("nan"),
+            "val_top1": float(np.mean(order[:, 0] == y)) if len(y) else float("nan"),
+            "val_top5": float(np.mean((order[:, :5] == y[:, None]).any(axis=1)))
+            if len(y) else float("nan"),
+            "val_videos": int(len(ids)),
+        }
+        if predictions_path and self.chief:
+            names = self.label_names or [str(i) for i in range(scores.shape[1])]
+            write_predictions(predictions_path, ids, scores, labels, names)
+        return metrics
+
+    # ---- training ------------------------------------------------------------
+    def restore(self, checkpoint_dir, *, model_only=False):
+        latest = tf.train.latest_checkpoint(checkpoint_dir)
+        if latest is None:
+            return None
+        target = tf.train.Checkpoint(model=self.model) if model_only else self.checkpoint
+        status = target.restore(latest)
+        status.expect_partial()
+        return latest
+
+    def train(self, *, resume=False, previous_checkpoints=None, log=print):
+        """Runs the stage to its last epoch (or `stop_after_steps`)."""
+        loop, dirs = self.loop, self.dirs
+        write_ckpt_dir = strategies.write_dir(dirs["checkpoints"], self.strategy)
+        manager = tf.train.CheckpointManager(
+            self.checkpoint, write_ckpt_dir, max_to_keep=int(loop["keep_checkpoints"])
+        )
+        if tf.train.latest_checkpoint(dirs["checkpoints"]):
+            if not resume:
+                raise ConfigError(
+                    self.source, "meta.experiment_dir", f"{dirs['checkpoints']} already holds "
+                    "checkpoints: resume with -r, or choose another experiment_dir."
+                )
+            restored = self.restore(dirs["checkpoints"])
+            log(f"resumed from {restored} at step {int(self.step.numpy())}")
+        elif previous_checkpoints:
+            restored = self.restore(previous_checkpoints, model_only=True)
+            if restored:
+                log(f"stage {self.stage_index}: weights from {restored}")
+
+        spe = self.steps_per_epoch
+        total = int(loop["epochs"]) * spe
+        stop_after = loop["stop_after_steps"]
+        train_step = self._make_train_step()
+        writer = tf.summary.create_file_writer(
+            strategies.write_dir(dirs["tensorboard"], self.strategy)
+        )
+        os.makedirs(dirs["root"], exist_ok=True)
+        log(
+            f"stage {self.stage_index}: {self.strategy.num_replicas_in_sync} replica(s), "
+            f"global batch {self.global_batch} "
+            f"({self.global_batch // self.strategy.num_replicas_in_sync} per replica), "
+            f"{spe} steps/epoch, {loop['epochs']} epochs"
+        )
+        best = -1.0
+        metrics = {}
+        while int(self.step.numpy()) < total:
+            step = int(self.step.numpy())
+            epoch = step // spe
+            self.epoch.assign(epoch)
+            sums = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
+            epoch_end = (epoch + 1) * spe
+            bar = tqdm.tqdm(
+                total=epoch_end - step, desc=f"epoch {epoch + 1}/{loop['epochs']}",
+                disable=not (loop["progress"] and self.chief), mininterval=2.0, leave=False,
+            )
+            started = time.perf_counter()
+            stopped = False
+            while step < epoch_end:
+                out = train_step(self.train_iterator)
+                step += 1
+                for k in sums:
+                    sums[k] += float(out[k])
+                rate = sums["count"] / max(time.perf_counter() - started, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.3f}", clips_s=f"{rate:.1f}")
+                if step % int(loop["log_every_steps"]) == 0 and self.chief:
+                    with writer.as_default(step=step):
+                        tf.summary.scalar("train/loss_step", float(out["loss"] / out["count"]))
+                        tf.summary.scalar("train/lr", builders.current_lr(self.optimizer))
+                if step % int(loop["checkpoint_every_steps"]) == 0 and step < epoch_end:
+                    manager.save(checkpoint_number=step)
+                if stop_after is not None and step >= int(stop_after):
+                    stopped = True
+                    break
+            bar.close()
+            elapsed = time.perf_counter() - started
+            if stopped:
+                manager.save(checkpoint_number=step)
+                log(f"stopped after step {step} (train_loop.stop_after_steps)")
+                strategies.remove_worker_dir(write_ckpt_dir, self.strategy)
+                return {"step": step, "stopped": True}
+            count = max(sums["count"], 1.0)
+            metrics = {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": sums["loss"] / count,
+                "top1": sums["top1"] / count,
+                "top5": sums["top5"] / count,
+                "lr": builders.current_lr(self.optimizer),
+                "clips_per_s": sums["count"] / max(elapsed, 1e-9),
+                "time": elapsed,
+            }
+            last_epoch = step >= total
+            if self.val_info is not None and (
+                last_epoch or (epoch + 1) % int(loop["eval_every_epochs"]) == 0
+            ):
+                metrics.update(self.evaluate())
+            self.epoch.assign(epoch + 1)
+            manager.save(checkpoint_number=step)
+            if self.chief:
+                self._log_epoch(metrics, writer)
+                if metrics.get("val_top1", -1.0) > best:
+                    best = metrics["val_top1"]
+                    save_keras_atomic(self.model, dirs["best"])
+            log(_format(metrics))
+        strategies.remove_worker_dir(write_ckpt_dir, self.strategy)
+        if self.chief:
+            save_keras_atomic(self.model, dirs["model"])
+            with open(dirs["done"], "w") as f:
+                f.write(f"{int(self.step.numpy())}\n")
+        return {"step": int(self.step.numpy()), "stopped": False, **metrics}
+
+    def _log_epoch(self, metrics, writer):
+        new = not os.path.exists(self.dirs["csv"])
+        with open(self.dirs["csv"], "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: metrics.get(k, "") for k in CSV_FIELDS})
+        with writer.as_default(step=metrics["step"]):
+            for k, v in metrics.items():
+                if k not in ("epoch", "step", "val_videos"):
+                    tf.summary.scalar(("val/" + k[4:]) if k.startswith("val_") else "train/" + k, v)
+        writer.flush()
+
+
+def _format(metrics):
+    parts = []
+    for k, v in metrics.items():
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+def write_json_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
