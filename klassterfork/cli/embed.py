@@ -1,0 +1,91 @@
+"""`tools/embed_class_names.py`: class-name embeddings for zero-shot training.
+
+    python tools/embed_class_names.py --wordvec glove.6B.50d.txt --format glove \\
+        --dataset ucf101 --classes classInd.txt --out embeddings/
+
+writes `{dataset}_class_embeddings.npy` (float32 (C, D), unit rows) and
+`{dataset}_class_names.txt` (one name per line, line = class id). The shipped
+override table of the dataset (klassterfork/data/overrides) is used unless
+`--overrides FILE` replaces it or `--no-overrides` is given. Out-of-vocabulary
+words are reported; a class with no known word is an error (exit status 1).
+"""
+
+import argparse
+import sys
+
+from klassterfork.evaluation import class_names, wordvec
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="embed_class_names", description=__doc__.splitlines()[0])
+    parser.add_argument("--wordvec", required=True, help="word-vector file")
+    parser.add_argument("--format", required=True,
+                        choices=sorted(wordvec.FORMATS))
+    parser.add_argument("--vocab", help="vocabulary file for --format npy "
+                        "(default: X.vocab.txt beside X.npy)")
+    parser.add_argument("--dataset", required=True,
+                        help="output prefix; selects the shipped override "
+                        "table and the key of a json class list")
+    parser.add_argument("--classes", required=True,
+                        help="class list: classInd.txt, label_map.txt, "
+                        "labels.txt or classnames.json")
+    parser.add_argument("--out", required=True, help="output folder")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--overrides", help="json {class: [words]} replacing "
+                       "the shipped table")
+    group.add_argument("--no-overrides", action="store_true",
+                       help="use no override table")
+    return parser.parse_args(argv)
+
+
+def embed_dataset(*, wordvecs, dataset, classes, overrides=None):
+    """Reads a class list and embeds it.
+
+    Args:
+        wordvecs: WordVectors.
+        dataset: str. Key of a json class list.
+        classes: str or Path. Class-list file (`class_names.read_class_list`).
+        overrides: dict or None.
+
+    Returns:
+        ClassEmbeddings.
+    """
+    names = class_names.read_class_list(classes, dataset)
+    return wordvec.embed_class_names(names, wordvecs, overrides)
+
+
+def report_oov(embeddings, file=sys.stdout):
+    """Prints the classes with skipped out-of-vocabulary words."""
+    for name, words in embeddings.oov.items():
+        print(f"  OOV in {name!r}: {' '.join(words)} (skipped)", file=file)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.overrides:
+            overrides = wordvec.read_overrides(args.overrides)
+        elif args.no_overrides:
+            overrides = {}
+        else:
+            overrides = wordvec.default_overrides(args.dataset)
+        wordvecs = wordvec.load_word_vectors(args.wordvec, args.format,
+                                             vocab=args.vocab)
+        emb = embed_dataset(wordvecs=wordvecs, dataset=args.dataset,
+                            classes=args.classes, overrides=overrides)
+    except (OSError, ValueError) as err:
+        print(f"embed_class_names: error: {err}", file=sys.stderr)
+        return 1
+    npy_path, names_path = wordvec.save_class_embeddings(
+        args.out, args.dataset, emb)
+    used = sum(name in overrides for name in emb.names)
+    print(f"{args.dataset}: {len(emb.names)} classes, dim {emb.matrix.shape[1]}"
+          f", {used} from the override table, {len(emb.oov)} with OOV words")
+    report_oov(emb)
+    print(f"wrote {npy_path} and {names_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
