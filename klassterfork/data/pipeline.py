@@ -1,0 +1,316 @@
+"""tf.data input pipelines over the records of `data/records.py`.
+
+train: list shards -> shuffle shards (seeded) -> interleave TFRecordDataset
+(deterministic) -> shuffle examples (seeded) -> repeat -> enumerate (the
+example index is the per-example seed) -> parse -> sample clip indices ->
+gather only those JPEGs -> one crop window per clip (from the first frame's
+JPEG header) -> `decode_and_crop_jpeg` of the chosen frames -> resize -> flip
+with a label map -> standardize -> batch -> prefetch.
+
+eval: records in file order -> parse -> `num_clips` evenly spaced clips x
+`num_crops` spatial crops -> (B, V, T, H, W, C), no shuffling, no repeat, the
+last partial batch kept.
+
+Randomness is stateless: example `i` of the (repeated) stream gets the key
+`[seed, i]`, split into one seed per random decision, so the same `seed`
+gives the same batches, and the iterator state (shuffle buffers, positions,
+the enumerate counter) is all there is to checkpoint:
+`tf.train.Checkpoint(iterator=iter(ds))` restores the exact data position.
+"""
+
+import os
+
+import tensorflow as tf
+
+from klassterfork.data import records, transforms
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def list_files(files):
+    """Shard paths from a glob pattern, a directory, or a list of paths.
+
+    A directory means every `*.tfrecord` in it. Globs are sorted so the
+    order (and therefore the seeded shuffle) does not depend on the file
+    system.
+
+    Returns:
+        list of str, non-empty.
+
+    Raises:
+        ValueError: when nothing matches or a listed file does not exist.
+    """
+    if isinstance(files, (str, os.PathLike)):
+        pattern = os.fspath(files)
+        if tf.io.gfile.isdir(pattern):
+            pattern = os.path.join(pattern, "*.tfrecord")
+        paths = sorted(tf.io.gfile.glob(pattern))
+        if not paths:
+            raise ValueError(
+                "`files` matched no record files. Received: "
+                f"files={os.fspath(files)!r} (a glob pattern, a directory of "
+                "*.tfrecord, or a list of paths)"
+            )
+        return paths
+    paths = [os.fspath(f) for f in files]
+    if not paths:
+        raise ValueError("`files` must not be empty. Received: files=[]")
+    missing = [p for p in paths if not tf.io.gfile.exists(p)]
+    if missing:
+        raise ValueError(
+            f"`files` lists {len(missing)} missing file(s), e.g. {missing[0]!r}"
+        )
+    return paths
+
+
+def decode_frames(encoded, window=None):
+    """Decodes JPEG frames, only inside `window` when one is given.
+
+    Args:
+        encoded: string [T]. With a static T the decodes are unrolled so that
+            tf.data runs them in parallel.
+        window: int32 [4] `[y, x, h, w]`, or None for full frames.
+
+    Returns:
+        uint8 [T, h, w, 3].
+    """
+
+    def one(contents):
+        if window is None:
+            return tf.io.decode_jpeg(contents, channels=3)
+        return tf.image.decode_and_crop_jpeg(contents, window, channels=3)
+
+    length = encoded.shape[0]
+    if length is not None:
+        return tf.stack([one(c) for c in tf.unstack(encoded, num=length)])
+    return tf.map_fn(one, encoded, fn_output_signature=tf.uint8)
+
+
+def first_label(labels):
+    """The first entry of `labels` as int32, -1 for an unlabelled video."""
+    labels = tf.cast(labels, tf.int32)
+    return tf.concat([labels, tf.constant([-1], tf.int32)], axis=0)[0]
+
+
+def _check_sizes(**sizes):
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+
+
+def train_dataset(
+    files,
+    *,
+    clip_len,
+    crop_size,
+    batch_size,
+    frame_step=1,
+    seed=None,
+    shuffle_buffer=256,
+    flip_label_map=None,
+    flip_prob=0.5,
+    standardize="per_frame",
+    mean=None,
+    std=None,
+    crop_scale=(0.8, 1.0),
+    short_video="repeat",
+    repeat=True,
+    drop_remainder=True,
+    num_parallel_calls=AUTOTUNE,
+    cycle_length=8,
+):
+    """The training pipeline: random clips, one random crop per clip, flips.
+
+    Args:
+        files: glob pattern, directory of `*.tfrecord`, or list of paths.
+        clip_len: int. Frames per clip (T).
+        crop_size: int. Output side (H = W).
+        batch_size: int. Clips per batch (B).
+        frame_step: int. Distance between sampled frames. Defaults to 1.
+        seed: int or None. Seeds shard order, shuffling and every random
+            transform; None draws one from the OS. Defaults to None.
+        shuffle_buffer: int. Examples in the shuffle buffer (0 = off).
+            Defaults to 256.
+        flip_label_map: sequence of int or None. `flip_label_map[label]` is
+            the label after a horizontal flip, -1 = never flip that class;
+            None flips every class keeping its label. Defaults to None.
+        flip_prob: float. Flip probability. Defaults to 0.5.
+        standardize: str. See `transforms.standardize`. Defaults to
+            "per_frame".
+        mean, std: per-channel floats in [0, 1] for "mean_std".
+        crop_scale: (low, high) or None. Window side = s * short side, s
+            uniform in the range, resized to `crop_size`; None = a fixed
+            `crop_size` window. Defaults to (0.8, 1.0).
+        short_video: str. "repeat" the last frame or "loop". Defaults to
+            "repeat".
+        repeat: bool. Repeat forever. Defaults to True.
+        drop_remainder: bool. Defaults to True.
+        num_parallel_calls: int. Parallel clip decoders. Defaults to AUTOTUNE.
+        cycle_length: int. Shards read at once. Defaults to 8.
+
+    Returns:
+        `tf.data.Dataset` of `(clips, labels)`: float32 (B, T, H, W, 3)
+        (uint8 with standardize="none") and int32 (B,).
+    """
+    _check_sizes(clip_len=clip_len, crop_size=crop_size, batch_size=batch_size,
+                 frame_step=frame_step, cycle_length=cycle_length)
+    # Fail now, not inside the graph, on bad options.
+    transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
+    transforms._check_choice(short_video, transforms.SHORT_VIDEO_MODES, "short_video")
+    if crop_scale is not None:
+        transforms._check_scale(crop_scale)
+    if not 0.0 <= flip_prob <= 1.0:
+        raise ValueError(f"`flip_prob` must be in [0, 1]. Received: flip_prob={flip_prob!r}")
+    paths = list_files(files)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") >> 1
+    seed = int(seed)
+
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(cycle_length, len(paths)),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.enumerate()
+
+    def make_clip(index, serialized):
+        example = records.parse(serialized)
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+        seed_clip, seed_crop, seed_flip = tf.unstack(
+            tf.random.experimental.stateless_split(key, num=3)
+        )
+        indices = transforms.random_clip_indices(
+            example["num_frames"], seed_clip, clip_len=clip_len,
+            frame_step=frame_step, short_video=short_video,
+        )
+        encoded = tf.gather(example["frames"], indices)
+        window = transforms.random_crop_window(
+            tf.image.extract_jpeg_shape(encoded[0]), seed_crop,
+            crop_size=crop_size, scale=crop_scale,
+        )
+        clip = transforms.resize(decode_frames(encoded, window), crop_size=crop_size)
+        clip, label, _ = transforms.random_flip(
+            clip, first_label(example["labels"]), seed_flip,
+            flip_label_map=flip_label_map, prob=flip_prob,
+        )
+        clip = transforms.standardize(clip, standardize, mean=mean, std=std)
+        return clip, label
+
+    ds = ds.map(make_clip, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.prefetch(AUTOTUNE)
+    return ds.with_options(_options())
+
+
+def eval_dataset(
+    files,
+    *,
+    clip_len,
+    crop_size,
+    num_clips,
+    num_crops,
+    batch_size,
+    frame_step=1,
+    standardize="per_frame",
+    mean=None,
+    std=None,
+    resize_short_side=None,
+    short_video="repeat",
+    with_ids=False,
+    flatten_views=False,
+    num_parallel_calls=AUTOTUNE,
+):
+    """The evaluation pipeline: every video once, `num_clips * num_crops` views.
+
+    Clips are evenly spaced (`transforms.even_clip_indices`); crops are the
+    centre crop (`num_crops=1`) or three crops along the long side
+    (`transforms.spatial_crop_windows`). Each unique frame is decoded once
+    per video, even when clips overlap. View `v = clip * num_crops + crop`.
+
+    Args:
+        files: glob pattern, directory or list of paths; read in order.
+        clip_len, crop_size, batch_size, frame_step: as in `train_dataset`.
+        num_clips: int. Clips per video.
+        num_crops: int. 1 or 3.
+        standardize, mean, std: as in `train_dataset`.
+        resize_short_side: int or None. The crop is taken as if frames were
+            resized to this short side first. Defaults to None (crop at the
+            stored size).
+        short_video: str. "repeat" or "loop". Defaults to "repeat".
+        with_ids: bool. Add the video ids as a third element. Defaults to
+            False.
+        flatten_views: bool. Yield single views, (B, T, H, W, C), with the
+            video's label (and id) repeated. Defaults to False.
+
+    Returns:
+        `tf.data.Dataset` of `(clips, labels[, ids])`: clips float32
+        (B, V, T, H, W, 3), V = num_clips * num_crops (or (B, T, H, W, 3)
+        with `flatten_views`), labels int32 (B,), ids string (B,).
+    """
+    _check_sizes(clip_len=clip_len, crop_size=crop_size, batch_size=batch_size,
+                 frame_step=frame_step, num_clips=num_clips)
+    transforms._check_choice(num_crops, (1, 3), "num_crops")
+    transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
+    paths = list_files(files)
+    num_views = num_clips * num_crops
+
+    def make_views(serialized):
+        example = records.parse(serialized)
+        indices = transforms.even_clip_indices(
+            example["num_frames"], clip_len=clip_len, num_clips=num_clips,
+            frame_step=frame_step, short_video=short_video,
+        )
+        unique, position = tf.unique(tf.reshape(indices, [-1]))
+        encoded = tf.gather(example["frames"], unique)
+        windows = transforms.spatial_crop_windows(
+            tf.image.extract_jpeg_shape(encoded[0]), crop_size=crop_size,
+            num_crops=num_crops, resize_short_side=resize_short_side,
+        )
+        if num_crops == 1:
+            # One window: decode only it.
+            frames = decode_frames(encoded, windows[0])
+            crops = [transforms.resize(frames, crop_size=crop_size)]
+        else:
+            frames = decode_frames(encoded)
+            crops = [
+                transforms.crop_and_resize(frames, windows[j], crop_size=crop_size)
+                for j in range(num_crops)
+            ]
+        # crops[j]: [U, S, S, 3] -> views [num_clips, num_crops, T, S, S, 3].
+        shape = [num_clips, clip_len, crop_size, crop_size, 3]
+        per_crop = [tf.reshape(tf.gather(c, position), shape) for c in crops]
+        views = tf.reshape(
+            tf.stack(per_crop, axis=1), [num_views, clip_len, crop_size, crop_size, 3]
+        )
+        views = transforms.standardize(views, standardize, mean=mean, std=std)
+        return views, first_label(example["labels"]), example["id"]
+
+    ds = tf.data.TFRecordDataset(paths)
+    ds = ds.map(make_views, num_parallel_calls=num_parallel_calls, deterministic=True)
+    if flatten_views:
+        ds = ds.flat_map(
+            lambda views, label, vid: tf.data.Dataset.from_tensor_slices(
+                (views, tf.fill([num_views], label), tf.fill([num_views], vid))
+            )
+        )
+    if not with_ids:
+        ds = ds.map(lambda clips, labels, ids: (clips, labels))
+    ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.prefetch(AUTOTUNE)
+    return ds.with_options(_options())
+
+
+def _options():
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = True
+    options.experimental_optimization.map_parallelization = True
+    return options

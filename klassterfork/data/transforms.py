@@ -1,0 +1,348 @@
+"""Clip sampling, crop windows, flips with label maps and standardization.
+
+Pure tensor functions with shape contracts (the dmvr / mmaction2 way): they
+know nothing about record keys; `data/pipeline.py` wires them. Samplers return
+frame *indices* so that the pipeline gathers and decodes only the JPEGs a clip
+needs; crop functions return *windows* `[y, x, h, w]` so that the pipeline
+decodes only the window (`tf.image.decode_and_crop_jpeg`). All randomness is
+stateless: every random function takes an int `seed` of shape [2] and the same
+seed gives the same result.
+
+Shapes: `(T, H, W, C)` is one clip, `T` frames in time order.
+"""
+
+import tensorflow as tf
+
+# Short videos: "repeat" repeats the last frame, "loop" wraps to the start.
+SHORT_VIDEO_MODES = ("repeat", "loop")
+STANDARDIZE_MODES = ("per_frame", "per_clip", "mean_std", "unit", "symmetric", "none")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+def _check_choice(value, accepted, name):
+    if value not in accepted:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(map(repr, accepted))}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def _check_positive(value, name):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+
+
+def fit_indices(indices, num_frames, *, short_video="repeat"):
+    """Maps indices that may run past the end of a video onto its frames.
+
+    Args:
+        indices: int32 [...]. Non-negative frame indices.
+        num_frames: int32 scalar. Frames in the video (>= 1).
+        short_video: str. "repeat": indices past the end take the last frame;
+            "loop": they wrap around to the start. Defaults to "repeat".
+
+    Returns:
+        int32 [...], every value in [0, num_frames).
+    """
+    _check_choice(short_video, SHORT_VIDEO_MODES, "short_video")
+    num_frames = tf.cast(num_frames, tf.int32)
+    if short_video == "repeat":
+        return tf.minimum(indices, num_frames - 1)
+    return indices % num_frames
+
+
+def random_clip_indices(num_frames, seed, *, clip_len, frame_step=1, short_video="repeat"):
+    """Indices of a clip of `clip_len` frames, `frame_step` apart, random start.
+
+    The start is uniform over every position where the whole clip fits; a
+    video shorter than the clip's span starts at 0 and its missing frames are
+    filled as `short_video` says (see `fit_indices`).
+
+    Args:
+        num_frames: int scalar. Frames in the video.
+        seed: int [2]. Stateless seed.
+        clip_len: int. Frames per clip.
+        frame_step: int or int32 scalar. Distance between sampled frames.
+            Defaults to 1.
+        short_video: str. "repeat" (last frame) or "loop". Defaults to "repeat".
+
+    Returns:
+        int32 [clip_len].
+    """
+    _check_positive(clip_len, "clip_len")
+    num_frames = tf.cast(num_frames, tf.int32)
+    frame_step = tf.cast(frame_step, tf.int32)
+    span = (clip_len - 1) * frame_step + 1
+    max_start = tf.maximum(num_frames - span, 0)
+    start = tf.random.stateless_uniform(
+        [], seed, minval=0, maxval=max_start + 1, dtype=tf.int32
+    )
+    indices = start + tf.range(clip_len, dtype=tf.int32) * frame_step
+    return fit_indices(indices, num_frames, short_video=short_video)
+
+
+def even_clip_indices(num_frames, *, clip_len, num_clips, frame_step=1, short_video="repeat"):
+    """Indices of `num_clips` clips evenly spaced over the video (evaluation).
+
+    The video's valid start range `[0, num_frames - span]` (span =
+    (clip_len - 1) * frame_step + 1) is cut into `num_clips` equal parts and
+    each clip starts at the centre of its part (mmaction2 `SampleFrames`
+    test mode): start_i = floor(d * (i + 0.5)), d = (num_frames - span + 1) /
+    num_clips. Short videos start every clip at 0.
+
+    Args:
+        num_frames: int scalar. Frames in the video.
+        clip_len: int. Frames per clip.
+        num_clips: int. Clips per video.
+        frame_step: int. Distance between sampled frames. Defaults to 1.
+        short_video: str. "repeat" or "loop". Defaults to "repeat".
+
+    Returns:
+        int32 [num_clips, clip_len].
+    """
+    _check_positive(clip_len, "clip_len")
+    _check_positive(num_clips, "num_clips")
+    _check_positive(frame_step, "frame_step")
+    num_frames = tf.cast(num_frames, tf.int32)
+    span = (clip_len - 1) * frame_step + 1
+    room = tf.cast(tf.maximum(num_frames - span + 1, 1), tf.float64)
+    part = room / num_clips
+    starts = tf.cast(
+        tf.floor(part * (tf.range(num_clips, dtype=tf.float64) + 0.5)), tf.int32
+    )
+    indices = starts[:, None] + tf.range(clip_len, dtype=tf.int32)[None, :] * frame_step
+    return fit_indices(indices, num_frames, short_video=short_video)
+
+
+def random_crop_window(image_size, seed, *, crop_size=None, scale=(0.8, 1.0)):
+    """A random square crop window; one per clip, shared by all its frames.
+
+    With `scale`, the window side is `s * min(H, W)` with `s` uniform in
+    `scale` (aspect preserved: square window, square output); the pipeline
+    then resizes the window to the crop size. With `scale=None`, the window is
+    `crop_size` x `crop_size` (clamped to the frame), the plain random crop
+    of C3D / R(2+1)D.
+
+    Args:
+        image_size: int [2] or [3]. `(H, W[, C])` of the frames, e.g. from
+            `tf.image.extract_jpeg_shape`.
+        seed: int [2]. Stateless seed.
+        crop_size: int. Window side when `scale` is None.
+        scale: pair of floats in (0, 1], or None. Defaults to (0.8, 1.0).
+
+    Returns:
+        int32 [4], `[y, x, h, w]` with the window inside the frame.
+    """
+    height = tf.cast(image_size[0], tf.int32)
+    width = tf.cast(image_size[1], tf.int32)
+    short = tf.minimum(height, width)
+    seed_size, seed_y, seed_x = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=3)
+    )
+    if scale is None:
+        if crop_size is None:
+            raise ValueError("`crop_size` is required when `scale` is None.")
+        side = tf.minimum(tf.constant(crop_size, tf.int32), short)
+    else:
+        low, high = _check_scale(scale)
+        factor = tf.random.stateless_uniform([], seed_size, minval=low, maxval=high)
+        side = tf.cast(tf.round(factor * tf.cast(short, tf.float32)), tf.int32)
+        side = tf.clip_by_value(side, 1, short)
+    y = tf.random.stateless_uniform(
+        [], seed_y, minval=0, maxval=height - side + 1, dtype=tf.int32
+    )
+    x = tf.random.stateless_uniform(
+        [], seed_x, minval=0, maxval=width - side + 1, dtype=tf.int32
+    )
+    return tf.stack([y, x, side, side])
+
+
+def _check_scale(scale):
+    try:
+        low, high = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`scale` must be a pair (low, high). Received: scale={scale!r}"
+        ) from None
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(
+            f"`scale` must satisfy 0 < low <= high <= 1. Received: scale={scale!r}"
+        )
+    return low, high
+
+
+def spatial_crop_windows(image_size, *, crop_size, num_crops=1, resize_short_side=None):
+    """Deterministic evaluation windows: centre crop or three crops.
+
+    The window side is `crop_size` in the frame resized so its short side is
+    `resize_short_side` (i.e. `crop_size * min(H, W) / resize_short_side` in
+    stored pixels), or `min(crop_size, min(H, W))` when `resize_short_side` is
+    None. Three crops lie along the long side: left / centre / right for
+    landscape frames, top / centre / bottom for portrait ones.
+
+    Args:
+        image_size: int [2] or [3]. `(H, W[, C])` of the frames.
+        crop_size: int. Output side.
+        num_crops: int. 1 (centre) or 3. Defaults to 1.
+        resize_short_side: int or None. Defaults to None.
+
+    Returns:
+        int32 [num_crops, 4], rows `[y, x, h, w]`.
+    """
+    _check_choice(num_crops, (1, 3), "num_crops")
+    height = tf.cast(image_size[0], tf.int32)
+    width = tf.cast(image_size[1], tf.int32)
+    short = tf.minimum(height, width)
+    if resize_short_side is None:
+        side = tf.minimum(tf.constant(crop_size, tf.int32), short)
+    else:
+        _check_positive(resize_short_side, "resize_short_side")
+        side = tf.cast(
+            tf.round(tf.cast(short, tf.float32) * crop_size / resize_short_side),
+            tf.int32,
+        )
+        side = tf.clip_by_value(side, 1, short)
+    centre_y = (height - side) // 2
+    centre_x = (width - side) // 2
+    if num_crops == 1:
+        return tf.stack([centre_y, centre_x, side, side])[None]
+    landscape = width >= height
+    along = tf.where(landscape, width, height) - side
+    offsets = tf.stack([0, along // 2, along])
+    ys = tf.where(landscape, tf.fill([3], centre_y), offsets)
+    xs = tf.where(landscape, offsets, tf.fill([3], centre_x))
+    sides = tf.fill([3], side)
+    return tf.stack([ys, xs, sides, sides], axis=1)
+
+
+def crop_and_resize(frames, window, *, crop_size):
+    """Crops decoded frames to `window` and resizes to `crop_size` (bilinear).
+
+    Args:
+        frames: uint8 [T, H, W, C].
+        window: int32 [4], `[y, x, h, w]`.
+        crop_size: int.
+
+    Returns:
+        float32 [T, crop_size, crop_size, C] in [0, 255].
+    """
+    cropped = frames[:, window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+    return resize(cropped, crop_size=crop_size)
+
+
+def resize(frames, *, crop_size):
+    """Bilinear resize of uint8 [T, h, w, C] to float32 [T, crop_size, crop_size, C].
+
+    Frames already at the target size are only cast (no interpolation).
+    """
+    frames = tf.convert_to_tensor(frames)
+    shape = tf.shape(frames)
+    same = tf.logical_and(tf.equal(shape[1], crop_size), tf.equal(shape[2], crop_size))
+    out = tf.cond(
+        same,
+        lambda: tf.cast(frames, tf.float32),
+        lambda: tf.image.resize(frames, [crop_size, crop_size], method="bilinear"),
+    )
+    channels = frames.shape[-1]
+    return tf.ensure_shape(out, [frames.shape[0], crop_size, crop_size, channels])
+
+
+def flip_label_lookup(label, flip_label_map):
+    """The label after a horizontal flip, or -1 when the class must never flip.
+
+    Args:
+        label: int32 scalar.
+        flip_label_map: sequence of int, or None. `flip_label_map[label]` is
+            the label of the flipped video, -1 = never flip that class. None:
+            every class flips and keeps its label.
+
+    Returns:
+        int32 scalar.
+    """
+    label = tf.cast(label, tf.int32)
+    if flip_label_map is None:
+        return label
+    table = tf.constant(list(flip_label_map), tf.int32)
+    inside = tf.logical_and(label >= 0, label < tf.size(table))
+    # Labels the map does not cover (e.g. -1 for unlabelled videos) never flip.
+    return tf.where(inside, tf.gather(table, tf.clip_by_value(label, 0, tf.size(table) - 1)), -1)
+
+
+def random_flip(clip, label, seed, *, flip_label_map=None, prob=0.5):
+    """Flips the whole clip left-right with probability `prob`, relabelling.
+
+    Args:
+        clip: [T, H, W, C] any dtype.
+        label: int32 scalar.
+        seed: int [2]. Stateless seed.
+        flip_label_map: see `flip_label_lookup`. Defaults to None.
+        prob: float in [0, 1]. Defaults to 0.5.
+
+    Returns:
+        (clip [T, H, W, C], label int32 scalar, flipped bool scalar).
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"`prob` must be in [0, 1]. Received: prob={prob!r}")
+    label = tf.cast(label, tf.int32)
+    new_label = flip_label_lookup(label, flip_label_map)
+    draw = tf.random.stateless_uniform([], seed)
+    flipped = tf.logical_and(draw < prob, new_label >= 0)
+    clip = tf.cond(flipped, lambda: tf.reverse(clip, axis=[2]), lambda: clip)
+    return clip, tf.where(flipped, new_label, label), flipped
+
+
+def standardize(clip, mode="per_frame", *, mean=None, std=None):
+    """Turns pixel values in [0, 255] into model inputs.
+
+    Modes:
+        "per_frame": `tf.image.per_image_standardization` of each frame
+            (zero mean, unit variance per frame).
+        "per_clip": the same over the whole clip.
+        "mean_std": `(x / 255 - mean) / std`, mean/std per channel in [0, 1]
+            RGB units (e.g. `IMAGENET_MEAN`, `KINETICS_MEAN`).
+        "unit": `x / 255`, in [0, 1].
+        "symmetric": `x / 127.5 - 1`, in [-1, 1].
+        "none": values unchanged, cast to uint8 (the model standardizes).
+
+    Args:
+        clip: [T, H, W, C] uint8 or float in [0, 255].
+        mode: str. Defaults to "per_frame".
+        mean, std: sequences of C floats; required by "mean_std" only.
+
+    Returns:
+        float32 [T, H, W, C] (uint8 for "none").
+    """
+    _check_choice(mode, STANDARDIZE_MODES, "standardize")
+    if mode != "mean_std" and (mean is not None or std is not None):
+        raise ValueError(
+            "`mean` and `std` are only used with standardize='mean_std'. "
+            f"Received: standardize={mode!r}, mean={mean!r}, std={std!r}"
+        )
+    if mode == "none":
+        return tf.cast(tf.clip_by_value(tf.round(tf.cast(clip, tf.float32)), 0, 255), tf.uint8)
+    clip = tf.cast(clip, tf.float32)
+    if mode == "per_frame":
+        return tf.image.per_image_standardization(clip)
+    if mode == "per_clip":
+        centred = clip - tf.reduce_mean(clip)
+        count = tf.cast(tf.size(clip), tf.float32)
+        adjusted = tf.maximum(tf.math.reduce_std(clip), tf.math.rsqrt(count))
+        return centred / adjusted
+    if mode == "unit":
+        return clip / 255.0
+    if mode == "symmetric":
+        return clip / 127.5 - 1.0
+    if mean is None or std is None:
+        raise ValueError(
+            "standardize='mean_std' needs `mean` and `std` (per channel, in [0, 1] "
+            f"units, e.g. KINETICS_MEAN / KINETICS_STD). Received: mean={mean!r}, "
+            f"std={std!r}"
+        )
+    if min(std) <= 0:
+        raise ValueError(f"`std` must be positive. Received: std={std!r}")
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    return (clip / 255.0 - mean) / std
