@@ -1,5 +1,13 @@
 """Annotation readers, one module per dataset, registered in `SOURCES`."""
 
+from klassterfork.data.sources import (  # noqa: F401  (registers the readers)
+    frame_list,
+    hmdb51,
+    json_list,
+    kinetics,
+    ssv2,
+    ucf101,
+)
 from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
 
 __all__ = ["SOURCES", "Annotation", "VideoEntry"]
