@@ -55,10 +55,10 @@ def embed_dataset(*, wordvecs, dataset, classes, overrides=None):
     return wordvec.embed_class_names(names, wordvecs, overrides)
 
 
-def report_oov(embeddings, file=sys.stdout):
+def report_oov(embeddings):
     """Prints the classes with skipped out-of-vocabulary words."""
     for name, words in embeddings.oov.items():
-        print(f"  OOV in {name!r}: {' '.join(words)} (skipped)", file=file)
+        print(f"  OOV in {name!r}: {' '.join(words)} (skipped)")
 
 
 def main(argv=None):
