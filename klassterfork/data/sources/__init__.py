@@ -1,11 +1,13 @@
 """Annotation readers, one module per dataset, registered in `SOURCES`."""
 
 from klassterfork.data.sources import (  # noqa: F401  (registers the readers)
+    csv_list,
     frame_list,
     hmdb51,
     json_list,
     kinetics,
     ssv2,
+    synthetic,
     ucf101,
 )
 from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry

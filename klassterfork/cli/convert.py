@@ -1,0 +1,127 @@
+"""`kf-convert`: videos -> sharded TFRecords (see `klassterfork.data.convert`).
+
+    kf-convert --csv list.csv --out records/ --split train
+    kf-convert --dataset synthetic --annotations data/synthetic --split train \
+        --out records/ --short-side 128 --workers 4
+"""
+
+import argparse
+import logging
+import sys
+
+from klassterfork.data import convert as convert_lib
+from klassterfork.data.sources import SOURCES
+
+
+def _reader_args(pairs):
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--reader-arg must be KEY=VALUE. Received: {pair!r}")
+        out[key.replace("-", "_")] = int(value) if value.isdigit() else value
+    return out
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="kf-convert",
+        description="Decode videos and write TFRecord shards, a manifest and "
+        "labels.txt. Videos that fail to decode are listed in the manifest; "
+        "the exit status is 0 unless --strict.",
+    )
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", metavar="FILE", help="`path,label` rows")
+    src.add_argument("--dataset", metavar="NAME",
+                     help=f"annotation reader: {', '.join(SOURCES.names())}")
+    parser.add_argument("--annotations", metavar="PATH",
+                        help="annotation file or folder (with --dataset)")
+    parser.add_argument("--videos", metavar="DIR", default=None,
+                        help="folder the annotation's video paths are under")
+    parser.add_argument("--labels", metavar="FILE", default=None,
+                        help="class list for --csv (names, or index,name lines)")
+    parser.add_argument("--reader-arg", metavar="KEY=VALUE", action="append",
+                        default=[], help="extra reader option (e.g. fold=2)")
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--short-side", type=int, default=128,
+                        help="resize so the short side is this (0 = keep)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="resample to this frame rate by timestamps")
+    parser.add_argument("--max-frames", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: CPU count)")
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help="default: chosen from the estimated size")
+    parser.add_argument("--jpeg-quality", type=int, default=90)
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when any video fails to decode")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None):
+    """Runs the converter; returns the exit status (0, 1 failures with
+    --strict, 2 usage errors)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s")
+    try:
+        options = _reader_args(args.reader_arg)
+        if args.csv:
+            name, annotations = "csv", args.csv
+            if args.labels:
+                options["label_map"] = args.labels
+        else:
+            if args.dataset not in SOURCES:
+                raise ValueError(f"--dataset: {SOURCES.unknown_message(args.dataset)}")
+            if not args.annotations:
+                raise ValueError("--dataset needs --annotations PATH")
+            if args.labels:
+                raise ValueError("--labels is for --csv; use --reader-arg")
+            name, annotations = args.dataset, args.annotations
+        bad = SOURCES.check_args(name, options)
+        if bad:
+            raise ValueError(f"--reader-arg {bad[0]}: {bad[1]}")
+        annotation = SOURCES[name](
+            annotations=annotations, videos=args.videos, split=args.split, **options
+        )
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
+    try:
+        manifest = convert_lib.convert(
+            annotation,
+            args.out,
+            split=args.split,
+            short_side=args.short_side or None,
+            fps=args.fps,
+            max_frames=args.max_frames,
+            workers=args.workers,
+            num_shards=args.num_shards,
+            jpeg_quality=args.jpeg_quality,
+            strict=args.strict,
+            progress=not args.quiet,
+            source={"dataset": name, "annotations": annotations,
+                    "videos": args.videos, "options": options},
+        )
+    except convert_lib.ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        parser.error(str(e))
+    counts = manifest["counts"]
+    print(
+        f"{args.split}: wrote {counts['written']} of {counts['videos']} videos "
+        f"({counts['frames']} frames) in {len(manifest['shards'])} shards to "
+        f"{args.out}"
+    )
+    if manifest["failed"] or manifest["missing"]:
+        print(f"warning: {counts['failed']} failed, {counts['missing']} missing:",
+              file=sys.stderr)
+        for f in manifest["failed"][:20]:
+            print(f"  {f['path']}: {f['reason']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Video decoding with PyAV: rotation, short-side resize, fps resampling.
+
+Facts this module is built on (checked on `../shared/data/videos`):
+- Frame counts come from decoding. Headers lie or are absent (WebM/MKV carry
+  no count; `moviepy/no_duration.webm` has no duration at all), so
+  `num_frames = duration * fps` is never used.
+- PyAV's `to_ndarray()` ignores the display matrix; we apply it
+  (`VideoFrame.rotation`, counter-clockwise degrees as in FFmpeg), so
+  `decord/video_90.mov` comes out 320 wide x 568 high, as a viewer shows it.
+- A stream that breaks mid-way (`decord/corrupted.mp4` raises
+  `InvalidDataError` after 28 of 50 frames) is an error, never a short clip.
+- `fps=` resamples by presentation time (pts * time_base), not by index:
+  `mmaction2/demo_skeleton.mp4` says r_frame_rate 30 but runs at 28.05 fps.
+
+This module imports neither TensorFlow nor the record schema, so converter
+worker processes stay light; `decode_to_jpeg` is their task function.
+"""
+
+import dataclasses
+import math
+import os
+
+import av
+import cv2
+import numpy as np
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be decoded completely.
+
+    Attributes:
+        path: str. The video file.
+        reason: str. What went wrong, for the converter's manifest.
+    """
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across worker processes
+        return (type(self), (self.path, self.reason))
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+    """Frames of one video, after rotation, resize and resampling.
+
+    Attributes:
+        frames: list of uint8 [H, W, 3] RGB arrays, in time order.
+        fps: float. Frame rate of `frames`.
+        height, width: int. Size of every frame.
+        source_fps: float. The stream's average frame rate.
+        rotation: int. Display rotation applied, counter-clockwise degrees
+            (FFmpeg's sign: -90 means the picture was turned 90 clockwise).
+        timestamps: list of float. Presentation time (s) of each frame.
+        num_decoded: int. Frames decoded from the file (before resampling;
+            smaller than the file's count when `max_frames` stopped early).
+    """
+
+    frames: list
+    fps: float
+    height: int
+    width: int
+    source_fps: float
+    rotation: int
+    timestamps: list
+    num_decoded: int
+
+
+@dataclasses.dataclass
+class EncodedVideo:
+    """JPEG frames of one video; what converter workers send back.
+
+    Attributes:
+        frames: list of bytes, one RGB JPEG per frame.
+        fps, height, width, source_fps, rotation, num_decoded: as in
+            `DecodedVideo`.
+    """
+
+    frames: list
+    fps: float
+    height: int
+    width: int
+    source_fps: float
+    rotation: int
+    num_decoded: int
+
+
+def short_side_size(height, width, short_side):
+    """(new_height, new_width) with the short side equal to `short_side`.
+
+    The long side is rounded to the nearest integer, keeping the aspect ratio.
+    """
+    if short_side is None:
+        return height, width
+    if height <= width:
+        return short_side, max(1, int(round(width * short_side / height)))
+    return max(1, int(round(height * short_side / width))), short_side
+
+
+def resize_short_side(frame, short_side):
+    """Resizes uint8 [H, W, C] so that min(H, W) == `short_side`.
+
+    INTER_AREA when shrinking (no aliasing), INTER_LINEAR when enlarging.
+    Returns the frame unchanged when it already has that size.
+    """
+    height, width = frame.shape[:2]
+    new_h, new_w = short_side_size(height, width, short_side)
+    if (new_h, new_w) == (height, width):
+        return frame
+    shrink = new_h * new_w < height * width
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
+
+
+def rotate(frame, rotation):
+    """Applies a display rotation of `rotation` degrees counter-clockwise.
+
+    Args:
+        frame: uint8 [H, W, C].
+        rotation: number. A multiple of 90 (FFmpeg's `av_display_rotation_get`
+            sign). Other angles raise `ValueError`.
+
+    Returns:
+        uint8 [H', W', C], contiguous.
+    """
+    quarter = rotation / 90.0
+    if abs(quarter - round(quarter)) > 1e-3:
+        raise ValueError(
+            f"`rotation` must be a multiple of 90 degrees. Received: {rotation=}"
+        )
+    k = int(round(quarter)) % 4
+    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
+
+
+def resample_indices(timestamps, fps):
+    """Indices of the frames shown at times t0, t0 + 1/fps, t0 + 2/fps, ...
+
+    The frame shown at time t is the last one whose timestamp is <= t. The
+    output spans the same time as the input: the last input frame lasts one
+    mean frame interval, so resampling at the source rate returns every frame.
+
+    Args:
+        timestamps: sequence of float, non-decreasing presentation times (s).
+        fps: float > 0. Target rate.
+
+    Returns:
+        list of int into `timestamps`.
+    """
+    ts = np.asarray(timestamps, dtype=np.float64)
+    if ts.size == 0:
+        return []
+    if ts.size == 1:
+        return [0]
+    interval = (ts[-1] - ts[0]) / (ts.size - 1)
+    span = ts[-1] - ts[0] + interval
+    count = max(1, int(math.floor(span * fps + 1e-6)))
+    targets = ts[0] + np.arange(count) / fps
+    # A small tolerance absorbs timestamps rounded to the time base.
+    tolerance = 1e-3 * min(interval, 1.0 / fps)
+    idx = np.searchsorted(ts, targets + tolerance, side="right") - 1
+    return np.clip(idx, 0, ts.size - 1).tolist()
+
+
+def _frame_times(raw_pts, time_base, rate):
+    """Seconds per frame from pts; index / rate when pts are unusable.
+
+    AVI (MPEG-4 Part 2 with B-frames) reports pts out of order
+    (`mmaction2/test.avi`: 1, 2, 4, 3, ...) although frames come out in
+    display order, and some streams have no pts at all: then timestamps are
+    rebuilt from the frame index and the average rate.
+    """
+    usable = all(p is not None for p in raw_pts) and time_base is not None
+    if usable:
+        times = [float(p * time_base) for p in raw_pts]
+        if all(b > a for a, b in zip(times, times[1:])):
+            return [t - times[0] for t in times]
+    return [i / rate for i in range(len(raw_pts))]
+
+
+def decode_video(path, *, short_side=None, fps=None, max_frames=None):
+    """Decodes every frame of a video file to RGB.
+
+    Args:
+        path: str or PathLike. Any container/codec FFmpeg reads.
+        short_side: int or None. Resize so min(H, W) equals it (after
+            rotation). Defaults to None (original size).
+        fps: float or None. Resample to this rate by timestamp. Defaults to
+            None (every decoded frame).
+        max_frames: int or None. Keep at most this many (output) frames; decoding
+            stops once they are known. Defaults to None (all).
+
+    Returns:
+        `DecodedVideo`; `frames` are uint8 [H, W, 3] RGB.
+
+    Raises:
+        VideoDecodeError: the file is missing, empty, not a video, has no
+            video stream, no decodable frame, or breaks while decoding.
+        ValueError: a bad argument.
+    """
+    path = os.fspath(path)
+    for name, value in (("short_side", short_side), ("max_frames", max_frames)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(
+                f"`{name}` must be a positive int or None. Received: {name}={value!r}"
+            )
+    if fps is not None and not fps > 0:
+        raise ValueError(f"`fps` must be > 0 or None. Received: fps={fps!r}")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    try:
+        container = av.open(path)
+    except av.FFmpegError as e:
+        raise VideoDecodeError(path, f"cannot open as a video: {e}") from e
+    with container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise VideoDecodeError(
+                path, f"no video stream (streams: {', '.join(kinds)})"
+            )
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        source_fps = float(rate) if rate else 0.0
+        frames, raw_pts, rotation = [], [], 0
+        try:
+            for frame in container.decode(stream):
+                if not frames:
+                    rotation = int(round(frame.rotation or 0))
+                image = rotate(frame.to_ndarray(format="rgb24"), rotation)
+                frames.append(resize_short_side(image, short_side))
+                raw_pts.append(frame.pts)
+                if max_frames is not None and _enough(
+                    raw_pts, stream.time_base, max_frames, fps
+                ):
+                    break
+        except av.FFmpegError as e:
+            raise VideoDecodeError(
+                path,
+                f"decoding failed after {len(frames)} frames: "
+                f"{type(e).__name__}: {e}",
+            ) from e
+        time_base = stream.time_base
+    if not frames:
+        raise VideoDecodeError(path, "no frames decoded")
+    if source_fps <= 0:
+        source_fps = 25.0  # no rate anywhere: times below are then nominal
+    times = _frame_times(raw_pts, time_base, source_fps)
+    num_decoded = len(frames)
+    if fps is not None:
+        keep = resample_indices(times, fps)
+        frames = [frames[i] for i in keep]
+        times = [times[0] + i / fps for i in range(len(keep))]
+        out_fps = float(fps)
+    else:
+        out_fps = source_fps
+    if max_frames is not None:
+        frames, times = frames[:max_frames], times[:max_frames]
+    height, width = frames[0].shape[:2]
+    return DecodedVideo(
+        frames=frames,
+        fps=out_fps,
+        height=height,
+        width=width,
+        source_fps=source_fps,
+        rotation=rotation,
+        timestamps=times,
+        num_decoded=num_decoded,
+    )
+
+
+def _enough(raw_pts, time_base, max_frames, fps):
+    """Whether decoding can stop: `max_frames` output frames are fixed."""
+    if fps is None:
+        return len(raw_pts) >= max_frames
+    # Output frame k is shown at t0 + k / fps; a decoded frame later than the
+    # last needed time settles it. Needs pts; without them decode on.
+    if raw_pts[0] is None or raw_pts[-1] is None or time_base is None:
+        return False
+    return float((raw_pts[-1] - raw_pts[0]) * time_base) > (max_frames + 1) / fps
+
+
+def encode_jpeg(frame, quality=90):
+    """Encodes one RGB frame as JPEG.
+
+    Args:
+        frame: uint8 [H, W, 3] RGB.
+        quality: int in [1, 100]. Defaults to 90.
+
+    Returns:
+        bytes, a baseline JPEG (4:2:0) that `tf.io.decode_jpeg` reads as RGB.
+    """
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(
+            "`frame` must be uint8 [H, W, 3] RGB. "
+            f"Received: dtype={frame.dtype}, shape={frame.shape}"
+        )
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"`quality` must be in [1, 100]. Received: {quality=}")
+    bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a frame of shape {frame.shape}")
+    return buf.tobytes()
+
+
+def decode_to_jpeg(path, *, short_side=None, fps=None, max_frames=None, quality=90):
+    """`decode_video` then `encode_jpeg` per frame: a converter worker's task.
+
+    Returns:
+        `EncodedVideo`.
+
+    Raises:
+        VideoDecodeError: as `decode_video`.
+    """
+    video = decode_video(path, short_side=short_side, fps=fps, max_frames=max_frames)
+    # Optical flow (klassterfork.data.flow.farneback_frames) would be computed
+    # here, from `video.frames`, before they are JPEG-encoded.
+    return EncodedVideo(
+        frames=[encode_jpeg(f, quality) for f in video.frames],
+        fps=video.fps,
+        height=video.height,
+        width=video.width,
+        source_fps=video.source_fps,
+        rotation=video.rotation,
+        num_decoded=video.num_decoded,
+    )
