@@ -190,3 +190,32 @@ def test_evaluate_command_reports_mismatched_ids(tmp_path, capsys):
                       ["p", "q"])
     assert evaluate_cli.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     assert "same videos" in capsys.readouterr().err
+
+
+def test_evaluate_command_contrastive_groups_on_ssv2(tmp_path):
+    if not SSV2.is_dir():
+        pytest.skip(f"shared data not found at {SSV2}")
+    from klassterfork.analysis.contrastive import (
+        contrastive_group_score,
+        parse_groups,
+    )
+    names = read_class_names(SSV2 / "label_map.txt")
+    rng = np.random.default_rng(8)
+    scores = rng.random((300, 174))
+    labels = rng.integers(0, 174, size=300)
+    write_predictions(tmp_path / "ssv2", range(300), scores, labels,
+                      ["c"] * 174)  # stored names replaced by --class-names
+    groups_file = SSV2 / "contrastive_groups_list.txt"
+    assert evaluate_cli.main([
+        str(tmp_path / "ssv2"), "--class-names", str(SSV2 / "label_map.txt"),
+        "--groups", str(groups_file)]) == 0
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    want = contrastive_group_score(scores.astype(np.float32), labels,
+                                   parse_groups(groups_file, names))
+    got = report["contrastive_groups"]
+    assert got["num_groups"] == 69
+    assert got["accuracy"] == pytest.approx(want["accuracy"])
+    assert got["majority_baseline"] == pytest.approx(
+        want["majority_baseline"])
+    rows = _read_csv(tmp_path / "per_class.csv")
+    assert rows[57]["class_name"] == "Poking something so that it falls over"
