@@ -5,7 +5,10 @@ load from `.keras` files in safe mode (no `Lambda`).
 """
 
 import keras
-from keras import ops
+from keras import layers, ops
+
+BN_EPSILON = 1e-5  # torch BatchNorm default
+BN_MOMENTUM = 0.9  # Keras: weight of the old statistic (torch momentum 0.1)
 
 
 @keras.saving.register_keras_serializable(package="klassterfork")
@@ -89,3 +92,55 @@ def video_input(input_shape, name="video"):
             f"Received: input_shape={input_shape}"
         )
     return inputs, FoldClips(name="fold_clips")(inputs), input_shape[0]
+
+
+def _triple(v):
+    return (v, v, v) if isinstance(v, int) else tuple(v)
+
+
+def conv3d(x, filters, kernel_size, *, strides=1, padding=0, use_bias=False, name):
+    """Conv3D (bias-free by default) with torch's symmetric zero padding.
+
+    Args:
+        x: (B, T, H, W, C) tensor.
+        filters: int. Output channels.
+        kernel_size, strides, padding: int or 3-tuple (T, H, W), as in
+            `torch.nn.Conv3d`.
+        use_bias: bool. Defaults to False.
+        name: str. Layer name; the padding layer is `{name}_pad`.
+
+    Returns:
+        (B, T', H', W', filters) tensor, T' = (T + 2 pad - k) // stride + 1.
+    """
+    kernel_size, strides, padding = map(_triple, (kernel_size, strides, padding))
+    same = all(s == 1 for s in strides) and all(
+        p == k // 2 and k % 2 for p, k in zip(padding, kernel_size)
+    )
+    if not same and any(padding):
+        x = layers.ZeroPadding3D(padding, name=f"{name}_pad")(x)
+    return layers.Conv3D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same" if same else "valid",
+        use_bias=use_bias,
+        kernel_initializer=keras.initializers.VarianceScaling(
+            2.0, "fan_out", "untruncated_normal"
+        ),
+        name=name,
+    )(x)
+
+
+def batch_norm(x, name):
+    return layers.BatchNormalization(
+        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name
+    )(x)
+
+
+def choose(value, accepted, arg):
+    """Returns `value` if it is in `accepted`, else raises the Keras-worded error."""
+    if value not in accepted:
+        raise ValueError(
+            f"`{arg}` must be one of {list(accepted)}. Received: {arg}={value!r}"
+        )
+    return value

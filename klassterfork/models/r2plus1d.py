@@ -28,62 +28,16 @@ import keras
 from keras import layers
 
 from klassterfork.models.heads import resolve_head
-from klassterfork.models.layers import MeanOverClips, video_input
+from klassterfork.models.layers import (
+    MeanOverClips,
+    batch_norm,
+    choose,
+    conv3d,
+    video_input,
+)
 from klassterfork.models.registry import MODELS
 
-BN_EPSILON = 1e-5
-BN_MOMENTUM = 0.9
 BLOCK_TYPES = ("2plus1d", "3d", "mc3")
-
-
-def _choose(value, accepted, arg):
-    if value not in accepted:
-        raise ValueError(
-            f"`{arg}` must be one of {list(accepted)}. Received: {arg}={value!r}"
-        )
-    return value
-
-
-def _triple(v):
-    return (v, v, v) if isinstance(v, int) else tuple(v)
-
-
-def conv3d(x, filters, kernel_size, *, strides=1, padding=0, name):
-    """Bias-free Conv3D with torch's symmetric zero padding.
-
-    Args:
-        x: (B, T, H, W, C) tensor.
-        filters: int. Output channels.
-        kernel_size, strides, padding: int or 3-tuple (T, H, W), as in
-            `torch.nn.Conv3d`.
-        name: str. Layer name; the padding layer is `{name}_pad`.
-
-    Returns:
-        (B, T', H', W', filters) tensor, T' = (T + 2 pad - k) // stride + 1.
-    """
-    kernel_size, strides, padding = map(_triple, (kernel_size, strides, padding))
-    same = all(s == 1 for s in strides) and all(
-        p == k // 2 and k % 2 for p, k in zip(padding, kernel_size)
-    )
-    if not same and any(padding):
-        x = layers.ZeroPadding3D(padding, name=f"{name}_pad")(x)
-    return layers.Conv3D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same" if same else "valid",
-        use_bias=False,
-        kernel_initializer=keras.initializers.VarianceScaling(
-            2.0, "fan_out", "untruncated_normal"
-        ),
-        name=name,
-    )(x)
-
-
-def batch_norm(x, name):
-    return layers.BatchNormalization(
-        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name
-    )(x)
 
 
 def midplanes(inplanes, planes):
@@ -211,7 +165,7 @@ def R2Plus1D(
     Raises:
         ValueError: bad `block`, `input_shape` or head.
     """
-    _choose(block, BLOCK_TYPES, "block")
+    choose(block, BLOCK_TYPES, "block")
     if len(blocks_per_stage) != len(widths):
         raise ValueError(
             "`blocks_per_stage` and `widths` must have the same length. Received: "
