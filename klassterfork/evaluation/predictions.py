@@ -56,6 +56,13 @@ def atomic_write(path, mode="w"):
         raise
 
 
+def video_id_str(video_id):
+    """A video id as str: bytes (as parsed from records) are UTF-8 decoded."""
+    if isinstance(video_id, bytes):
+        return video_id.decode("utf-8")
+    return str(video_id)
+
+
 def _stem(path):
     path = Path(path)
     return path.with_suffix("") if path.suffix in _SUFFIXES else path
@@ -91,7 +98,7 @@ def write_predictions(path, ids, scores, labels, class_names):
 
     Args:
         path: str or Path. `<stem>`, `<stem>.npz` or `<stem>.json`.
-        ids: sequence of N video ids (str or int; stored as str).
+        ids: sequence of N video ids (str, bytes or int; stored as str).
         scores: float (N, C) video-level scores.
         labels: int (N,) (negative = no label), a length-N sequence of int
             lists (multi-label; empty = no label), int (N, L) padded with -1,
@@ -105,8 +112,8 @@ def write_predictions(path, ids, scores, labels, class_names):
         ValueError: when the lengths disagree or a label is out of range.
     """
     scores = np.asarray(scores, dtype=np.float32)
-    ids = [str(i) for i in ids]
-    class_names = [str(c) for c in class_names]
+    ids = [video_id_str(i) for i in ids]
+    class_names = [video_id_str(c) for c in class_names]
     if scores.ndim != 2 or scores.shape != (len(ids), len(class_names)):
         raise ValueError(
             "`scores` must be (len(ids), len(class_names)). Received: "
@@ -179,11 +186,15 @@ def read_predictions(path):
         out = {
             "ids": [str(i) for i in data["ids"]],
             "scores": data["scores"].astype(np.float32),
-            "labels": data["labels"].astype(np.int64).reshape(
-                len(data["ids"]), -1),
+            "labels": data["labels"].astype(np.int64),
             "class_names": [str(c) for c in data["class_names"]],
         }
     n, c = len(out["ids"]), len(out["class_names"])
+    if out["labels"].ndim != 2 or out["labels"].shape[0] != n:
+        raise ValueError(
+            f"{npz_path}: labels has shape {out['labels'].shape}, expected "
+            f"({n}, L) padded with -1"
+        )
     if out["scores"].shape != (n, c):
         raise ValueError(
             f"{npz_path}: scores has shape {out['scores'].shape}, expected "

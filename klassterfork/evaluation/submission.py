@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from klassterfork.evaluation.metrics import top_k_indices
-from klassterfork.evaluation.predictions import atomic_write
+from klassterfork.evaluation.predictions import atomic_write, video_id_str
 
 
 def write_submission(path, ids, scores, k=5):
@@ -25,7 +25,7 @@ def write_submission(path, ids, scores, k=5):
         Path written.
     """
     scores = np.asarray(scores)
-    ids = [str(i) for i in ids]
+    ids = [video_id_str(i) for i in ids]
     if scores.ndim != 2 or scores.shape[0] != len(ids):
         raise ValueError(
             "`scores` must be (len(ids), C). Received: "

@@ -55,7 +55,7 @@ def test_round_trip_single_labels(tmp_path):
 
 def test_round_trip_multi_label_and_unlabelled(tmp_path):
     scores = make_scores(1, n=3)
-    write_predictions(tmp_path / "m", [1, 2, 3], scores,
+    write_predictions(tmp_path / "m", [1, b"2", np.bytes_(b"3")], scores,
                       [[0, 2], [1], []], NAMES)
     got = read_predictions(tmp_path / "m.json")
     assert got["ids"] == ["1", "2", "3"]
