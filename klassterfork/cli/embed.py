@@ -18,24 +18,33 @@ from klassterfork.evaluation import class_names, wordvec
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="embed_class_names", description=__doc__.splitlines()[0])
+        prog="embed_class_names", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--wordvec", required=True, help="word-vector file")
-    parser.add_argument("--format", required=True,
-                        choices=sorted(wordvec.FORMATS))
-    parser.add_argument("--vocab", help="vocabulary file for --format npy "
-                        "(default: X.vocab.txt beside X.npy)")
-    parser.add_argument("--dataset", required=True,
-                        help="output prefix; selects the shipped override "
-                        "table and the key of a json class list")
-    parser.add_argument("--classes", required=True,
-                        help="class list: classInd.txt, label_map.txt, "
-                        "labels.txt or classnames.json")
+    parser.add_argument("--format", required=True, choices=sorted(wordvec.FORMATS))
+    parser.add_argument(
+        "--vocab",
+        help="vocabulary file for --format npy (default: X.vocab.txt beside X.npy)",
+    )
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="output prefix; selects the shipped override "
+        "table and the key of a json class list",
+    )
+    parser.add_argument(
+        "--classes",
+        required=True,
+        help="class list: classInd.txt, label_map.txt, labels.txt or classnames.json",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--overrides", help="json {class: [words]} replacing "
-                       "the shipped table")
-    group.add_argument("--no-overrides", action="store_true",
-                       help="use no override table")
+    group.add_argument(
+        "--overrides", help="json {class: [words]} replacing the shipped table"
+    )
+    group.add_argument(
+        "--no-overrides", action="store_true", help="use no override table"
+    )
     return parser.parse_args(argv)
 
 
@@ -70,18 +79,24 @@ def main(argv=None):
             overrides = {}
         else:
             overrides = wordvec.default_overrides(args.dataset)
-        wordvecs = wordvec.load_word_vectors(args.wordvec, args.format,
-                                             vocab=args.vocab)
-        emb = embed_dataset(wordvecs=wordvecs, dataset=args.dataset,
-                            classes=args.classes, overrides=overrides)
+        wordvecs = wordvec.load_word_vectors(
+            args.wordvec, args.format, vocab=args.vocab
+        )
+        emb = embed_dataset(
+            wordvecs=wordvecs,
+            dataset=args.dataset,
+            classes=args.classes,
+            overrides=overrides,
+        )
     except (OSError, ValueError) as err:
         print(f"embed_class_names: error: {err}", file=sys.stderr)
         return 1
-    npy_path, names_path = wordvec.save_class_embeddings(
-        args.out, args.dataset, emb)
+    npy_path, names_path = wordvec.save_class_embeddings(args.out, args.dataset, emb)
     used = sum(name in overrides for name in emb.names)
-    print(f"{args.dataset}: {len(emb.names)} classes, dim {emb.matrix.shape[1]}"
-          f", {used} from the override table, {len(emb.oov)} with OOV words")
+    print(
+        f"{args.dataset}: {len(emb.names)} classes, dim {emb.matrix.shape[1]}"
+        f", {used} from the override table, {len(emb.oov)} with OOV words"
+    )
     report_oov(emb)
     print(f"wrote {npy_path} and {names_path}")
     return 0

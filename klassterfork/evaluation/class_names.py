@@ -24,8 +24,8 @@ import re
 
 # The authors' stopword list (their Kinetics/ActivityNet embedding code).
 STOPWORDS = frozenset(
-    ["a", "an", "the", "of", "and", "or", "at", "on", "in", "do", "using",
-     "with"])
+    ["a", "an", "the", "of", "and", "or", "at", "on", "in", "do", "using", "with"]
+)
 
 # "ApplyEyeMakeup" -> Apply Eye Makeup; "YoYo" -> Yo Yo; "UFOLanding" ->
 # UFO Landing; digits stay one token.
@@ -79,7 +79,8 @@ def _numbered(lines, pattern, path, base):
     if indices[0] not in base or indices != expected:
         raise ValueError(
             f"{path}: class indices must be contiguous from 0 or 1 without "
-            f"repeats. Received indices {indices[:10]}...")
+            f"repeats. Received indices {indices[:10]}..."
+        )
     return [n for _, n in indexed]
 
 
@@ -117,20 +118,26 @@ def read_class_list(path, dataset=None):
             if dataset not in data:
                 raise ValueError(
                     f"{path}: `dataset` must be one of {sorted(data)}. "
-                    f"Received: dataset={dataset!r}")
+                    f"Received: dataset={dataset!r}"
+                )
             data = data[dataset]
-        if not (isinstance(data, list) and data
-                and all(isinstance(n, str) for n in data)):
-            raise ValueError(f"{path}: expected a non-empty list of class "
-                             f"names (or a mapping dataset -> list).")
+        if not (
+            isinstance(data, list) and data and all(isinstance(n, str) for n in data)
+        ):
+            raise ValueError(
+                f"{path}: expected a non-empty list of class "
+                f"names (or a mapping dataset -> list)."
+            )
         return list(data)
-    lines = [line.strip() for line in
-             path.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         raise ValueError(f"{path}: no class names in the file.")
-    for pattern, base in ((_LABELS_TXT, (0,)), (_ID_COLON, (0, 1)),
-                          (_CLASS_IND, (0, 1))):
+    for pattern, base in (
+        (_LABELS_TXT, (0,)),
+        (_ID_COLON, (0, 1)),
+        (_CLASS_IND, (0, 1)),
+    ):
         if all(pattern.match(line) for line in lines):
             return _numbered(lines, pattern, path, base)
     return lines

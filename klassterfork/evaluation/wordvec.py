@@ -40,7 +40,8 @@ class WordVectors:
         if self.vectors.ndim != 2 or len(self.words) != len(self.vectors):
             raise ValueError(
                 f"Expected {len(self.words)} words and a (V, D) matrix with "
-                f"V = {len(self.words)}. Received: shape={self.vectors.shape}")
+                f"V = {len(self.words)}. Received: shape={self.vectors.shape}"
+            )
         # The first occurrence of a repeated word wins, as in gensim.
         self.index = {}
         for i, w in enumerate(self.words):
@@ -73,7 +74,8 @@ def _parse_text_lines(lines, path, dim, first_line, keep):
         if len(parts) != dim + 1:
             raise ValueError(
                 f"{path}:{lineno}: expected a word and {dim} numbers. "
-                f"Received {len(parts) - 1} numbers for word {parts[0]!r}.")
+                f"Received {len(parts) - 1} numbers for word {parts[0]!r}."
+            )
         if _keep(parts[0], keep):
             words.append(parts[0])
             rows.append(parts[1:])
@@ -87,7 +89,8 @@ def _header(line, path):
         raise ValueError(
             f"{path}:1: a word2vec file starts with a 'num_words dim' header. "
             f"Received: {line[:80]!r}. (GloVe text has no header: use "
-            f"format='glove'.)")
+            f"format='glove'.)"
+        )
     return int(parts[0]), int(parts[1])
 
 
@@ -105,8 +108,10 @@ def read_glove_text(path, keep=None):
     with open(path, encoding="utf-8") as f:
         first = f.readline()
         if all(p.isdigit() for p in first.split()) and len(first.split()) == 2:
-            raise ValueError(f"{path}:1: starts with a 'num_words dim' header "
-                             f"({first.strip()!r}): use format='word2vec-txt'.")
+            raise ValueError(
+                f"{path}:1: starts with a 'num_words dim' header "
+                f"({first.strip()!r}): use format='word2vec-txt'."
+            )
         words, vectors = _parse_text_lines([first, *f], path, None, 1, keep)
     return WordVectors(words, vectors)
 
@@ -129,8 +134,9 @@ def read_word2vec_text(path, keep=None):
         lines = list(f)
     count = sum(1 for line in lines if line.strip())
     if count != num_words:
-        raise ValueError(f"{path}: the header promises {num_words} words. "
-                         f"Received {count}.")
+        raise ValueError(
+            f"{path}: the header promises {num_words} words. Received {count}."
+        )
     words, vectors = _parse_text_lines(lines, path, dim, 2, keep)
     return WordVectors(words, vectors)
 
@@ -155,18 +161,16 @@ def read_word2vec_binary(path, keep=None):
     row_bytes = 4 * dim
     words, rows, pos = [], [], 0
     for i in range(num_words):
-        while data[pos:pos + 1] == b"\n":  # the C tool ends vectors with "\n"
+        while data[pos : pos + 1] == b"\n":  # the C tool ends vectors with "\n"
             pos += 1
         end = data.find(b" ", pos)
         if end < 0 or end + 1 + row_bytes > len(data):
-            raise ValueError(f"{path}: truncated after {i} of {num_words} "
-                             f"words.")
+            raise ValueError(f"{path}: truncated after {i} of {num_words} words.")
         word = data[pos:end].decode("utf-8", errors="replace")
         pos = end + 1
         if _keep(word, keep):
             words.append(word)
-            rows.append(np.frombuffer(data, dtype="<f4", count=dim,
-                                      offset=pos))
+            rows.append(np.frombuffer(data, dtype="<f4", count=dim, offset=pos))
         pos += row_bytes
     vectors = np.array(rows, dtype=np.float32).reshape(len(rows), dim)
     return WordVectors(words, vectors)
@@ -203,10 +207,13 @@ def read_npy(path, vocab=None, keep=None):
     if matrix.ndim != 2 or len(words) != matrix.shape[0]:
         raise ValueError(
             f"{path}: expected a (V, D) matrix with V = {len(words)} (the "
-            f"lines of {vocab}). Received: shape={matrix.shape}")
+            f"lines of {vocab}). Received: shape={matrix.shape}"
+        )
     mask = np.array([_keep(w, keep) for w in words], dtype=bool)
-    return WordVectors([w for w, m in zip(words, mask) if m],
-                       np.asarray(matrix[mask], dtype=np.float32))
+    return WordVectors(
+        [w for w, m in zip(words, mask) if m],
+        np.asarray(matrix[mask], dtype=np.float32),
+    )
 
 
 FORMATS = {
@@ -230,13 +237,16 @@ def load_word_vectors(path, format, vocab=None, keep=None):
         WordVectors.
     """
     if format not in FORMATS:
-        raise ValueError(f"`format` must be one of {sorted(FORMATS)}. "
-                         f"Received: format={format!r}")
+        raise ValueError(
+            f"`format` must be one of {sorted(FORMATS)}. Received: format={format!r}"
+        )
     if format == "npy":
         return read_npy(path, vocab=vocab, keep=keep)
     if vocab is not None:
-        raise ValueError(f"`vocab` is only used with format='npy'. Received: "
-                         f"format={format!r}, vocab={vocab!r}")
+        raise ValueError(
+            f"`vocab` is only used with format='npy'. Received: "
+            f"format={format!r}, vocab={vocab!r}"
+        )
     return FORMATS[format](path, keep=keep)
 
 
@@ -259,14 +269,21 @@ def read_overrides(path):
     """
     table = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
     if not isinstance(table, dict):
-        raise ValueError(f"{path}: an override table is a json object "
-                         f"{{class name: [words]}}. Received a "
-                         f"{type(table).__name__}.")
+        raise ValueError(
+            f"{path}: an override table is a json object "
+            f"{{class name: [words]}}. Received a "
+            f"{type(table).__name__}."
+        )
     for name, words in table.items():
-        if not (isinstance(words, list) and words
-                and all(isinstance(w, str) and w for w in words)):
-            raise ValueError(f"{path}: {name!r}: expected a non-empty list of "
-                             f"words. Received: {words!r}")
+        if not (
+            isinstance(words, list)
+            and words
+            and all(isinstance(w, str) and w for w in words)
+        ):
+            raise ValueError(
+                f"{path}: {name!r}: expected a non-empty list of "
+                f"words. Received: {words!r}"
+            )
     return table
 
 
@@ -275,7 +292,8 @@ def default_overrides(dataset):
     if dataset not in OVERRIDE_TABLES:
         return {}
     ref = importlib.resources.files("klassterfork.data").joinpath(
-        "overrides", OVERRIDE_TABLES[dataset])
+        "overrides", OVERRIDE_TABLES[dataset]
+    )
     with importlib.resources.as_file(ref) as path:
         return read_overrides(path)
 
@@ -349,15 +367,18 @@ def embed_class_names(names, wordvecs, overrides=None):
     if failed:
         raise ValueError(
             f"No known word for {len(failed)} class(es): {'; '.join(failed)}. "
-            f"Add an override table entry mapping the class to known words.")
+            f"Add an override table entry mapping the class to known words."
+        )
     return ClassEmbeddings(list(names), words, np.stack(rows), oov)
 
 
 def embedding_paths(out_dir, dataset):
     """(`{dataset}_class_embeddings.npy`, `{dataset}_class_names.txt`) in out_dir."""
     out_dir = pathlib.Path(out_dir)
-    return (out_dir / f"{dataset}_class_embeddings.npy",
-            out_dir / f"{dataset}_class_names.txt")
+    return (
+        out_dir / f"{dataset}_class_embeddings.npy",
+        out_dir / f"{dataset}_class_names.txt",
+    )
 
 
 def save_class_embeddings(out_dir, dataset, embeddings):
@@ -378,7 +399,8 @@ def save_class_embeddings(out_dir, dataset, embeddings):
         np.save(f, embeddings.matrix.astype(np.float32))
     tmp.replace(npy_path)
     class_names.atomic_write_text(
-        names_path, "".join(f"{n}\n" for n in embeddings.names))
+        names_path, "".join(f"{n}\n" for n in embeddings.names)
+    )
     return npy_path, names_path
 
 
@@ -395,7 +417,9 @@ def load_class_embeddings(out_dir, dataset):
     matrix = np.load(npy_path)
     names = names_path.read_text(encoding="utf-8").splitlines()
     if matrix.ndim != 2 or matrix.shape[0] != len(names):
-        raise ValueError(f"{npy_path}: expected ({len(names)}, D) rows, one "
-                         f"per line of {names_path}. Received: "
-                         f"shape={matrix.shape}")
+        raise ValueError(
+            f"{npy_path}: expected ({len(names)}, D) rows, one "
+            f"per line of {names_path}. Received: "
+            f"shape={matrix.shape}"
+        )
     return names, matrix

@@ -51,7 +51,8 @@ def average_by_video(features, video_index, labels=None):
         raise ValueError(
             f"`features` must be (N, D) with N = len(video_index) = "
             f"{video_index.shape[0]}. Received: features.shape="
-            f"{features.shape}")
+            f"{features.shape}"
+        )
     video_ids, inverse = np.unique(video_index, return_inverse=True)
     sums = np.zeros((len(video_ids), features.shape[1]))
     np.add.at(sums, inverse, features)
@@ -61,9 +62,11 @@ def average_by_video(features, video_index, labels=None):
         return video_ids, means, None
     labels = np.asarray(labels).reshape(-1)
     if labels.shape[0] != video_index.shape[0]:
-        raise ValueError(f"`labels` must have one entry per clip "
-                         f"({video_index.shape[0]}). Received: "
-                         f"labels.shape={labels.shape}")
+        raise ValueError(
+            f"`labels` must have one entry per clip "
+            f"({video_index.shape[0]}). Received: "
+            f"labels.shape={labels.shape}"
+        )
     video_labels = np.empty(len(video_ids), dtype=np.int64)
     video_labels[inverse] = labels
     bad = np.nonzero(video_labels[inverse] != labels)[0]
@@ -71,7 +74,8 @@ def average_by_video(features, video_index, labels=None):
         v = video_index[bad[0]]
         raise ValueError(
             f"Clips of video {v} disagree on the label: "
-            f"{sorted(set(labels[video_index == v].tolist()))}.")
+            f"{sorted(set(labels[video_index == v].tolist()))}."
+        )
     return video_ids, means, video_labels
 
 
@@ -91,7 +95,8 @@ def cosine_scores(features, class_matrix):
         raise ValueError(
             f"`class_matrix` must be (C, D) with D = {features.shape[-1]} "
             f"(the feature size). Received: class_matrix.shape="
-            f"{class_matrix.shape}")
+            f"{class_matrix.shape}"
+        )
     return l2_normalize(features) @ l2_normalize(class_matrix).T
 
 
@@ -109,8 +114,10 @@ def label_ranks(scores, labels):
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = scores.shape[1]
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"`labels` must be in [0, {num_classes}). Received "
-                         f"min={labels.min()}, max={labels.max()}")
+        raise ValueError(
+            f"`labels` must be in [0, {num_classes}). Received "
+            f"min={labels.min()}, max={labels.max()}"
+        )
     rows = np.arange(len(labels))
     own = scores[rows, labels][:, None]
     lower_index = np.arange(num_classes)[None, :] < labels[:, None]
@@ -128,8 +135,7 @@ def predict(scores):
     return np.argmax(np.asarray(scores), axis=1)
 
 
-def zero_shot_accuracy(features, video_index, labels, class_matrix,
-                       top_k=(1, 5)):
+def zero_shot_accuracy(features, video_index, labels, class_matrix, top_k=(1, 5)):
     """Zero-shot top-k on all classes of the target dataset.
 
     Args:
@@ -160,15 +166,28 @@ def random_class_splits(num_classes, num_splits=10, fraction=0.5, seed=0):
         list of `num_splits` sorted int arrays of round(fraction * C) classes.
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"`fraction` must be in (0, 1]. Received: "
-                         f"fraction={fraction}")
+        raise ValueError(f"`fraction` must be in (0, 1]. Received: fraction={fraction}")
     size = max(1, int(round(fraction * num_classes)))
-    return [np.sort(np.random.default_rng([seed, i]).choice(
-        num_classes, size=size, replace=False)) for i in range(num_splits)]
+    return [
+        np.sort(
+            np.random.default_rng([seed, i]).choice(
+                num_classes, size=size, replace=False
+            )
+        )
+        for i in range(num_splits)
+    ]
 
 
-def zero_shot_splits(features, video_index, labels, class_matrix,
-                     num_splits=10, fraction=0.5, seed=0, top_k=(1, 5)):
+def zero_shot_splits(
+    features,
+    video_index,
+    labels,
+    class_matrix,
+    num_splits=10,
+    fraction=0.5,
+    seed=0,
+    top_k=(1, 5),
+):
     """Zero-shot top-k over random class subsets, mean and std.
 
     For each split only the videos of the chosen classes are scored, and only
@@ -187,8 +206,7 @@ def zero_shot_splits(features, video_index, labels, class_matrix,
     """
     _, feats, video_labels = average_by_video(features, video_index, labels)
     class_matrix = np.asarray(class_matrix)
-    splits = random_class_splits(class_matrix.shape[0], num_splits, fraction,
-                                 seed)
+    splits = random_class_splits(class_matrix.shape[0], num_splits, fraction, seed)
     per_split = {k: [] for k in top_k}
     for classes in splits:
         new_label = np.full(class_matrix.shape[0], -1)
@@ -237,18 +255,21 @@ class ZeroShotAccumulator:
     def _arrays(self):
         if not self._features:
             raise ValueError("No batch was added: call `update` first.")
-        return (np.concatenate(self._features), np.concatenate(self._videos),
-                np.concatenate(self._labels))
+        return (
+            np.concatenate(self._features),
+            np.concatenate(self._videos),
+            np.concatenate(self._labels),
+        )
 
     def result(self):
         """`zero_shot_accuracy` on everything added so far."""
-        return zero_shot_accuracy(*self._arrays(), self.class_matrix,
-                                  self.top_k)
+        return zero_shot_accuracy(*self._arrays(), self.class_matrix, self.top_k)
 
     def result_splits(self, num_splits=10, fraction=0.5, seed=0):
         """`zero_shot_splits` on everything added so far."""
-        return zero_shot_splits(*self._arrays(), self.class_matrix,
-                                num_splits, fraction, seed, self.top_k)
+        return zero_shot_splits(
+            *self._arrays(), self.class_matrix, num_splits, fraction, seed, self.top_k
+        )
 
 
 def filter_overlapping_classes(train_matrix, target_matrix, tau):
@@ -270,8 +291,7 @@ def filter_overlapping_classes(train_matrix, target_matrix, tau):
     """
     # Rounding can push the cosine of identical rows past 1; clip so that
     # identical names sit at distance 0 and tau=0 keeps every class.
-    distances = np.clip(1.0 - cosine_scores(train_matrix, target_matrix),
-                        0.0, 2.0)
+    distances = np.clip(1.0 - cosine_scores(train_matrix, target_matrix), 0.0, 2.0)
     nearest = np.argmin(distances, axis=1)
     nearest_distance = distances[np.arange(len(nearest)), nearest]
     return nearest_distance >= tau, nearest, nearest_distance

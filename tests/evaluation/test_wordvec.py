@@ -32,8 +32,11 @@ def need(path):
 def top10k():
     """(words, float32 (10000, 50)) read with numpy alone (the reference)."""
     npy = need(WORDVEC / "glove.6B.50d.top10k.npy")
-    words = (WORDVEC / "glove.6B.50d.top10k.vocab.txt").read_text(
-        encoding="utf-8").splitlines()
+    words = (
+        (WORDVEC / "glove.6B.50d.top10k.vocab.txt")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    )
     return words, np.load(npy)
 
 
@@ -65,8 +68,9 @@ def assert_bit_exact(got, want):
 
 
 def text_lines(words, vectors):
-    return "".join(f"{w} {' '.join(shortest(x) for x in v)}\n"
-                   for w, v in zip(words, vectors))
+    return "".join(
+        f"{w} {' '.join(shortest(x) for x in v)}\n" for w, v in zip(words, vectors)
+    )
 
 
 def test_glove_text_round_trips_bit_exactly(tmp_path, top10k):
@@ -85,15 +89,15 @@ def test_shared_glove_subset_matches_the_npy_rows(glove, top10k):
     common = [w for w in glove.words if w in row]
     assert len(glove.words) == 1376 and glove.dim == 50
     assert len(common) > 500
-    assert_bit_exact(np.stack([glove[w] for w in common]),
-                     vectors[[row[w] for w in common]])
+    assert_bit_exact(
+        np.stack([glove[w] for w in common]), vectors[[row[w] for w in common]]
+    )
 
 
 def test_word2vec_text_round_trips_bit_exactly(tmp_path, top10k):
     words, vectors = sample(top10k)
     path = tmp_path / "w.txt"
-    path.write_text(f"{len(words)} 50\n" + text_lines(words, vectors),
-                    encoding="utf-8")
+    path.write_text(f"{len(words)} 50\n" + text_lines(words, vectors), encoding="utf-8")
     wv = wordvec.load_word_vectors(path, "word2vec-txt")
     assert wv.words == words
     assert_bit_exact(wv.vectors, vectors)
@@ -126,13 +130,15 @@ def test_npy_with_vocab_and_default_vocab_path(tmp_path, top10k):
     assert_bit_exact(wv.vectors, vectors)
     (tmp_path / "other.txt").write_text("\n".join(words[:10]))
     with pytest.raises(ValueError, match=r"V = 10 .*other\.txt"):
-        wordvec.load_word_vectors(tmp_path / "v.npy", "npy",
-                                  vocab=tmp_path / "other.txt")
+        wordvec.load_word_vectors(
+            tmp_path / "v.npy", "npy", vocab=tmp_path / "other.txt"
+        )
 
 
 def test_shared_npy_reader(top10k):
-    wv = wordvec.read_npy(WORDVEC / "glove.6B.50d.top10k.npy",
-                          keep={"the", "hair", "brushing"})
+    wv = wordvec.read_npy(
+        WORDVEC / "glove.6B.50d.top10k.npy", keep={"the", "hair", "brushing"}
+    )
     words, vectors = top10k
     assert wv.words == [w for w in words if w in {"the", "hair", "brushing"}]
     assert_bit_exact(wv.vectors, vectors[[words.index(w) for w in wv.words]])
@@ -143,8 +149,11 @@ def test_reader_errors_name_the_file_and_the_fix(tmp_path):
     glove_file.write_text("cat 1 2 3\ndog 4 5\n")
     with pytest.raises(ValueError, match=r"g\.txt:1: .*header.*'glove'"):
         wordvec.load_word_vectors(glove_file, "word2vec-txt")
-    with pytest.raises(ValueError, match=r"g\.txt:2: expected a word and 3 "
-                       r"numbers\. Received 2 numbers for word 'dog'"):
+    with pytest.raises(
+        ValueError,
+        match=r"g\.txt:2: expected a word and 3 "
+        r"numbers\. Received 2 numbers for word 'dog'",
+    ):
         wordvec.load_word_vectors(glove_file, "glove")
     w2v = tmp_path / "w.txt"
     w2v.write_text("3 2\ncat 1 2\ndog 3 4\n")
@@ -156,41 +165,49 @@ def test_reader_errors_name_the_file_and_the_fix(tmp_path):
     binary.write_bytes(b"2 2\ncat " + np.ones(2, "<f4").tobytes() + b"dog \0")
     with pytest.raises(ValueError, match=r"w\.bin: truncated after 1 of 2"):
         wordvec.load_word_vectors(binary, "word2vec-bin")
-    with pytest.raises(ValueError, match=r"`format` must be one of .*"
-                       r"Received: format='fasttext'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`format` must be one of .*"
+        r"Received: format='fasttext'",
+    ):
         wordvec.load_word_vectors(binary, "fasttext")
 
 
-@pytest.mark.parametrize("name, words", [
-    ("ApplyEyeMakeup", ["apply", "eye", "makeup"]),
-    ("YoYo", ["yo", "yo"]),
-    ("PlayingDaf", ["playing", "daf"]),
-    ("brush_hair", ["brush", "hair"]),
-    ("ride_horse", ["ride", "horse"]),
-    ("hugging (not baby)", ["hugging"]),
-    ("throwing ball (not baseball or American football)", ["throwing", "ball"]),
-    ("curling (sport)", ["curling", "sport"]),
-    ("passing American football (in game)",
-     ["passing", "american", "football", "game"]),
-    ("riding or walking with horse", ["riding", "walking", "horse"]),
-    ("massaging person's head", ["massaging", "person", "head"]),
-    ("Carving jack-o-lanterns", ["carving", "jack", "o", "lanterns"]),
-    ("pretending to be a statue", ["pretending", "to", "be", "statue"]),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("ApplyEyeMakeup", ["apply", "eye", "makeup"]),
+        ("YoYo", ["yo", "yo"]),
+        ("PlayingDaf", ["playing", "daf"]),
+        ("brush_hair", ["brush", "hair"]),
+        ("ride_horse", ["ride", "horse"]),
+        ("hugging (not baby)", ["hugging"]),
+        ("throwing ball (not baseball or American football)", ["throwing", "ball"]),
+        ("curling (sport)", ["curling", "sport"]),
+        (
+            "passing American football (in game)",
+            ["passing", "american", "football", "game"],
+        ),
+        ("riding or walking with horse", ["riding", "walking", "horse"]),
+        ("massaging person's head", ["massaging", "person", "head"]),
+        ("Carving jack-o-lanterns", ["carving", "jack", "o", "lanterns"]),
+        ("pretending to be a statue", ["pretending", "to", "be", "statue"]),
+    ],
+)
 def test_class_words(name, words):
     assert class_names.class_words(name) == words
 
 
 def test_override_replaces_the_rules():
     table = {"deadlifting": ["Lifting", "weight"]}
-    assert class_names.class_words("deadlifting", table) == ["lifting",
-                                                             "weight"]
+    assert class_names.class_words("deadlifting", table) == ["lifting", "weight"]
     assert class_names.class_words("deadlifting") == ["deadlifting"]
 
 
 def test_read_class_list_formats_agree(tmp_path, classnames):
     ucf = class_names.read_class_list(
-        need(ANN / "ucf101/ucfTrainTestlist/classInd.txt"))  # "1 Name" CRLF
+        need(ANN / "ucf101/ucfTrainTestlist/classInd.txt")
+    )  # "1 Name" CRLF
     assert len(ucf) == 101 and ucf[0] == "ApplyEyeMakeup"
     assert ucf == class_names.read_class_list(ANN / "ucf101/label_map.txt")
     assert ucf == classnames["ucf101"]
@@ -203,35 +220,46 @@ def test_read_class_list_formats_agree(tmp_path, classnames):
     assert [i for i in range(51) if mm[i] != tsn[i]] == [20, 21, 44, 45]
     k700 = class_names.read_class_list(ANN / "kinetics/label_map_k700.txt")
     assert k700 == class_names.read_class_list(
-        WORDVEC / "classnames.json", "kinetics700")
+        WORDVEC / "classnames.json", "kinetics700"
+    )
     class_names.write_labels_txt(tmp_path / "labels.txt", k700)
-    assert (tmp_path / "labels.txt").read_text().splitlines()[1] == \
-        "1,acting in play"
+    assert (tmp_path / "labels.txt").read_text().splitlines()[1] == "1,acting in play"
     assert class_names.read_class_list(tmp_path / "labels.txt") == k700
     # AVA's "id: name" map skips ids (60 of 80): no dense class matrix.
-    with pytest.raises(ValueError, match=r"ava_label_map\.txt: class indices "
-                       r"must be contiguous.*\[1, 3, 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"ava_label_map\.txt: class indices "
+        r"must be contiguous.*\[1, 3, 4",
+    ):
         class_names.read_class_list(ANN / "other_label_maps/ava_label_map.txt")
 
 
 def test_read_class_list_errors(tmp_path):
     bad = tmp_path / "labels.txt"
     bad.write_text("0,a\n2,b\n")
-    with pytest.raises(ValueError, match=r"labels\.txt: class indices must "
-                       r"be contiguous.*\[0, 2\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels\.txt: class indices must "
+        r"be contiguous.*\[0, 2\]",
+    ):
         class_names.read_class_list(bad)
-    with pytest.raises(ValueError, match=r"`dataset` must be one of .*"
-                       r"Received: dataset='ucf'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`dataset` must be one of .*"
+        r"Received: dataset='ucf'",
+    ):
         class_names.read_class_list(need(WORDVEC / "classnames.json"), "ucf")
 
 
 def test_embedding_is_the_normalised_mean_of_unit_vectors():
-    wv = wordvec.WordVectors(["x", "y", "z"], np.array(
-        [[3, 4], [0, 2], [-1, 0]], np.float32))
+    wv = wordvec.WordVectors(
+        ["x", "y", "z"], np.array([[3, 4], [0, 2], [-1, 0]], np.float32)
+    )
     vec, oov = wordvec.embed_words(["x", "y", "zzz"], wv)
     # units (.6, .8) and (0, 1): mean (.3, .9), norm sqrt(.9).
-    np.testing.assert_allclose(vec, [0.3 / math.sqrt(0.9),
-                                     0.9 / math.sqrt(0.9)], rtol=1e-6)
+    np.testing.assert_allclose(
+        vec, [0.3 / math.sqrt(0.9), 0.9 / math.sqrt(0.9)], rtol=1e-6
+    )
     assert oov == ["zzz"]
     emb = wordvec.embed_class_names(["X_the_Y", "z"], wv)  # "the": stopword
     np.testing.assert_allclose(emb.matrix, [vec, [-1, 0]], rtol=1e-6)
@@ -240,35 +268,37 @@ def test_embedding_is_the_normalised_mean_of_unit_vectors():
 
 def test_class_without_known_word_fails_naming_it():
     wv = wordvec.WordVectors(["hair"], np.ones((1, 2), np.float32))
-    with pytest.raises(ValueError, match=r"1 class\(es\): 'deadlifting' "
-                       r"\(words \['deadlifting'\]\).*override"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 class\(es\): 'deadlifting' "
+        r"\(words \['deadlifting'\]\).*override",
+    ):
         wordvec.embed_class_names(["brush_hair", "deadlifting"], wv)
-    emb = wordvec.embed_class_names(["brush_hair", "deadlifting"], wv,
-                                    {"deadlifting": ["hair"]})
+    emb = wordvec.embed_class_names(
+        ["brush_hair", "deadlifting"], wv, {"deadlifting": ["hair"]}
+    )
     assert emb.oov == {"brush_hair": ["brush"]}
 
 
 def k700_oov_classes():
     report = need(WORDVEC / "coverage_report.txt").read_text()
-    line = next(x for x in report.splitlines()
-                if x.startswith("kinetics700:"))
+    line = next(x for x in report.splitlines() if x.startswith("kinetics700:"))
     return ast.literal_eval(line.split("no word in vocab: 13 ")[1])
 
 
-@pytest.mark.parametrize("dataset", ["ucf101", "hmdb51", "kinetics400",
-                                     "kinetics600", "kinetics700",
-                                     "kinetics710"])
+@pytest.mark.parametrize(
+    "dataset",
+    ["ucf101", "hmdb51", "kinetics400", "kinetics600", "kinetics700", "kinetics710"],
+)
 def test_every_class_gets_a_unit_embedding(glove, classnames, dataset):
     names = classnames[dataset]
     overrides = wordvec.default_overrides(dataset)
     emb = wordvec.embed_class_names(names, glove, overrides)
     assert emb.matrix.shape == (len(names), 50)
     assert emb.matrix.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(emb.matrix, axis=1), 1,
-                               atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(emb.matrix, axis=1), 1, atol=1e-6)
     assert emb.oov == {}  # override words are all in the GloVe subset
-    family = [n for d, ns in classnames.items() if d[:4] == dataset[:4]
-              for n in ns]
+    family = [n for d, ns in classnames.items() if d[:4] == dataset[:4] for n in ns]
     assert set(overrides) <= set(family)  # no typo in the shipped table
     if dataset != "ucf101":
         assert "situp" in overrides
@@ -276,18 +306,22 @@ def test_every_class_gets_a_unit_embedding(glove, classnames, dataset):
 
 def test_kinetics700_needs_its_override_table(glove, classnames):
     oov = k700_oov_classes()
-    assert len(oov) == 13 and set(oov) <= set(wordvec.default_overrides(
-        "kinetics700"))
-    with pytest.raises(ValueError, match=r"No known word for 13 class\(es\):"
-                       r" 'barbequing'.*'unboxing'"):
+    assert len(oov) == 13 and set(oov) <= set(wordvec.default_overrides("kinetics700"))
+    with pytest.raises(
+        ValueError,
+        match=r"No known word for 13 class\(es\):"
+        r" 'barbequing'.*'unboxing'",
+    ):
         wordvec.embed_class_names(classnames["kinetics700"], glove)
 
 
 def test_brush_hair_is_nearest_to_brushing_hair(glove, classnames):
-    hmdb = wordvec.embed_class_names(classnames["hmdb51"], glove,
-                                     wordvec.default_overrides("hmdb51"))
-    k700 = wordvec.embed_class_names(classnames["kinetics700"], glove,
-                                     wordvec.default_overrides("kinetics700"))
+    hmdb = wordvec.embed_class_names(
+        classnames["hmdb51"], glove, wordvec.default_overrides("hmdb51")
+    )
+    k700 = wordvec.embed_class_names(
+        classnames["kinetics700"], glove, wordvec.default_overrides("kinetics700")
+    )
     nearest = np.argmax(hmdb.matrix @ k700.matrix.T, axis=1)
     pairs = {h: k700.names[j] for h, j in zip(hmdb.names, nearest)}
     assert pairs["brush_hair"] == "brushing hair"
@@ -297,50 +331,82 @@ def test_brush_hair_is_nearest_to_brushing_hair(glove, classnames):
 
 
 def test_save_and_load_class_embeddings(tmp_path):
-    emb = wordvec.ClassEmbeddings(["a b", "c"], [["a", "b"], ["c"]],
-                                  np.eye(2, 3, dtype=np.float32), {})
+    emb = wordvec.ClassEmbeddings(
+        ["a b", "c"], [["a", "b"], ["c"]], np.eye(2, 3, dtype=np.float32), {}
+    )
     npy, names = wordvec.save_class_embeddings(tmp_path / "out", "toy", emb)
     assert npy.name == "toy_class_embeddings.npy"
     assert names.read_text() == "a b\nc\n"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "toy_class_embeddings.npy", "toy_class_names.txt"]  # no temp left
+        "toy_class_embeddings.npy",
+        "toy_class_names.txt",
+    ]  # no temp left
     got_names, got = wordvec.load_class_embeddings(tmp_path / "out", "toy")
     assert got_names == ["a b", "c"]
     np.testing.assert_array_equal(got, emb.matrix)
 
 
 def test_cli_end_to_end_on_ucf101(tmp_path, capsys, glove):
-    rc = embed.main([
-        "--wordvec", str(GLOVE_SUBSET), "--format", "glove",
-        "--dataset", "ucf101",
-        "--classes", str(need(ANN / "ucf101/ucfTrainTestlist/classInd.txt")),
-        "--out", str(tmp_path)])
+    rc = embed.main(
+        [
+            "--wordvec",
+            str(GLOVE_SUBSET),
+            "--format",
+            "glove",
+            "--dataset",
+            "ucf101",
+            "--classes",
+            str(need(ANN / "ucf101/ucfTrainTestlist/classInd.txt")),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "ucf101: 101 classes, dim 50, 1 from the override table" in out
     names, matrix = wordvec.load_class_embeddings(tmp_path, "ucf101")
     assert names[0] == "ApplyEyeMakeup" and matrix.shape == (101, 50)
-    want = sum(glove[w] / np.linalg.norm(glove[w])
-               for w in ["apply", "eye", "makeup"])
-    np.testing.assert_allclose(matrix[0], want / np.linalg.norm(want),
-                               atol=1e-6)
+    want = sum(glove[w] / np.linalg.norm(glove[w]) for w in ["apply", "eye", "makeup"])
+    np.testing.assert_allclose(matrix[0], want / np.linalg.norm(want), atol=1e-6)
 
 
 def test_cli_npy_format_and_overrides_file(tmp_path, capsys):
     classes = tmp_path / "classes.txt"
     classes.write_text("brushing hair\ndeadlifting\n")
-    rc = embed.main([
-        "--wordvec", str(need(WORDVEC / "glove.6B.50d.top10k.npy")),
-        "--format", "npy", "--dataset", "mine", "--classes", str(classes),
-        "--out", str(tmp_path)])
+    rc = embed.main(
+        [
+            "--wordvec",
+            str(need(WORDVEC / "glove.6B.50d.top10k.npy")),
+            "--format",
+            "npy",
+            "--dataset",
+            "mine",
+            "--classes",
+            str(classes),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 1
     assert "'deadlifting'" in capsys.readouterr().err
     table = tmp_path / "o.json"
     table.write_text('{"deadlifting": ["lifting", "weights", "qqqq"]}')
-    rc = embed.main([
-        "--wordvec", str(WORDVEC / "glove.6B.50d.top10k.npy"),
-        "--format", "npy", "--dataset", "mine", "--classes", str(classes),
-        "--out", str(tmp_path), "--overrides", str(table)])
+    rc = embed.main(
+        [
+            "--wordvec",
+            str(WORDVEC / "glove.6B.50d.top10k.npy"),
+            "--format",
+            "npy",
+            "--dataset",
+            "mine",
+            "--classes",
+            str(classes),
+            "--out",
+            str(tmp_path),
+            "--overrides",
+            str(table),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "OOV in 'deadlifting': weights qqqq (skipped)" in out
@@ -349,11 +415,21 @@ def test_cli_npy_format_and_overrides_file(tmp_path, capsys):
 
 
 def test_cli_no_overrides_fails_on_kinetics700(tmp_path, capsys):
-    rc = embed.main([
-        "--wordvec", str(need(GLOVE_SUBSET)), "--format", "glove",
-        "--dataset", "kinetics700", "--classes",
-        str(WORDVEC / "classnames.json"), "--out", str(tmp_path),
-        "--no-overrides"])
+    rc = embed.main(
+        [
+            "--wordvec",
+            str(need(GLOVE_SUBSET)),
+            "--format",
+            "glove",
+            "--dataset",
+            "kinetics700",
+            "--classes",
+            str(WORDVEC / "classnames.json"),
+            "--out",
+            str(tmp_path),
+            "--no-overrides",
+        ]
+    )
     assert rc == 1
     assert "No known word for 13 class(es)" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

@@ -11,18 +11,15 @@ import pytest
 from klassterfork.evaluation import zero_shot
 
 
-def reference(features, video_index, labels, class_matrix, ks=(1, 5),
-              classes=None):
+def reference(features, video_index, labels, class_matrix, ks=(1, 5), classes=None):
     """Loop-by-loop top-k: per video mean, cosine, count of beating classes.
 
     `classes`: optional subset of class ids (relabelled by position); videos
     of other classes are skipped.
     """
-    classes = list(range(len(class_matrix))) if classes is None else list(
-        classes)
+    classes = list(range(len(class_matrix))) if classes is None else list(classes)
     clips = {}
-    for f, v, y in zip(features.tolist(), video_index.tolist(),
-                       labels.tolist()):
+    for f, v, y in zip(features.tolist(), video_index.tolist(), labels.tolist()):
         clips.setdefault(v, []).append((f, y))
     hits = {k: 0 for k in ks}
     count = 0
@@ -37,13 +34,17 @@ def reference(features, video_index, labels, class_matrix, ks=(1, 5),
         for c in classes:
             w = class_matrix[c].tolist()
             dot = sum(a * b for a, b in zip(mean, w))
-            scores.append(dot / (math.sqrt(sum(a * a for a in mean))
-                                 * math.sqrt(sum(b * b for b in w))))
+            scores.append(
+                dot
+                / (
+                    math.sqrt(sum(a * a for a in mean))
+                    * math.sqrt(sum(b * b for b in w))
+                )
+            )
         own = classes.index(label)
         rank = 0
         for j, s in enumerate(scores):
-            if s > scores[own] + 1e-12 or (abs(s - scores[own]) <= 1e-12
-                                           and j < own):
+            if s > scores[own] + 1e-12 or (abs(s - scores[own]) <= 1e-12 and j < own):
                 rank += 1
         for k in ks:
             hits[k] += rank < k
@@ -60,8 +61,9 @@ def random_data(seed, num_videos=40, num_classes=12, dim=8):
     order = rng.permutation(len(video_index))  # clips interleaved
     class_matrix = rng.normal(size=(num_classes, dim)).astype(np.float32)
     # Features near their class so accuracies are neither 0 nor 1.
-    features = (class_matrix[labels] * 0.3
-                + rng.normal(size=(len(labels), dim))).astype(np.float32)
+    features = (
+        class_matrix[labels] * 0.3 + rng.normal(size=(len(labels), dim))
+    ).astype(np.float32)
     return features[order], video_index[order], labels[order], class_matrix
 
 
@@ -78,8 +80,9 @@ def test_all_classes_matches_reference(seed):
 
 def test_ties_go_to_the_lower_class_index():
     # Classes 1 and 3 have the same direction (3 = 2 x 1): equal cosines.
-    class_matrix = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 2, 0],
-                             [1, 1, 0]], np.float64)
+    class_matrix = np.array(
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 2, 0], [1, 1, 0]], np.float64
+    )
     features = np.array([[0, 5, 0], [0, 5, 0], [0, 1, 1e-3]], np.float64)
     video_index = np.array([0, 1, 2])
     labels = np.array([1, 3, 3])
@@ -87,14 +90,16 @@ def test_ties_go_to_the_lower_class_index():
     assert scores[0, 1] == scores[0, 3]  # an exact tie
     # video 0 (label 1) wins the tie; video 1 (label 3) loses it to class 1;
     # video 2: classes 1 and 3 tie again (both cos ~1), label 3 -> rank 1.
-    np.testing.assert_array_equal(zero_shot.label_ranks(scores, labels),
-                                  [0, 1, 1])
+    np.testing.assert_array_equal(zero_shot.label_ranks(scores, labels), [0, 1, 1])
     np.testing.assert_array_equal(zero_shot.predict(scores), [1, 1, 1])
-    got = zero_shot.zero_shot_accuracy(features, video_index, labels,
-                                       class_matrix, top_k=(1, 2))
+    got = zero_shot.zero_shot_accuracy(
+        features, video_index, labels, class_matrix, top_k=(1, 2)
+    )
     assert got["top1"] == pytest.approx(1 / 3) and got["top2"] == 1.0
-    assert got == {**reference(features, video_index, labels, class_matrix,
-                               ks=(1, 2)), "num_videos": 3}
+    assert got == {
+        **reference(features, video_index, labels, class_matrix, ks=(1, 2)),
+        "num_videos": 3,
+    }
 
 
 def test_ties_with_a_shuffled_class_order_are_still_by_index():
@@ -104,9 +109,9 @@ def test_ties_with_a_shuffled_class_order_are_still_by_index():
     features = np.repeat(base, 3, axis=0)  # every score ties exactly
     labels = rng.integers(0, 9, size=12)
     ranks = zero_shot.label_ranks(
-        zero_shot.cosine_scores(features, class_matrix), labels)
-    want = reference(features, np.arange(12), labels, class_matrix,
-                     ks=(1, 2, 3))
+        zero_shot.cosine_scores(features, class_matrix), labels
+    )
+    want = reference(features, np.arange(12), labels, class_matrix, ks=(1, 2, 3))
     for k in (1, 2, 3):
         assert np.mean(ranks < k) == pytest.approx(want[f"top{k}"])
 
@@ -114,12 +119,16 @@ def test_ties_with_a_shuffled_class_order_are_still_by_index():
 def test_average_by_video_by_hand():
     features = np.array([[1.0, 2], [3, 4], [10, 10], [5, 6]])
     ids, means, labels = zero_shot.average_by_video(
-        features, [7, 2, 7, 7], [4, 1, 4, 4])
+        features, [7, 2, 7, 7], [4, 1, 4, 4]
+    )
     np.testing.assert_array_equal(ids, [2, 7])
     np.testing.assert_allclose(means, [[3, 4], [16 / 3, 6]])
     np.testing.assert_array_equal(labels, [1, 4])
-    with pytest.raises(ValueError, match=r"video 7 disagree on the label: "
-                       r"\[3, 4\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"video 7 disagree on the label: "
+        r"\[3, 4\]",
+    ):
         zero_shot.average_by_video(features, [7, 2, 7, 7], [4, 1, 3, 4])
     with pytest.raises(ValueError, match=r"len\(video_index\) = 3"):
         zero_shot.average_by_video(features, [1, 2, 3])
@@ -131,8 +140,11 @@ def test_top5_with_fewer_than_five_classes_is_one():
 
 
 def test_errors_name_the_argument():
-    with pytest.raises(ValueError, match=r"`class_matrix` must be \(C, D\) "
-                       r"with D = 8.*shape=\(3, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`class_matrix` must be \(C, D\) "
+        r"with D = 8.*shape=\(3, 7\)",
+    ):
         zero_shot.cosine_scores(np.ones((2, 8)), np.ones((3, 7)))
     with pytest.raises(ValueError, match=r"`labels` must be in \[0, 3\)"):
         zero_shot.label_ranks(np.ones((2, 3)), [0, 3])
@@ -177,17 +189,24 @@ def test_accumulator_equals_one_shot():
         sl = slice(start, start + 7)
         acc.update(features[sl], video_index[sl], labels[sl])
     assert acc.result() == zero_shot.zero_shot_accuracy(
-        features, video_index, labels, class_matrix)
+        features, video_index, labels, class_matrix
+    )
     splits = acc.result_splits(num_splits=3, seed=2)
-    assert splits["top1"] == zero_shot.zero_shot_splits(
-        features, video_index, labels, class_matrix, num_splits=3,
-        seed=2)["top1"]
+    assert (
+        splits["top1"]
+        == zero_shot.zero_shot_splits(
+            features, video_index, labels, class_matrix, num_splits=3, seed=2
+        )["top1"]
+    )
 
 
 def test_imports_neither_tensorflow_nor_keras():
-    code = ("import sys, klassterfork.evaluation.zero_shot, "
-            "klassterfork.evaluation.wordvec; "
-            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                         text=True, check=True).stdout
+    code = (
+        "import sys, klassterfork.evaluation.zero_shot, "
+        "klassterfork.evaluation.wordvec; "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["False", "False"]
