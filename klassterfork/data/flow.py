@@ -76,7 +76,9 @@ def farneback_frames(frames, *, bound=DEFAULT_BOUND, quality=DEFAULT_QUALITY):
         raise ValueError("`frames` must not be empty.")
     grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     if len(grays) == 1:
-        zero = frames_lib.encode_jpeg(quantize(np.zeros(grays[0].shape), bound), quality)
+        zero = frames_lib.encode_jpeg(
+            quantize(np.zeros(grays[0].shape), bound), quality
+        )
         return [zero], [zero]
     xs, ys = [], []
     for prev, nxt in zip(grays[:-1], grays[1:]):

@@ -64,7 +64,7 @@ def _pattern_regex(pattern):
     for placeholder in (_PRINTF, _FORMAT):
         m = placeholder.search(pattern)
         if m:
-            head, tail = pattern[: m.start()], pattern[m.end():]
+            head, tail = pattern[: m.start()], pattern[m.end() :]
             if placeholder is _PRINTF:
                 head, tail = head.replace("%%", "%"), tail.replace("%%", "%")
             return re.compile(f"^{re.escape(head)}(\\d+){re.escape(tail)}$")
@@ -111,9 +111,10 @@ def frame_paths(folder, pattern=DEFAULT_PATTERN, *, first_index=1, num_frames=No
         )
     for expected, index in enumerate(indices, first_index):
         if index != expected:
+            last = format_index(pattern, indices[-1])
             raise ValueError(
                 f"{folder}: frame {format_index(pattern, expected)!r} is missing "
-                f"but later frames exist (up to {format_index(pattern, indices[-1])!r})."
+                f"but later frames exist (up to {last!r})."
             )
     return [os.path.join(folder, format_index(pattern, i)) for i in indices]
 

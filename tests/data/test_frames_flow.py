@@ -31,7 +31,9 @@ def psnr(a, b):
 def test_frame_paths_counts_and_patterns(tmp_path):
     names = sorted(os.listdir(IMGS))
     imgs = frames.frame_paths(str(IMGS))
-    assert [os.path.basename(p) for p in imgs] == [n for n in names if n.startswith("img_")]
+    assert [os.path.basename(p) for p in imgs] == [
+        n for n in names if n.startswith("img_")
+    ]
     assert len(imgs) == 10
     assert frames.frame_paths(str(IMGS), "img_{:05d}.jpg") == imgs
     assert len(frames.frame_paths(str(IMGS), "x_%05d.jpg")) == 5
@@ -56,8 +58,9 @@ def test_read_frame_folder_matches_tf_decoding():
         assert psnr(frame, tf_decode(data)) > 40
     small = frames.read_frame_folder(str(IMGS), short_side=128)
     assert small[0].shape == (128, 171, 3)  # 320 * 128 / 240 = 170.7
-    ref = tf.image.resize(tf_decode((IMGS / "img_00001.jpg").read_bytes()),
-                          (128, 171), method="area").numpy()
+    ref = tf.image.resize(
+        tf_decode((IMGS / "img_00001.jpg").read_bytes()), (128, 171), method="area"
+    ).numpy()
     assert psnr(small[0], ref) > 35
 
 
@@ -65,11 +68,16 @@ def test_read_frame_folder_matches_tf_decoding():
 def test_jpeg_header_without_decoding():
     assert frames.jpeg_header((IMGS / "img_00001.jpg").read_bytes()) == (240, 320, 3)
     assert frames.jpeg_header((IMGS / "x_00001.jpg").read_bytes()) == (240, 320, 1)
-    assert frames.jpeg_header((SS_FRAMES / "2" / "0001.jpg").read_bytes()) == (240, 427, 3)
+    assert frames.jpeg_header((SS_FRAMES / "2" / "0001.jpg").read_bytes()) == (
+        240,
+        427,
+        3,
+    )
     png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
     assert frames.jpeg_header(png) is None
-    progressive = cv2.imencode(".jpg", np.zeros((6, 9, 3), np.uint8),
-                               [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    progressive = cv2.imencode(
+        ".jpg", np.zeros((6, 9, 3), np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
+    )[1].tobytes()
     assert frames.jpeg_header(progressive) == (6, 9, 3)
 
 
@@ -79,8 +87,9 @@ def test_frame_folder_keeps_original_bytes_at_target_size(short_side):
     got = frames.frame_folder_jpegs(str(IMGS), short_side=short_side)
     assert not got.reencoded and (got.height, got.width) == (240, 320)
     assert got.jpegs == [(IMGS / f"img_{i:05d}.jpg").read_bytes() for i in range(1, 11)]
-    ss = frames.read_jpeg_bytes_if_target_size(str(SS_FRAMES / "3201"), "%04d.jpg",
-                                                short_side=240)
+    ss = frames.read_jpeg_bytes_if_target_size(
+        str(SS_FRAMES / "3201"), "%04d.jpg", short_side=240
+    )
     assert ss is not None and ss[1] == 240  # SSv2 widths vary: 3201 is 426
     assert len(ss[0]) == len(os.listdir(SS_FRAMES / "3201"))
     assert frames.read_jpeg_bytes_if_target_size(str(IMGS), short_side=128) is None
@@ -97,8 +106,14 @@ def test_frame_folder_record_round_trip_psnr(short_side):
     """
     got = frames.frame_folder_jpegs(str(IMGS), short_side=short_side, decode=True)
     assert got.reencoded == (short_side is not None)
-    serialized = records.write(video_id="imgs", frames=got.jpegs, labels=[0], fps=25.0,
-                               height=got.height, width=got.width)
+    serialized = records.write(
+        video_id="imgs",
+        frames=got.jpegs,
+        labels=[0],
+        fps=25.0,
+        height=got.height,
+        width=got.width,
+    )
     parsed = records.parse(tf.constant(serialized))
     assert int(parsed["num_frames"]) == 10
     assert (int(parsed["height"]), int(parsed["width"])) == (got.height, got.width)
@@ -125,8 +140,11 @@ def test_quantize_hand_values():
     f = np.array([-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0])
     # (f + 20) * 255 / 40 rounded, clipped to [-20, 20] first.
     assert flow.quantize(f, 20.0).tolist() == [0, 0, 64, 128, 191, 255, 255]
-    np.testing.assert_allclose(flow.dequantize(np.array([0, 255, 128]), 20.0),
-                               [-20.0, 20.0, 128 * 40 / 255 - 20], atol=1e-5)
+    np.testing.assert_allclose(
+        flow.dequantize(np.array([0, 255, 128]), 20.0),
+        [-20.0, 20.0, 128 * 40 / 255 - 20],
+        atol=1e-5,
+    )
     q = np.arange(256)
     np.testing.assert_array_equal(flow.quantize(flow.dequantize(q, 7.5), 7.5), q)
 
@@ -142,7 +160,9 @@ def textured_image(height=128, width=160, seed=0):
 
 def shift(image, dx, dy):
     matrix = np.float32([[1, 0, dx], [0, 1, dy]])
-    return cv2.warpAffine(image, matrix, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(
+        image, matrix, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT
+    )
 
 
 @pytest.mark.parametrize("dx, dy", [(3.0, -2.0), (-1.5, 4.0)])
@@ -186,7 +206,11 @@ def test_read_flow_folder_keeps_bytes_pads_and_rescales():
             big = dequantize_reference(tf_decode(a, channels=1)[..., 0], 20.0)
             small = dequantize_reference(tf_decode(b, channels=1)[..., 0], 20.0)
             assert small.shape == (120, 160)
-            ref = cv2.resize(big.astype(np.float32), (160, 120),
-                             interpolation=cv2.INTER_AREA) * 0.5
+            ref = (
+                cv2.resize(
+                    big.astype(np.float32), (160, 120), interpolation=cv2.INTER_AREA
+                )
+                * 0.5
+            )
             assert np.abs(small - ref).mean() < 0.1
             assert small.mean() == pytest.approx(big.mean() * 0.5, abs=0.05)

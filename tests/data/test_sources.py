@@ -95,7 +95,9 @@ def test_ucf101_test_list_takes_the_label_from_the_folder(tmp_path):
 
 def test_ucf101_rejects_bad_fold_and_split(tmp_path):
     with pytest.raises(ValueError, match="fold=4"):
-        SOURCES.build("ucf101", annotations=str(UCF), videos=None, split="train", fold=4)
+        SOURCES.build(
+            "ucf101", annotations=str(UCF), videos=None, split="train", fold=4
+        )
     with pytest.raises(ValueError, match="split='val'"):
         SOURCES.build("ucf101", annotations=str(UCF), videos=None, split="val")
 
@@ -124,7 +126,11 @@ def test_hmdb51_counts_70_30_per_class(tmp_path, fold):
     assert set(per_class.values()) == {70} and len(per_class) == 51
     for split, code in (("train", "1"), ("test", "2"), ("unused", "0")):
         ann = SOURCES.build(
-            "hmdb51", annotations=str(HMDB), videos=str(tmp_path), split=split, fold=fold
+            "hmdb51",
+            annotations=str(HMDB),
+            videos=str(tmp_path),
+            split=split,
+            fold=fold,
         )
         assert len(ann.missing) == len(ref[code])
         expected = {str(tmp_path / cls / video) for cls, video in ref[code]}
@@ -135,8 +141,9 @@ def test_hmdb51_class_order_and_labels(tmp_path):
     ref = hmdb_reference(1)
     for cls, video in ref["2"][::30]:  # one test video per class
         touch(tmp_path, f"{cls}/{video}")
-    ann = SOURCES.build("hmdb51", annotations=str(HMDB), videos=str(tmp_path),
-                        split="test")
+    ann = SOURCES.build(
+        "hmdb51", annotations=str(HMDB), videos=str(tmp_path), split="test"
+    )
     mmaction = lines_of(HMDB / "label_map.txt")
     assert ann.label_names == mmaction == sorted(mmaction)
     assert len(ann.entries) == 51 and len(ann.missing) == 1530 - 51
@@ -145,8 +152,13 @@ def test_hmdb51_class_order_and_labels(tmp_path):
         assert e.labels == (mmaction.index(cls),) and e.label_text == cls
     assert ann.entries[0].video_id == os.path.splitext(ref["2"][0][1])[0]
     # TSN's class_list.txt (trailing blanks) orders kick_ball before kick.
-    tsn = SOURCES.build("hmdb51", annotations=str(HMDB_SPLITS), videos=str(tmp_path),
-                        split="test", label_map=str(HMDB / "class_list.txt"))
+    tsn = SOURCES.build(
+        "hmdb51",
+        annotations=str(HMDB_SPLITS),
+        videos=str(tmp_path),
+        split="test",
+        label_map=str(HMDB / "class_list.txt"),
+    )
     assert tsn.label_names[20:22] == ["kick_ball", "kick"]
     assert ann.label_names[20:22] == ["kick", "kick_ball"]
     by_id = {e.video_id: e.labels for e in tsn.entries}
@@ -166,10 +178,15 @@ def test_kinetics400_val_rows_classes_and_missing(tmp_path):
     label0, yt0, s0, e0 = rows[0][:4]
     label1, yt1, s1, e1 = rows[5000][:4]
     flat = touch(tmp_path, f"{yt0}_{int(s0):06d}_{int(e0):06d}.mp4")
-    nested = touch(tmp_path, f"{label1.replace(' ', '_')}/{yt1}_{int(s1):06d}_"
-                   f"{int(e1):06d}.mp4")
-    ann = SOURCES.build("kinetics", annotations=str(KIN / "kinetics-400_val.csv"),
-                        videos=str(tmp_path), split="val")
+    nested = touch(
+        tmp_path, f"{label1.replace(' ', '_')}/{yt1}_{int(s1):06d}_{int(e1):06d}.mp4"
+    )
+    ann = SOURCES.build(
+        "kinetics",
+        annotations=str(KIN / "kinetics-400_val.csv"),
+        videos=str(tmp_path),
+        split="val",
+    )
     names = lines_of(KIN / "label_map_k400.txt")
     assert ann.label_names == names and len(names) == 400
     assert sorted({r[0] for r in rows}) == names
@@ -185,25 +202,36 @@ def test_kinetics_test_csv_is_unlabelled_and_folder_lookup(tmp_path):
     with open(KIN / "kinetics-400_test.head200.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 200
-    touch(tmp_path, f"{rows[3]['youtube_id']}_{int(rows[3]['time_start']):06d}_"
-          f"{int(rows[3]['time_end']):06d}.mp4")
-    ann = SOURCES.build("kinetics", annotations=str(KIN / "kinetics-400_test.head200.csv"),
-                        videos=str(tmp_path), split="test")
+    touch(
+        tmp_path,
+        f"{rows[3]['youtube_id']}_{int(rows[3]['time_start']):06d}_"
+        f"{int(rows[3]['time_end']):06d}.mp4",
+    )
+    ann = SOURCES.build(
+        "kinetics",
+        annotations=str(KIN / "kinetics-400_test.head200.csv"),
+        videos=str(tmp_path),
+        split="test",
+    )
     assert len(ann.entries) == 1 and len(ann.missing) == 199
     assert ann.entries[0].labels == () and ann.entries[0].label_text == ""
     assert len(ann.label_names) == 400  # label_map_k400.txt beside the CSV
-    k600 = SOURCES.build("kinetics", annotations=str(KIN), videos=str(tmp_path),
-                         split="600_val")  # folder + "*600_val.csv"
+    k600 = SOURCES.build(
+        "kinetics", annotations=str(KIN), videos=str(tmp_path), split="600_val"
+    )  # folder + "*600_val.csv"
     assert len(k600.missing) == 30000 and len(k600.label_names) == 600
 
 
 def test_kinetics_derives_sorted_classes_without_label_map(tmp_path):
     path = tmp_path / "custom.csv"
-    path.write_text("label,youtube_id,time_start,time_end,split\n"
-                    "zumba,a,1,11,train\n\"air drumming\",b,2.0,12.0,train\n")
+    path.write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        'zumba,a,1,11,train\n"air drumming",b,2.0,12.0,train\n'
+    )
     touch(tmp_path, "v/b_000002_000012.mp4")
-    ann = SOURCES.build("kinetics", annotations=str(path), videos=str(tmp_path / "v"),
-                        split="train")
+    ann = SOURCES.build(
+        "kinetics", annotations=str(path), videos=str(tmp_path / "v"), split="train"
+    )
     assert ann.label_names == ["air drumming", "zumba"]
     assert [(e.video_id, e.labels) for e in ann.entries] == [("b_000002_000012", (0,))]
     with pytest.raises(ValueError, match="missing columns"):
@@ -222,8 +250,9 @@ def ssv2_reference(path):
     """Independent: [(id, label index)] using a regex strip of the brackets."""
     table = json.loads(SS_LABELS.read_text())
     items = json.loads(pathlib.Path(path).read_text())
-    return [(it["id"], int(table[re.sub(r"[\[\]]", "", it["template"])]))
-            for it in items]
+    return [
+        (it["id"], int(table[re.sub(r"[\[\]]", "", it["template"])])) for it in items
+    ]
 
 
 def test_ssv2_validation_sample_all_templates_map(tmp_path):
@@ -231,8 +260,9 @@ def test_ssv2_validation_sample_all_templates_map(tmp_path):
     assert len(ref) == 302
     for video_id, _ in ref:
         touch(tmp_path, f"{video_id}.webm")
-    ann = SOURCES.build("ssv2", annotations=str(SS_VAL), videos=str(tmp_path),
-                        split="validation")
+    ann = SOURCES.build(
+        "ssv2", annotations=str(SS_VAL), videos=str(tmp_path), split="validation"
+    )
     assert ann.missing == [] and len(ann.entries) == 302
     assert [(e.video_id, e.labels[0]) for e in ann.entries] == ref
     assert ann.label_names == lines_of(SS / "label_map.txt")
@@ -242,23 +272,35 @@ def test_ssv2_validation_sample_all_templates_map(tmp_path):
 
 
 def test_ssv2_real_video_and_local_media_labels(tmp_path):
-    ann = SOURCES.build("ssv2", annotations=str(SS_VAL),
-                        videos=str(SHARED / "videos" / "ssv2"), split="validation")
+    ann = SOURCES.build(
+        "ssv2",
+        annotations=str(SS_VAL),
+        videos=str(SHARED / "videos" / "ssv2"),
+        split="validation",
+    )
     assert [(e.video_id, e.labels) for e in ann.entries] == [("166766", (57,))]
     assert ann.entries[0].label_text == "Poking something so that it falls over"
     assert len(ann.missing) == 301
     for video_id in ("2", "3201", "13201", "57082", "166766"):
         touch(tmp_path, f"{video_id}.webm")
-    local = SOURCES.build("ssv2", annotations=str(SS / "local_media_labels.json"),
-                          videos=str(tmp_path), split="validation")
+    local = SOURCES.build(
+        "ssv2",
+        annotations=str(SS / "local_media_labels.json"),
+        videos=str(tmp_path),
+        split="validation",
+    )
     got = {e.video_id: e.labels[0] for e in local.entries}
     assert got == dict(ssv2_reference(SS / "local_media_labels.json"))
     assert got["166766"] == 57 and len(got) == 5
 
 
 def test_ssv2_test_split_is_unlabelled(tmp_path):
-    ann = SOURCES.build("ssv2", annotations=str(SS / "something-something-v2-test.sample.json"),
-                        videos=str(tmp_path), split="test")
+    ann = SOURCES.build(
+        "ssv2",
+        annotations=str(SS / "something-something-v2-test.sample.json"),
+        videos=str(tmp_path),
+        split="test",
+    )
     assert len(ann.missing) == 100
     assert ann.missing[0][0] == str(tmp_path / "1420.webm")
 
@@ -267,8 +309,13 @@ def test_ssv2_unknown_template_names_the_id(tmp_path):
     bad = tmp_path / "something-something-v2-validation.json"
     bad.write_text('[{"id": "9", "template": "Juggling [something]", "label": "x"}]')
     with pytest.raises(ValueError, match="id 9: template 'Juggling"):
-        SOURCES.build("ssv2", annotations=str(tmp_path), videos=None,
-                      split="validation", labels=str(SS_LABELS))
+        SOURCES.build(
+            "ssv2",
+            annotations=str(tmp_path),
+            videos=None,
+            split="validation",
+            labels=str(SS_LABELS),
+        )
 
 
 def test_ssv2_flip_label_map_hand_checked():
@@ -284,8 +331,10 @@ def test_ssv2_flip_label_map_hand_checked():
     assert flip[names.index("Closing something")] == names.index("Closing something")
     # In neither list of the file: never flipped.
     never = [names[i] for i, j in enumerate(flip) if j == -1]
-    assert never == ["Digging something out of something",
-                     "Moving something and something closer to each other"]
+    assert never == [
+        "Digging something out of something",
+        "Moving something and something closer to each other",
+    ]
     assert sum(j == i for i, j in enumerate(flip)) == 166
 
 
@@ -300,7 +349,8 @@ def test_ssv2_time_reversal_label_map_hand_checked():
     assert rev[i("Opening something")] == i("Closing something")
     assert rev[i("Putting something on a surface")] == i("Picking something up")
     assert rev[i(mappings["reverse time agnostic"][0])] == i(
-        mappings["reverse time agnostic"][0])
+        mappings["reverse time agnostic"][0]
+    )
     assert rev[i(mappings["reverse time false class"][0])] == -1
     assert sum(r == -1 for r in rev) == 174 - 35 - 37
 
@@ -318,31 +368,64 @@ def imgs_root(tmp_path):
 
 
 def test_rawframe_list_plain_offset_and_multilabel(imgs_root):
-    plain = SOURCES.build("frames", annotations=str(MM / "rawframe_test_list.txt"),
-                          videos=imgs_root, split="test")
+    plain = SOURCES.build(
+        "frames",
+        annotations=str(MM / "rawframe_test_list.txt"),
+        videos=imgs_root,
+        split="test",
+    )
     e = plain.entries[0]
     assert isinstance(e, FrameEntry) and len(plain.entries) == 2
     assert (e.video_id, e.num_frames, e.labels, e.first_index, e.pattern) == (
-        "imgs", 5, (127,), 1, "img_%05d.jpg")
+        "imgs",
+        5,
+        (127,),
+        1,
+        "img_%05d.jpg",
+    )
     assert len(plain.label_names) == 128
-    offset = SOURCES.build("frames", annotations=str(MM / "rawframe_test_list_with_offset.txt"),
-                           videos=imgs_root, split="test", with_offset=True)
+    offset = SOURCES.build(
+        "frames",
+        annotations=str(MM / "rawframe_test_list_with_offset.txt"),
+        videos=imgs_root,
+        split="test",
+        with_offset=True,
+    )
     e = offset.entries[0]
-    assert (e.video_id, e.num_frames, e.labels, e.first_index) == ("imgs@2", 5, (127,), 3)
-    multi = SOURCES.build("frames", annotations=str(MM / "rawframe_test_list_multi_label.txt"),
-                          videos=imgs_root, split="test", multi_label=True)
+    assert (e.video_id, e.num_frames, e.labels, e.first_index) == (
+        "imgs@2",
+        5,
+        (127,),
+        3,
+    )
+    multi = SOURCES.build(
+        "frames",
+        annotations=str(MM / "rawframe_test_list_multi_label.txt"),
+        videos=imgs_root,
+        split="test",
+        multi_label=True,
+    )
     assert [e.labels for e in multi.entries] == [(1,), (3, 5)]
     assert multi.entries[1].label_text == "3;5"
     with pytest.raises(ValueError, match="multi_label=True"):
-        SOURCES.build("frames", annotations=str(MM / "rawframe_test_list_multi_label.txt"),
-                      videos=imgs_root, split="test")
+        SOURCES.build(
+            "frames",
+            annotations=str(MM / "rawframe_test_list_multi_label.txt"),
+            videos=imgs_root,
+            split="test",
+        )
 
 
 def test_frame_list_missing_frames_flow_and_patterns(tmp_path, imgs_root):
     listing = tmp_path / "list.txt"
     listing.write_text("imgs 10 0\nimgs 11 1\nnowhere 5 0\n")
-    ann = SOURCES.build("frames", annotations=str(listing), videos=imgs_root,
-                        split="train", flow_patterns=("x_%05d.jpg", "y_%05d.jpg"))
+    ann = SOURCES.build(
+        "frames",
+        annotations=str(listing),
+        videos=imgs_root,
+        split="train",
+        flow_patterns=("x_%05d.jpg", "y_%05d.jpg"),
+    )
     assert [e.num_frames for e in ann.entries] == [10]
     assert ann.entries[0].flow_patterns == ("x_%05d.jpg", "y_%05d.jpg")
     assert ann.missing == [
@@ -353,8 +436,14 @@ def test_frame_list_missing_frames_flow_and_patterns(tmp_path, imgs_root):
     ss = SHARED / "frames" / "ssv2_something_else"
     counts = {d.name: len(os.listdir(d)) for d in ss.iterdir()}
     listing.write_text("".join(f"{ss / k} {n} 57\n" for k, n in sorted(counts.items())))
-    ann = SOURCES.build("frames", annotations=str(listing), videos=None, split="val",
-                        pattern="%04d.jpg", label_map=str(SS / "label_map.txt"))
+    ann = SOURCES.build(
+        "frames",
+        annotations=str(listing),
+        videos=None,
+        split="val",
+        pattern="%04d.jpg",
+        label_map=str(SS / "label_map.txt"),
+    )
     assert ann.missing == [] and len(ann.entries) == 4
     assert [e.num_frames for e in ann.entries] == [n for _, n in sorted(counts.items())]
     assert sum(counts.values()) == 178 and ann.entries[0].first_index == 1
@@ -372,24 +461,42 @@ def test_json_list_names_indices_multi_and_missing(tmp_path):
         {"path": "gone.mp4", "label": "cat"},
     ]
     (tmp_path / "list.json").write_text(json.dumps(items))
-    ann = SOURCES.build("json", annotations=str(tmp_path / "list.json"),
-                        videos=str(tmp_path / "v"), split="train")
+    ann = SOURCES.build(
+        "json",
+        annotations=str(tmp_path / "list.json"),
+        videos=str(tmp_path / "v"),
+        split="train",
+    )
     assert ann.label_names == ["cat", "dog"]
     assert [(e.video_id, e.labels, e.label_text) for e in ann.entries] == [
-        ("a", (1,), "dog"), ("bee", (0, 1), "cat;dog"), ("c", (), "")]
+        ("a", (1,), "dog"),
+        ("bee", (0, 1), "cat;dog"),
+        ("c", (), ""),
+    ]
     assert ann.missing == [(str(tmp_path / "v" / "gone.mp4"), "video file not found")]
     (tmp_path / "ints.json").write_text('[{"path": "d.mp4", "label": 2}]')
-    ann = SOURCES.build("json", annotations=str(tmp_path / "ints.json"),
-                        videos=str(tmp_path / "v"), split="train")
+    ann = SOURCES.build(
+        "json",
+        annotations=str(tmp_path / "ints.json"),
+        videos=str(tmp_path / "v"),
+        split="train",
+    )
     assert ann.label_names == ["0", "1", "2"] and ann.entries[0].labels == (2,)
     (tmp_path / "bad.json").write_text('[{"path": "d.mp4", "label": "owl"}]')
     with pytest.raises(ValueError, match="unknown class 'owl'"):
-        SOURCES.build("json", annotations=str(tmp_path / "bad.json"), videos=None,
-                      split="train", label_map=str(UCF / "classInd.txt"))
+        SOURCES.build(
+            "json",
+            annotations=str(tmp_path / "bad.json"),
+            videos=None,
+            split="train",
+            label_map=str(UCF / "classInd.txt"),
+        )
 
 
 def test_load_label_names_forms(tmp_path):
-    assert load_label_names(UCF / "classInd.txt") == lines_of(ANN / "ucf101" / "label_map.txt")
+    assert load_label_names(UCF / "classInd.txt") == lines_of(
+        ANN / "ucf101" / "label_map.txt"
+    )
     tsn = load_label_names(HMDB / "class_list.txt")
     assert tsn[20] == "kick_ball" and "turn" in tsn  # trailing blanks stripped
     (tmp_path / "labels.txt").write_text("0,zero\n1,one, two\n")
