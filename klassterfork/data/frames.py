@@ -33,6 +33,7 @@ __all__ = [
     "jpegs_if_target_size",
     "jpeg_header",
     "decode_rgb",
+    "read_bytes",
     "encode_jpeg",
     "resize_short_side",
     "short_side_size",
@@ -174,7 +175,8 @@ def encode_jpeg(image, quality=DEFAULT_QUALITY):
     return buf.tobytes()
 
 
-def _read_bytes(paths):
+def read_bytes(paths):
+    """The files' contents, in order."""
     out = []
     for path in paths:
         with open(path, "rb") as f:
@@ -200,7 +202,7 @@ def read_frame_folder(
     """
     paths = frame_paths(folder, pattern, first_index=first_index, num_frames=num_frames)
     frames = []
-    for path, data in zip(paths, _read_bytes(paths)):
+    for path, data in zip(paths, read_bytes(paths)):
         frames.append(resize_short_side(decode_rgb(data, path), short_side))
     sizes = {f.shape for f in frames}
     if len(sizes) > 1:
@@ -223,7 +225,7 @@ def jpegs_if_target_size(paths, short_side, channels=3):
         (list of bytes, height, width), or None when any frame would need
         decoding (not JPEG, other size, other channel count).
     """
-    data = _read_bytes(paths)
+    data = read_bytes(paths)
     headers = {jpeg_header(d) for d in data}
     if len(headers) != 1:
         return None

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from klassterfork.data import flow, frames, records
+from klassterfork.data.sources.frame_list import FrameEntry, encode_entry
 
 SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 IMGS = SHARED / "frames" / "mmaction2_imgs"
@@ -214,3 +215,37 @@ def test_read_flow_folder_keeps_bytes_pads_and_rescales():
             )
             assert np.abs(small - ref).mean() < 0.1
             assert small.mean() == pytest.approx(big.mean() * 0.5, abs=0.05)
+
+
+# ---------------------------------------------------------------- converter task
+def img_bytes(prefix, i):
+    return (IMGS / f"{prefix}_{i:05d}.jpg").read_bytes()
+
+
+@needs_shared
+def test_encode_entry_keeps_resamples_and_imports_flow():
+    entry = FrameEntry(
+        video_id="imgs",
+        path=str(IMGS),
+        num_frames=10,
+        fps=25.0,
+        flow_patterns=("x_%05d.jpg", "y_%05d.jpg"),
+    )
+    full = encode_entry(entry)
+    assert full.frames == [img_bytes("img", i) for i in range(1, 11)]
+    assert (full.fps, full.height, full.width, full.flow_x) == (25.0, 240, 320, None)
+    # 25 -> 12.5 fps by time: frames 0, 2, 4, 6, 8 (files 1, 3, 5, 7, 9).
+    half = encode_entry(entry, fps=12.5, flow="import")
+    assert half.frames == [img_bytes("img", i) for i in (1, 3, 5, 7, 9)]
+    assert half.fps == 12.5 and half.flow_bound == 20.0
+    # 5 flow images (x_00001..5) for stored frames 0, 2, 4, 6, 8: 1, 3, 5, 5, 5.
+    assert half.flow_x == [img_bytes("x", i) for i in (1, 3, 5, 5, 5)]
+    assert half.flow_y == [img_bytes("y", i) for i in (1, 3, 5, 5, 5)]
+    three = encode_entry(entry, max_frames=3, short_side=128, flow="farneback")
+    assert len(three.frames) == len(three.flow_x) == 3
+    assert frames.jpeg_header(three.frames[0]) == (128, 171, 3)
+    assert frames.jpeg_header(three.flow_y[2]) == (128, 171, 1)
+    with pytest.raises(ValueError, match="flow='tvl1'"):
+        encode_entry(entry, flow="tvl1")
+    with pytest.raises(ValueError, match="entry.fps=None"):
+        encode_entry(FrameEntry(video_id="imgs", path=str(IMGS)), fps=10)

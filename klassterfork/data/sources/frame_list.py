@@ -14,12 +14,17 @@ Offset and multi-label forms both have four columns, so the caller says which
 (as mmaction2's `with_offset` / `multi_class` flags do). Frame file `i` of a
 video (0-based) is `pattern % (start_index + offset + i)`: `img_00001.jpg`
 first with the defaults.
+
+`encode_entry` is the converter's worker task for these entries (the frame
+folder counterpart of `video.decode_to_jpeg`), with optional optical flow.
 """
 
 import dataclasses
 import os
 
+from klassterfork.data import flow as flow_lib
 from klassterfork.data import frames as frames_lib
+from klassterfork.data import video
 from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
 from klassterfork.data.sources.json_list import (
     join_video_path,
@@ -36,11 +41,128 @@ class FrameEntry(VideoEntry):
         pattern: str. Frame file name pattern, e.g. "img_%05d.jpg".
         first_index: int. Index of the first frame file.
         flow_patterns: (str, str) or None. x and y flow file patterns.
+        fps: float or None. Frame rate of the folder, when known.
     """
 
     pattern: str = frames_lib.DEFAULT_PATTERN
     first_index: int = 1
     flow_patterns: tuple | None = None
+    fps: float | None = None
+
+
+@dataclasses.dataclass
+class EncodedFrames(video.EncodedVideo):
+    """`video.EncodedVideo` plus optional flow: what `encode_entry` returns.
+
+    Attributes:
+        flow_x, flow_y: list of bytes or None. One grayscale JPEG per frame.
+        flow_bound: float or None. Clipping bound of the flow.
+    """
+
+    flow_x: list | None = None
+    flow_y: list | None = None
+    flow_bound: float | None = None
+
+
+FLOW_MODES = (None, "farneback", "import")
+
+
+def encode_entry(
+    entry,
+    *,
+    short_side=None,
+    fps=None,
+    max_frames=None,
+    quality=frames_lib.DEFAULT_QUALITY,
+    flow=None,
+    flow_bound=flow_lib.DEFAULT_BOUND,
+):
+    """A frame folder's stored frames (and flow): the converter's task.
+
+    Frames that already are RGB JPEGs at the target size are kept byte for
+    byte; others are decoded, resized (short side) and re-encoded. `fps`
+    resamples by time (frame i shown at i / entry.fps), as for videos.
+
+    Args:
+        entry: FrameEntry.
+        short_side: int or None. Target short side; None keeps the size.
+        fps: float or None. Output rate; needs `entry.fps`. None keeps all.
+        max_frames: int or None. Keep the first N output frames.
+        quality: int. JPEG quality when re-encoding. Defaults to 90.
+        flow: None, "farneback" (computed between consecutive stored frames,
+            see `flow.farneback_frames`) or "import" (the folder's
+            `entry.flow_patterns` images, see `flow.read_flow_folder`; image i
+            goes with stored frame i, the last one repeats).
+        flow_bound: float. Flow clipping bound. Defaults to 20.
+
+    Returns:
+        EncodedFrames; `fps` is 0.0 when the folder's rate is unknown.
+
+    Raises:
+        ValueError: bad `flow`, or `fps` without `entry.fps`.
+        FileNotFoundError: a frame file is absent.
+    """
+    if flow not in FLOW_MODES:
+        raise ValueError(f"`flow` must be one of {FLOW_MODES}. Received: flow={flow!r}")
+    paths = frames_lib.frame_paths(
+        entry.path,
+        entry.pattern,
+        first_index=entry.first_index,
+        num_frames=entry.num_frames,
+    )
+    keep = list(range(len(paths)))
+    if fps is not None:
+        if not entry.fps:
+            raise ValueError(
+                f"{entry.path}: `fps` resampling needs the folder's frame rate; "
+                "give the reader `fps=`. Received: entry.fps=None"
+            )
+        keep = video.resample_indices([i / entry.fps for i in keep], fps)
+    keep = keep[:max_frames] if max_frames else keep
+    paths = [paths[i] for i in keep]
+    kept = (
+        None
+        if flow == "farneback"
+        else frames_lib.jpegs_if_target_size(paths, short_side)
+    )
+    if kept is not None:
+        jpegs, height, width = kept
+        decoded = None
+    else:
+        decoded = [
+            frames_lib.resize_short_side(frames_lib.decode_rgb(data, path), short_side)
+            for path, data in zip(paths, frames_lib.read_bytes(paths))
+        ]
+        sizes = {f.shape for f in decoded}
+        if len(sizes) > 1:
+            raise ValueError(f"{entry.path}: frames differ in size: {sorted(sizes)}")
+        jpegs = [frames_lib.encode_jpeg(f, quality) for f in decoded]
+        height, width = decoded[0].shape[:2]
+    out = EncodedFrames(
+        frames=jpegs,
+        fps=float(fps or entry.fps or 0.0),
+        height=height,
+        width=width,
+        source_fps=float(entry.fps or 0.0),
+        rotation=0,
+        num_decoded=len(paths),
+    )
+    if flow == "farneback":
+        out.flow_x, out.flow_y = flow_lib.farneback_frames(decoded, bound=flow_bound)
+    elif flow == "import":
+        xs, ys = flow_lib.read_flow_folder(
+            entry.path,
+            entry.flow_patterns or flow_lib.DEFAULT_PATTERNS,
+            short_side=short_side,
+            first_index=entry.first_index,
+            bound=flow_bound,
+        )
+        last = len(xs) - 1
+        out.flow_x = [xs[min(i, last)] for i in keep]
+        out.flow_y = [ys[min(i, last)] for i in keep]
+    if flow is not None:
+        out.flow_bound = float(flow_bound)
+    return out
 
 
 def _parse_line(line, where, with_offset, multi_label):
@@ -98,6 +220,7 @@ def read(
     multi_label=False,
     flow_patterns=None,
     label_map=None,
+    fps=None,
 ):
     """Reads a frame-folder list file.
 
@@ -112,6 +235,8 @@ def read(
         flow_patterns: (str, str) or None. Also require flow images, e.g.
             ("x_%05d.jpg", "y_%05d.jpg").
         label_map: str or None. Class list; defaults to "0".."N-1".
+        fps: float or None. Frame rate of the folders (e.g. 12 for SSv2
+            dumps), for `encode_entry(fps=...)` and the record's `video/fps`.
 
     Returns:
         Annotation of `FrameEntry`; a folder whose first or last frame (or
@@ -155,6 +280,7 @@ def read(
                 pattern=pattern,
                 first_index=first,
                 flow_patterns=flow_patterns,
+                fps=fps,
             )
         )
     return Annotation(entries=entries, label_names=names, missing=missing)
