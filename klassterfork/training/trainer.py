@@ -7,8 +7,9 @@ workers. The optimizer is built inside the strategy scope before the first
 step (keras issue 23085), so its slots are mirrored like the model.
 
 Checkpoints (`tf.train.CheckpointManager`) hold model, optimizer, step, epoch
-and the training data iterator, so `resume=True` continues at the exact step
-and data position. TensorFlow writes checkpoint data under temporary names and
+and the dropout RNG states; the data position follows from the step (see
+`Stage._train_iterator`), so `resume=True` continues at the exact step and
+data position. TensorFlow writes checkpoint data under temporary names and
 updates the `checkpoint` index file last, so a killed run never leaves a
 half-written checkpoint as the latest one.
 """
@@ -51,6 +52,19 @@ def _top_k_correct(labels, logits, k):
     k = min(k, logits.shape[-1])
     hits = tf.math.in_top_k(tf.cast(labels, tf.int32), tf.cast(logits, tf.float32), k)
     return tf.reduce_sum(tf.cast(hits, tf.float32))
+
+
+def seed_generator_states(model):
+    """The state variables of every Keras `SeedGenerator` in `model`.
+
+    Dropout and other random layers draw from these; `model.weights` leaves
+    them out, so without them a resumed run would redraw its dropout masks.
+    """
+    states = []
+    for layer in model._flatten_layers(include_self=True):
+        for generator in getattr(layer, "_seed_generators", []):
+            states.append(generator.state.value)
+    return states
 
 
 def save_keras_atomic(model, path):
@@ -110,23 +124,34 @@ class Stage:
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.train_iterator = None
-        if self.train_info is not None:
-            dataset = builders.make_train_dataset(
-                datasets["train"], self.train_info, source, "datasets.train", seed=seed
-            )
-            options = tf.data.Options()
-            # Few shards per worker is common: shard by element, not by file.
-            options.experimental_distribute.auto_shard_policy = (
-                tf.data.experimental.AutoShardPolicy.DATA
-            )
-            dataset = dataset.with_options(options)
-            self.train_iterator = iter(strategy.experimental_distribute_dataset(dataset))
         self.val_block = datasets.get("val")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
-            **({"iterator": self.train_iterator} if self.train_iterator is not None else {}),
+            rng=seed_generator_states(self.model),
         )
+        self.train_block = datasets.get("train")
+        self.seed = seed
+
+    def _train_iterator(self, *, start_batch):
+        """A distributed iterator positioned after `start_batch` batches.
+
+        The data position is not stored in the checkpoint: the pipeline draws
+        every random number from the example's index, so skipping the consumed
+        examples before decoding resumes exactly. (TF 2.21's DistributedIterator
+        cannot be checkpointed, and a plain iterator's checkpoint would hold
+        the whole shuffle buffer of encoded videos.)
+        """
+        block = {**self.train_block, "start_batch": start_batch}
+        dataset = builders.make_train_dataset(
+            block, self.train_info, self.source, "datasets.train", seed=self.seed
+        )
+        options = tf.data.Options()
+        # Few shards per worker is common: shard by element, not by file.
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        dataset = dataset.with_options(options)
+        return iter(self.strategy.experimental_distribute_dataset(dataset))
 
     def _steps_from_manifest(self):
         count = self.train_info.num_examples
@@ -176,6 +201,33 @@ class Stage:
             }
 
         return tf.function(train_step, jit_compile=bool(self.loop["jit_compile"]))
+
+    def _make_sync_fn(self):
+        """Averages float non-trainable variables (BN moving statistics) over
+        all replicas and workers.
+
+        Keras 3 creates them with aggregation "none", so every replica updates
+        its own copy from its own share of the batch and the copies drift
+        apart. Averaging before each save keeps one value everywhere; the
+        mean of per-replica moving averages is the moving average of the
+        per-replica batch statistics, as the averages are linear.
+        """
+        variables = [
+            v for v in self.model.non_trainable_variables
+            if v.dtype in ("float16", "bfloat16", "float32", "float64")
+        ]
+        if not variables or self.strategy.num_replicas_in_sync == 1:
+            return lambda: None
+
+        def sync_fn():
+            ctx = tf.distribute.get_replica_context()
+            means = ctx.all_reduce(
+                tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables]
+            )
+            for v, mean in zip(variables, means):
+                v.assign(mean)
+
+        return tf.function(lambda: self.strategy.run(sync_fn))
 
     def _predict_fn(self):
         model = self.model
@@ -255,8 +307,10 @@ class Stage:
 
         spe = self.steps_per_epoch
         total = int(loop["epochs"]) * spe
+        self.train_iterator = self._train_iterator(start_batch=int(self.step.numpy()))
         stop_after = loop["stop_after_steps"]
         train_step = self._make_train_step()
+        sync_replicas = self._make_sync_fn()
         writer = tf.summary.create_file_writer(
             strategies.write_dir(dirs["tensorboard"], self.strategy)
         )
@@ -294,12 +348,14 @@ class Stage:
                         tf.summary.scalar("train/loss_step", float(out["loss"] / out["count"]))
                         tf.summary.scalar("train/lr", builders.current_lr(self.optimizer))
                 if step % int(loop["checkpoint_every_steps"]) == 0 and step < epoch_end:
+                    sync_replicas()
                     manager.save(checkpoint_number=step)
                 if stop_after is not None and step >= int(stop_after):
                     stopped = True
                     break
             bar.close()
             elapsed = time.perf_counter() - started
+            sync_replicas()
             if stopped:
                 manager.save(checkpoint_number=step)
                 log(f"stopped after step {step} (train_loop.stop_after_steps)")
