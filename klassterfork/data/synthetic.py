@@ -221,8 +221,13 @@ def render_video(class_index, rng, *, num_frames, height=120, width=160):
     return frames, {"shape": shape_name, "cx": cx, "cy": cy}
 
 
-CODECS = {  # name -> (encoder, extension, options)
-    "h264": ("libx264", ".mp4", {"crf": "18", "preset": "fast", "threads": "1"}),
+# name -> (encoder, extension, options). One thread, and for x264 no
+# macroblock tree / lookahead: with them, libx264 (PyAV 18 wheel) gave
+# different bytes for the same frames from one run to the next.
+CODECS = {
+    "h264": ("libx264", ".mp4",
+             {"crf": "18", "preset": "fast", "threads": "1",
+              "x264-params": "no-mbtree=1:rc-lookahead=0"}),
     "vp9": ("libvpx-vp9", ".webm",
             {"crf": "24", "b": "0", "deadline": "good", "cpu-used": "4",
              "threads": "1"}),
