@@ -227,27 +227,38 @@ def crop_and_resize(frames, window, *, crop_size):
         crop_size: int.
 
     Returns:
-        float32 [T, crop_size, crop_size, C] in [0, 255].
+        uint8 [T, crop_size, crop_size, C].
     """
     cropped = frames[:, window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
     return resize(cropped, crop_size=crop_size)
 
 
 def resize(frames, *, crop_size):
-    """Bilinear resize of uint8 [T, h, w, C] to float32 [T, crop_size, crop_size, C].
+    """Bilinear resize of [T, h, w, C] frames to [T, crop_size, crop_size, C].
 
-    Frames already at the target size are only cast (no interpolation).
+    Frames already at the target size are returned unchanged. uint8 input
+    gives uint8 output (rounded): clips stay 4x smaller than float32 until
+    they are batched and standardized.
+
+    Args:
+        frames: uint8 or float32 [T, h, w, C].
+        crop_size: int.
+
+    Returns:
+        [T, crop_size, crop_size, C], the dtype of `frames`.
     """
     frames = tf.convert_to_tensor(frames)
+
+    def interpolate():
+        out = tf.image.resize(frames, [crop_size, crop_size], method="bilinear")
+        if frames.dtype == tf.uint8:
+            out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+        return tf.cast(out, frames.dtype)
+
     shape = tf.shape(frames)
     same = tf.logical_and(tf.equal(shape[1], crop_size), tf.equal(shape[2], crop_size))
-    out = tf.cond(
-        same,
-        lambda: tf.cast(frames, tf.float32),
-        lambda: tf.image.resize(frames, [crop_size, crop_size], method="bilinear"),
-    )
-    channels = frames.shape[-1]
-    return tf.ensure_shape(out, [frames.shape[0], crop_size, crop_size, channels])
+    out = tf.cond(same, lambda: frames, interpolate)
+    return tf.ensure_shape(out, [frames.shape[0], crop_size, crop_size, frames.shape[-1]])
 
 
 def flip_label_lookup(label, flip_label_map):
@@ -307,13 +318,16 @@ def standardize(clip, mode="per_frame", *, mean=None, std=None):
         "symmetric": `x / 127.5 - 1`, in [-1, 1].
         "none": values unchanged, cast to uint8 (the model standardizes).
 
+    Works on one clip [T, H, W, C] or a batch [B, T, H, W, C] ("per_clip"
+    reduces over the last four axes, "per_frame" over the last three).
+
     Args:
-        clip: [T, H, W, C] uint8 or float in [0, 255].
+        clip: [..., T, H, W, C] uint8 or float in [0, 255].
         mode: str. Defaults to "per_frame".
         mean, std: sequences of C floats; required by "mean_std" only.
 
     Returns:
-        float32 [T, H, W, C] (uint8 for "none").
+        float32, the shape of `clip` (uint8 for "none").
     """
     _check_choice(mode, STANDARDIZE_MODES, "standardize")
     if mode != "mean_std" and (mean is not None or std is not None):
@@ -327,10 +341,11 @@ def standardize(clip, mode="per_frame", *, mean=None, std=None):
     if mode == "per_frame":
         return tf.image.per_image_standardization(clip)
     if mode == "per_clip":
-        centred = clip - tf.reduce_mean(clip)
-        count = tf.cast(tf.size(clip), tf.float32)
-        adjusted = tf.maximum(tf.math.reduce_std(clip), tf.math.rsqrt(count))
-        return centred / adjusted
+        axes = [-4, -3, -2, -1]
+        centred = clip - tf.reduce_mean(clip, axis=axes, keepdims=True)
+        count = tf.cast(tf.reduce_prod(tf.shape(clip)[-4:]), tf.float32)
+        deviation = tf.math.reduce_std(clip, axis=axes, keepdims=True)
+        return centred / tf.maximum(deviation, tf.math.rsqrt(count))
     if mode == "unit":
         return clip / 255.0
     if mode == "symmetric":

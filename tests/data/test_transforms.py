@@ -1,0 +1,162 @@
+"""Transforms on `tf.range` "videos" (outputs are indices) and hand-made pixels."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from klassterfork.data import transforms as tr
+
+
+def seed(i):
+    return tf.constant([i, 0], tf.int64)
+
+
+@pytest.mark.parametrize("num_frames,clip_len,step", [(30, 8, 1), (30, 8, 3), (22, 8, 3)])
+def test_random_clip_indices_cover_every_start(num_frames, clip_len, step):
+    span = (clip_len - 1) * step + 1
+    starts = set()
+    for i in range(200):
+        idx = tr.random_clip_indices(num_frames, seed(i), clip_len=clip_len,
+                                     frame_step=step).numpy()
+        np.testing.assert_array_equal(idx, idx[0] + step * np.arange(clip_len))
+        starts.add(idx[0])
+    assert starts == set(range(num_frames - span + 1))  # uniform start, all reached
+
+
+def test_random_clip_indices_same_seed_same_clip():
+    a = tr.random_clip_indices(100, seed(5), clip_len=4).numpy()
+    b = tr.random_clip_indices(100, seed(5), clip_len=4).numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_short_videos_repeat_or_loop():
+    video = tf.range(5)  # indices are the frames
+    repeat = tr.random_clip_indices(5, seed(0), clip_len=4, frame_step=2)
+    np.testing.assert_array_equal(tf.gather(video, repeat), [0, 2, 4, 4])
+    loop = tr.random_clip_indices(5, seed(0), clip_len=4, frame_step=2,
+                                  short_video="loop")
+    np.testing.assert_array_equal(tf.gather(video, loop), [0, 2, 4, 1])
+    with pytest.raises(ValueError, match="short_video"):
+        tr.fit_indices(tf.range(3), 2, short_video="mirror")
+
+
+def test_even_clip_indices_hand_computed():
+    # T = 100, span 16: room 85, part 42.5 -> starts floor(21.25), floor(63.75).
+    idx = tr.even_clip_indices(100, clip_len=16, num_clips=2).numpy()
+    np.testing.assert_array_equal(idx[:, 0], [21, 63])
+    np.testing.assert_array_equal(idx[1], 63 + np.arange(16))
+    # One clip: the centre. T = 32, span (8 - 1) * 2 + 1 = 15: room 18 -> 9.
+    np.testing.assert_array_equal(
+        tr.even_clip_indices(32, clip_len=8, num_clips=1, frame_step=2)[0],
+        9 + 2 * np.arange(8))
+    # Short video: every clip from 0, last frame repeated.
+    np.testing.assert_array_equal(
+        tr.even_clip_indices(3, clip_len=4, num_clips=2), [[0, 1, 2, 2]] * 2)
+
+
+def test_random_crop_window_fixed_and_scaled():
+    seen = set()
+    for i in range(100):
+        y, x, h, w = tr.random_crop_window([48, 64, 3], seed(i), crop_size=32,
+                                           scale=None).numpy()
+        assert (h, w) == (32, 32) and 0 <= y <= 16 and 0 <= x <= 32
+        seen.add((y, x))
+    assert len(seen) > 50
+    sides = []
+    for i in range(200):
+        y, x, h, w = tr.random_crop_window([100, 150], seed(i), scale=(0.5, 0.9)).numpy()
+        assert h == w and 50 <= h <= 90 and y + h <= 100 and x + w <= 150
+        sides.append(h)
+    assert min(sides) <= 53 and max(sides) >= 87  # the whole range is used
+    # Smaller frames than the fixed crop: the window is the short side.
+    np.testing.assert_array_equal(
+        tr.random_crop_window([20, 30], seed(0), crop_size=32, scale=None)[2:], [20, 20])
+    with pytest.raises(ValueError, match="scale"):
+        tr.random_crop_window([20, 30], seed(0), scale=(0.9, 0.5))
+
+
+def test_spatial_crop_windows_hand_computed():
+    np.testing.assert_array_equal(
+        tr.spatial_crop_windows([128, 171], crop_size=112), [[8, 29, 112, 112]])
+    np.testing.assert_array_equal(  # landscape: left / centre / right
+        tr.spatial_crop_windows([128, 171], crop_size=112, num_crops=3),
+        [[8, 0, 112, 112], [8, 29, 112, 112], [8, 59, 112, 112]])
+    np.testing.assert_array_equal(  # portrait: top / centre / bottom
+        tr.spatial_crop_windows([171, 128], crop_size=112, num_crops=3),
+        [[0, 8, 112, 112], [29, 8, 112, 112], [59, 8, 112, 112]])
+    # As if resized to short side 256 first: 224 * 128 / 256 = 112 px.
+    np.testing.assert_array_equal(
+        tr.spatial_crop_windows([128, 200], crop_size=224, resize_short_side=256),
+        [[8, 44, 112, 112]])
+
+
+def test_resize_keeps_dtype_and_skips_same_size():
+    frames = tf.random.uniform([2, 8, 8, 3], 0, 256, tf.int32)
+    frames = tf.cast(frames, tf.uint8)
+    np.testing.assert_array_equal(tr.resize(frames, crop_size=8), frames)
+    # 2x upsample of a constant and of a ramp (bilinear, half-pixel centres).
+    ramp = tf.cast(tf.tile(tf.reshape(tf.range(0, 200, 50), [1, 1, 4, 1]), [1, 4, 1, 3]),
+                   tf.uint8)
+    out = tr.resize(ramp, crop_size=8)
+    assert out.dtype == tf.uint8
+    np.testing.assert_array_equal(out[0, 0, :, 0],
+                                  [0, 12, 38, 62, 88, 112, 138, 150])
+
+
+def test_crop_and_resize_takes_the_window():
+    video = tf.cast(tf.reshape(tf.range(2 * 6 * 6 * 1) % 256, [2, 6, 6, 1]), tf.uint8)
+    out = tr.crop_and_resize(video, tf.constant([1, 2, 3, 3]), crop_size=3)
+    np.testing.assert_array_equal(out, video[:, 1:4, 2:5])
+
+
+def test_flip_label_map_and_pixels():
+    clip = tf.reshape(tf.range(2 * 1 * 3 * 1), [2, 1, 3, 1])
+    table = [1, 0, -1]
+    flipped, label, did = tr.random_flip(clip, 0, seed(0), flip_label_map=table, prob=1.0)
+    assert bool(did) and int(label) == 1
+    np.testing.assert_array_equal(flipped[:, 0, :, 0], [[2, 1, 0], [5, 4, 3]])
+    kept, label, did = tr.random_flip(clip, 2, seed(0), flip_label_map=table, prob=1.0)
+    assert not bool(did) and int(label) == 2
+    np.testing.assert_array_equal(kept, clip)
+    # Labels outside the map (unlabelled -1, or too large) never flip.
+    assert int(tr.flip_label_lookup(-1, table)) == -1
+    assert int(tr.flip_label_lookup(7, table)) == -1
+    assert int(tr.flip_label_lookup(4, None)) == 4
+    never = [bool(tr.random_flip(clip, 0, seed(i), prob=0.0)[2]) for i in range(20)]
+    assert not any(never)
+    rate = np.mean([bool(tr.random_flip(clip, 0, seed(i), prob=0.3)[2]) for i in range(400)])
+    assert 0.22 < rate < 0.38
+
+
+def test_standardize_modes_against_numpy():
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (3, 4, 5, 3)).astype(np.uint8)
+    x = clip.astype(np.float64)
+    np.testing.assert_allclose(tr.standardize(clip, "unit"), x / 255, atol=1e-6)
+    np.testing.assert_allclose(tr.standardize(clip, "symmetric"), x / 127.5 - 1, atol=1e-6)
+    frame_mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    frame_std = x.std(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(tr.standardize(clip, "per_frame"),
+                               (x - frame_mean) / frame_std, atol=1e-4)
+    np.testing.assert_allclose(tr.standardize(clip, "per_clip"),
+                               (x - x.mean()) / x.std(), atol=1e-4)
+    batch = np.stack([clip, 255 - clip])
+    np.testing.assert_allclose(tr.standardize(batch, "per_clip")[1],
+                               ((255 - x) - (255 - x).mean()) / x.std(), atol=1e-4)
+    got = tr.standardize(clip, "mean_std", mean=tr.KINETICS_MEAN, std=tr.KINETICS_STD)
+    want = (x / 255 - np.array([0.43216, 0.394666, 0.37645])) / np.array(
+        [0.22803, 0.22145, 0.216989])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # Constant frame: per_image_standardization's 1/sqrt(N) floor, no NaN.
+    flat = tr.standardize(np.full((1, 2, 2, 3), 7, np.uint8), "per_frame")
+    np.testing.assert_array_equal(flat, np.zeros((1, 2, 2, 3)))
+    assert tr.standardize(x, "none").dtype == tf.uint8
+
+
+def test_standardize_errors():
+    with pytest.raises(ValueError, match="Received: standardize='imagenet'"):
+        tr.standardize(tf.zeros([1, 1, 1, 3]), "imagenet")
+    with pytest.raises(ValueError, match="needs `mean` and `std`"):
+        tr.standardize(tf.zeros([1, 1, 1, 3]), "mean_std")
+    with pytest.raises(ValueError, match="only used with"):
+        tr.standardize(tf.zeros([1, 1, 1, 3]), "unit", mean=(0.5, 0.5, 0.5))
