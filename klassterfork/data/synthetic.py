@@ -158,7 +158,7 @@ def _trajectory(motion, rng, num_frames, height, width):
         extent = width if dx else height
         travel = rng.uniform(0.45, 0.65) * extent
         travel = min(travel, extent - 2 * margin)
-        start = rng.uniform(margin, extent - margin - travel)
+        start = margin + rng.uniform(0, max(0.0, extent - 2 * margin - travel))
         path = start + travel * t
         if dx:
             cx = path if dx > 0 else extent - path

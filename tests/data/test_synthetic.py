@@ -229,3 +229,14 @@ def test_cli_writes_dataset(tmp_path, capsys):
     assert all(e.path.endswith(".webm") for e in annotation.entries)
     with pytest.raises(SystemExit):
         cli.main(["--out", str(tmp_path), "--height", "121"])
+
+
+def test_every_draw_stays_in_the_frame():
+    # 600 draws per class (the default set's size), 2 frames each: the start
+    # range used to be empty (high < low) when the travel filled the frame.
+    for c in range(len(synthetic.CLASSES)):
+        for i in range(600):
+            _, info = synthetic.render_video(
+                c, np.random.default_rng([0, i]), num_frames=2, height=24, width=32)
+            assert (info["cx"] > 0).all() and (info["cx"] < 32).all()
+            assert (info["cy"] > 0).all() and (info["cy"] < 24).all()
