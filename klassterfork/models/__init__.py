@@ -7,7 +7,7 @@ registered; importing builds nothing.
 
 import difflib
 
-from klassterfork.models import heads, layers, model3d1, r2plus1d, temporal, tsn, vit  # noqa: F401
+from klassterfork.models import heads, layers, model3d1, r2plus1d, temporal, tsn, two_stream, vit  # noqa: F401
 from klassterfork.models.heads import HEADS, resolve_head  # noqa: F401
 from klassterfork.models.registry import MODELS
 

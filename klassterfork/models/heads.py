@@ -1,6 +1,7 @@
 """Heads: what sits on top of a backbone's pooled features.
 
-A head builder returns a callable `features (B, D) -> outputs`; the builder of
+A head builder returns a callable `apply(features (B, D), prefix="")`
+(`prefix` goes before its layer names, for models with several heads); the builder of
 a model applies it inside its functional graph, so the head's layers are
 ordinary, named layers of the model (checkpoint converters key on the names).
 The final layers compute in float32 so a `mixed_bfloat16` policy keeps the
@@ -33,14 +34,14 @@ def ClassificationHead(num_classes, dropout=0.0, init_std=0.01):
             f"Received: num_classes={num_classes!r}"
         )
 
-    def apply(x):
+    def apply(x, prefix=""):
         if dropout:
-            x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+            x = keras.layers.Dropout(dropout, name=f"{prefix}head_dropout")(x)
         return keras.layers.Dense(
             num_classes,
             kernel_initializer=keras.initializers.RandomNormal(stddev=init_std),
             dtype="float32",
-            name="logits",
+            name=f"{prefix}logits",
         )(x)
 
     return apply
@@ -63,12 +64,12 @@ def EmbeddingHead(units, dropout=0.0):
     if not isinstance(units, int) or units < 1:
         raise ValueError(f"`units` must be a positive int. Received: units={units!r}")
 
-    def apply(x):
+    def apply(x, prefix=""):
         if dropout:
-            x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-        x = keras.layers.Dense(units, dtype="float32", name="embedding_dense")(x)
+            x = keras.layers.Dropout(dropout, name=f"{prefix}head_dropout")(x)
+        x = keras.layers.Dense(units, dtype="float32", name=f"{prefix}embedding_dense")(x)
         return keras.layers.UnitNormalization(
-            axis=-1, dtype="float32", name="embedding"
+            axis=-1, dtype="float32", name=f"{prefix}embedding"
         )(x)
 
     return apply
