@@ -7,11 +7,13 @@ Records: `--files` (existing shards), else real videos (`--videos`, default
 as JPEG (quality 90), else generated textured frames. Train clips are
 16 x 112^2, batch 8. Measured in one run, on the same records:
 
-  (1) ours        `pipeline.train_dataset` (gathers the 16 sampled JPEGs,
-                  one random window per clip, decode_and_crop_jpeg, resize,
-                  flip, per-frame standardization to float32).
+  (1) ours        `pipeline.train_dataset` defaults (gathers the 16 sampled
+                  JPEGs, one random 112^2 window per clip,
+                  decode_and_crop_jpeg, flip, per-frame standardization to
+                  float32).
       ours_u8     the same with standardize="none": uint8 clips, the model
                   standardizes (the float work moves to the accelerator).
+      ours_scale  crop_scale=(0.8, 1.0): scale jitter + bilinear resize.
   (2) bound       parse + `tf.io.decode_jpeg` of exactly the 16 needed frames,
                   nothing else.
   (3) garden      Model-Garden style: parse, gather 16 frames, decode full
@@ -27,10 +29,12 @@ The last line is a one-line summary with the machine.
 """
 
 import argparse
+import gc
 import glob
 import multiprocessing
 import os
 import platform
+import resource
 import shlex
 import sys
 import tempfile
@@ -190,16 +194,29 @@ def eval_bound_dataset(paths, num_clips):
     return ds.batch(1).prefetch(tf.data.AUTOTUNE)
 
 
-def measure(iterator_fn, seconds, warmup):
-    """Items per second of an iterable of batches (first `warmup` skipped)."""
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(iterator_fn, seconds, warmup, with_cpu=False):
+    """Items per second of an iterable of batches (first `warmup` skipped).
+
+    With `with_cpu`, also the process CPU seconds per item (all threads),
+    which other processes' load disturbs much less than the wall clock.
+    """
+    gc.collect()  # finish the previous measurement's iterator threads
     it = iterator_fn()
     for _ in range(warmup):
         next(it)
-    count, start = 0, time.perf_counter()
+    count, start, cpu = 0, time.perf_counter(), cpu_seconds()
     while time.perf_counter() - start < seconds:
         batch = next(it)
         count += int(batch)
-    return count / (time.perf_counter() - start)
+    rate = count / (time.perf_counter() - start)
+    cpu_per_item = (cpu_seconds() - cpu) / max(count, 1)
+    del it
+    return (rate, cpu_per_item) if with_cpu else rate
 
 
 def batches(ds, limit=None):
@@ -310,9 +327,13 @@ def main(argv=None):
                                   batch_size=BATCH, seed=0)
     ours_u8 = pipeline.train_dataset(paths, clip_len=CLIP_LEN, crop_size=CROP,
                                      batch_size=BATCH, seed=0, standardize="none")
+    ours_scale = pipeline.train_dataset(paths, clip_len=CLIP_LEN, crop_size=CROP,
+                                        batch_size=BATCH, seed=0,
+                                        crop_scale=(0.8, 1.0))
     candidates = {
         "ours": ours,
         "ours_u8": ours_u8,
+        "ours_scale": ours_scale,
         "bound": bound_dataset(paths),
         "garden": garden_dataset(paths),
         "all_frames": all_frames_dataset(paths),
@@ -322,13 +343,19 @@ def main(argv=None):
     # A fresh iterator each time: a live one keeps prefetching in the
     # background and would hand the next round a full buffer.
     rounds = {name: [] for name in candidates}
+    cpu = {name: [] for name in candidates}
     for _ in range(args.rounds):
         for name, ds in candidates.items():
-            rounds[name].append(measure(batches(ds), args.seconds, args.warmup))
+            rate, cpu_per_clip = measure(batches(ds), args.seconds, args.warmup,
+                                         with_cpu=True)
+            rounds[name].append(rate)
+            cpu[name].append(cpu_per_clip * 1e3)
     for name in candidates:
         results[name] = max(rounds[name])
+        cpu[name] = min(cpu[name])
         spread = ", ".join(f"{x:.1f}" for x in rounds[name])
-        print(f"train {name:>10}: {results[name]:8.1f} clips/s (rounds: {spread})")
+        print(f"train {name:>10}: {results[name]:8.1f} clips/s, CPU "
+              f"{cpu[name]:6.2f} ms/clip (rounds: {spread})")
     if videos and not args.no_pyav and not args.files:
         results["pyav"] = measure_pyav(videos, args.seconds)
         print(f"train {'pyav':>10}: {results['pyav']:8.1f} clips/s (2 processes)")
@@ -336,6 +363,9 @@ def main(argv=None):
     print("ratios ours/x: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     ratios_u8 = {k: results["ours_u8"] / results[k] for k in ("bound", "garden")}
     print("ratios ours_u8/x: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios_u8.items()))
+    cpu_ratios = {k: cpu[k] / cpu["ours"] for k in cpu if k != "ours"}
+    print("CPU-time ratios x/ours (>1: ours cheaper): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ratios.items()))
 
     eval_line = ""
     if not args.no_eval:
@@ -354,6 +384,7 @@ def main(argv=None):
                + ", ".join(f"{k} {results[k]:.1f} (x{ratios[k]:.2f})" for k in ratios)
                + "; ours_u8/bound " + f"{ratios_u8['bound']:.2f}"
                + ", ours_u8/garden " + f"{ratios_u8['garden']:.2f}"
+               + "; CPU ms/clip " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
                + f";{eval_line} | {machine} | {data}")
     print(summary)
     tmp.cleanup()

@@ -336,6 +336,9 @@ def standardize(clip, mode="per_frame", *, mean=None, std=None):
             f"Received: standardize={mode!r}, mean={mean!r}, std={std!r}"
         )
     if mode == "none":
+        clip = tf.convert_to_tensor(clip)
+        if clip.dtype == tf.uint8:
+            return clip
         return tf.cast(tf.clip_by_value(tf.round(tf.cast(clip, tf.float32)), 0, 255), tf.uint8)
     clip = tf.cast(clip, tf.float32)
     if mode == "per_frame":
