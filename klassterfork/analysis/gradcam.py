@@ -125,19 +125,23 @@ def cam_from_gradients(activations, gradients, *, layout="3d", grid=None):
         float32 (T', H', W') (S, H', W' for "segments"), >= 0, not normalized.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"`layout` must be one of {LAYOUTS}. Received: layout={layout!r}")
+        raise ValueError(
+            f"`layout` must be one of {LAYOUTS}. Received: layout={layout!r}")
     a = np.asarray(activations, np.float32)
     g = np.asarray(gradients, np.float32)
     if a.shape != g.shape:
-        raise ValueError(f"activations {a.shape} and gradients {g.shape} differ in shape")
+        raise ValueError(
+            f"activations {a.shape} and gradients {g.shape} differ in shape")
     expected = {"3d": 5, "segments": 4, "tokens": 3}[layout]
     if a.ndim != expected:
         raise ValueError(
-            f"layout={layout!r} needs rank-{expected} activations. Received: shape {a.shape}")
+            f"layout={layout!r} needs rank-{expected} activations. "
+            f"Received: shape {a.shape}")
     if layout == "tokens":
         if grid is None or int(np.prod(grid)) != a.shape[1]:
             raise ValueError(
-                f"`grid` must multiply to the {a.shape[1]} tokens. Received: grid={grid}")
+                f"`grid` must multiply to the {a.shape[1]} tokens. "
+                f"Received: grid={grid}")
         a = a.reshape((a.shape[0], *grid, a.shape[-1]))
         g = g.reshape(a.shape)
     if layout == "segments":

@@ -77,7 +77,8 @@ def explain(path, model, transform, names, *, out_dir, true_index=None,
     gradcam.write_strip(
         png, views[view], overlays, predictions=[(n, p) for _, n, p in best],
         true_label=None if true_index is None else names[true_index],
-        title=f"{os.path.basename(path)}  Grad-CAM of '{explained}' at {result['layer']}",
+        title=f"{os.path.basename(path)}  Grad-CAM of '{explained}' at "
+        f"{result['layer']}",
     )
     return {"gif": gif, "png": png, "class_index": result["class_index"],
             "layer": result["layer"], "top1": best[0][1]}

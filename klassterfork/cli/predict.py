@@ -246,7 +246,8 @@ def check_model(model, view):
         if have is not None and have != need:
             raise PredictError(
                 f"the model takes input {shape}, the config's eval transform makes "
-                f"(V, {', '.join(map(str, want))}): pass the run's config with --config")
+                f"(V, {', '.join(map(str, want))}): pass the run's config with "
+                "--config")
 
 
 def load_setup(model_path, *, config=None, labels=None, short_side=None, fps=None,
@@ -351,7 +352,8 @@ def main(argv=None):
     """Console entry point; returns the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.top_k < 1:
-        print(f"kf-predict: --top-k must be >= 1. Received: {args.top_k}", file=sys.stderr)
+        print(f"kf-predict: --top-k must be >= 1. Received: {args.top_k}",
+              file=sys.stderr)
         return 2
     try:
         model, transform, names = load_setup(
@@ -375,7 +377,8 @@ def main(argv=None):
         probs = predict_views(model, inputs, batch_size=args.batch_size)
         best = top_k(probs, names, args.top_k)
         results.append({
-            "video": path, "ok": True, "num_frames": num_frames, "num_views": len(views),
+            "video": path, "ok": True, "num_frames": num_frames,
+            "num_views": len(views),
             "top_k": [{"index": i, "label": n, "probability": p} for i, n, p in best],
         })
         if not args.json:

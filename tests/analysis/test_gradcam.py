@@ -59,7 +59,8 @@ def test_nonlinear_head_matches_numpy_reference():
     clip = np.random.default_rng(2).normal(size=(4, 8, 8, 3)).astype(np.float32)
     result = gradcam.grad_cam(model, clip)
     target, _ = gradcam.find_target(model)
-    a, g, logits, k = gradcam.activations_and_gradients(model, clip, None, target=target)
+    a, g, logits, k = gradcam.activations_and_gradients(
+        model, clip, None, target=target)
     assert k == int(np.argmax(logits)) == result["class_index"]
     ref = reference_cam(a[0].astype(np.float64), g[0].astype(np.float64))
     assert ref.max() > 0  # a map that is not all zero
@@ -90,8 +91,10 @@ def test_segment_and_token_layouts_match_references():
     for s in range(3):  # each segment has its own weights
         np.testing.assert_allclose(seg[s], reference_cam(a[s], g[s]), atol=1e-6)
     tokens_a, tokens_g = rng.normal(size=(1, 12, 4)), rng.normal(size=(1, 12, 4))
-    tok = gradcam.cam_from_gradients(tokens_a, tokens_g, layout="tokens", grid=(2, 2, 3))
-    ref = reference_cam(tokens_a[0].reshape(2, 2, 3, 4), tokens_g[0].reshape(2, 2, 3, 4))
+    tok = gradcam.cam_from_gradients(tokens_a, tokens_g, layout="tokens",
+                                     grid=(2, 2, 3))
+    ref = reference_cam(tokens_a[0].reshape(2, 2, 3, 4),
+                        tokens_g[0].reshape(2, 2, 3, 4))
     np.testing.assert_allclose(tok, ref, atol=1e-6)
     with pytest.raises(ValueError, match="grid"):
         gradcam.cam_from_gradients(tokens_a, tokens_g, layout="tokens", grid=(2, 2, 2))
@@ -165,14 +168,15 @@ def test_trained_model_looks_at_the_moving_object(experiment):
 def test_cli_writes_gif_and_png(experiment, tmp_path, capsys):
     video = write_motion_video(tmp_path / "clip.mp4", 1, seed=9)
     out = tmp_path / "cams"
-    status = gradcam_cli.main([video, "--model", str(experiment / "stage0" / "model.keras"),
-                               "--out", str(out), "--true-label", LABELS[1]])
+    model = str(experiment / "stage0" / "model.keras")
+    status = gradcam_cli.main([video, "--model", model, "--out", str(out),
+                               "--true-label", LABELS[1]])
     assert status == 0
     text = capsys.readouterr().out
     assert f"Grad-CAM of class {LABELS[1]!r} at stage2_block1_out" in text
     with Image.open(out / "clip_gradcam.gif") as gif:
         assert gif.n_frames == 4 and gif.size == (64, 64)
     assert (out / "clip_gradcam.png").stat().st_size > 0
-    assert gradcam_cli.main([video, "--model", str(experiment / "stage0" / "model.keras"),
-                             "--out", str(out), "--true-label", "no such class"]) == 2
+    assert gradcam_cli.main([video, "--model", model, "--out", str(out),
+                             "--true-label", "no such class"]) == 2
     assert "neither a class name nor an index" in capsys.readouterr().err

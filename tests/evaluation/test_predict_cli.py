@@ -194,7 +194,8 @@ def test_every_real_video_decodes_to_a_probability_vector(experiment, capsys):
     assert len(results) == 15
     failed = sorted(name for name, v in results.items() if not v["ok"])
     assert failed == ["decord/corrupted.mp4"]  # breaks mid-stream (data manifest)
-    assert status == 1 and "corrupted.mp4: decoding failed after 28 frames" in captured.err
+    assert status == 1
+    assert "corrupted.mp4: decoding failed after 28 frames" in captured.err
     for name, v in results.items():
         if v["ok"]:
             probs = [t["probability"] for t in v["top_k"]]
