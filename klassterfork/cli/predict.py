@@ -46,6 +46,9 @@ VIEW_KEYS = ("clip_len", "crop_size", "num_clips", "num_crops", "frame_step",
              "resize_short_side", "short_video")
 NORM_KEYS = ("standardize", "mean", "std")
 DECODE_KEYS = ("short_side", "fps", "max_frames")
+# Keys of a val block that do not change what one video's views look like.
+IGNORED_KEYS = ("dir", "split", "files", "flip", "num_examples", "batch_size",
+                "num_parallel_calls", "with_ids", "flatten_views", "seed")
 
 
 class PredictError(ValueError):
@@ -145,6 +148,13 @@ def eval_transform(stage):
     missing = [k for k in ("clip_len", "crop_size") if k not in block]
     if missing:
         raise PredictError(f"datasets.val: `{missing[0]}` is required.")
+    unknown = sorted(set(block) - set(VIEW_KEYS + NORM_KEYS + IGNORED_KEYS))
+    if unknown:
+        # A transform option kf-predict does not reproduce must not be
+        # dropped silently: predictions would not match evaluation.
+        raise PredictError(
+            f"datasets.val.{unknown[0]}: kf-predict does not apply this option of "
+            f"the eval pipeline. It applies: {', '.join(VIEW_KEYS + NORM_KEYS)}")
     view = {k: block.get(k, defaults.get(k)) for k in VIEW_KEYS}
     view["num_clips"] = view["num_clips"] or 1
     view["num_crops"] = view["num_crops"] or 1

@@ -101,6 +101,9 @@ def test_eval_transform_reads_config_and_manifest(tmp_path):
     assert t["label_names"] == ["a", "b"]
     with pytest.raises(predict.PredictError, match="datasets.val"):
         predict.eval_transform({"datasets": {"train": {}}})
+    odd = {"datasets": {"val": {"clip_len": 8, "crop_size": 64, "num_segments": 8}}}
+    with pytest.raises(predict.PredictError, match="datasets.val.num_segments"):
+        predict.eval_transform(odd)
 
 
 def test_find_config_beside_stage_folder(tmp_path):
