@@ -29,6 +29,8 @@ setup(
             "kf-convert=klassterfork.cli.convert:main",
             "kf-synthetic=klassterfork.cli.synthetic:main",
             "kf-evaluate=klassterfork.cli.evaluate:main",
+            "kf-predict=klassterfork.cli.predict:main",
+            "kf-gradcam=klassterfork.cli.gradcam:main",
             "kf-plot-training=klassterfork.cli.plot_training:main",
             "kf-embed-classes=klassterfork.cli.embed:main",
             "kf-class-overlap=klassterfork.cli.class_overlap:main",

@@ -43,11 +43,16 @@ def main(argv=None):
     if args.print_config:
         print(json.dumps(stages, indent=2))
         return 0
+    from klassterfork.training.trainer import TrainingDiverged
+
     try:
         return run(stages, source, args)
     except ConfigError as err:
         print(f"kf-train: config error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"kf-train: training diverged: {err}", file=sys.stderr)
+        return 3
 
 
 def run(stages, source, args):

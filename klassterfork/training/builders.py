@@ -3,6 +3,7 @@ optimizer. Every config problem becomes a `ConfigError` naming file and line."""
 
 import difflib
 import glob
+import re
 import inspect
 import json
 import os
@@ -33,7 +34,13 @@ TRAIN_LOOP_DEFAULTS = {
     "seed": 0,
     "stop_after_steps": None,
     "progress": True,
+    "mixed_precision": None,
+    "sync_batchnorm": False,
+    "freeze": [],
+    "best_metric": "val_top1",
+    "plot": True,
 }
+PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
 METRICS = ("top1", "top5")
 # Keys of a dataset block that the trainer consumes; the rest go to the pipeline.
 DATASET_KEYS = ("dir", "split", "files", "flip", "num_examples")
@@ -50,7 +57,13 @@ def train_loop_config(stage, source):
                 source, f"train_loop.{key}",
                 f"unknown key.{hint} Accepted: {', '.join(TRAIN_LOOP_DEFAULTS)}",
             )
-    return {**TRAIN_LOOP_DEFAULTS, **block}
+    loop = {**TRAIN_LOOP_DEFAULTS, **block}
+    if loop["mixed_precision"] not in PRECISION_POLICIES:
+        raise ConfigError(
+            source, "train_loop.mixed_precision", f"must be one of {list(PRECISION_POLICIES)}. "
+            f"Received: {loop['mixed_precision']!r}"
+        )
+    return loop
 
 
 def metric_names(stage, source):
@@ -74,7 +87,7 @@ class DatasetInfo:
     @property
     def num_examples(self):
         counts = self.manifest.get("counts", {})
-        for key in ("videos_written", "videos", "written", "num_videos"):
+        for key in ("written", "videos_written", "num_videos"):
             if key in counts:
                 return int(counts[key])
         if "num_videos" in self.manifest:
@@ -124,7 +137,7 @@ def dataset_info(block, source, key):
             manifest = json.load(f)
     info = DatasetInfo(files, manifest)
     if "num_examples" in block:
-        info.manifest.setdefault("counts", {})["videos_written"] = block["num_examples"]
+        info.manifest.setdefault("counts", {})["written"] = block["num_examples"]
     return info
 
 
@@ -194,6 +207,42 @@ def make_model(stage, source, *, num_classes=None):
         return models.build(name, **kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(source, f"model.{name}", str(err)) from None
+
+
+def apply_freeze(model, patterns, source):
+    """Sets `trainable=False` on layers whose name matches any regex in `patterns`.
+
+    A frozen BatchNormalization also stops updating its statistics (Keras 3
+    runs it in inference mode), as a frozen backbone should.
+    """
+    if not patterns:
+        return []
+    compiled = []
+    for i, pattern in enumerate(patterns):
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise ConfigError(source, "train_loop.freeze", f"item {i}: bad regex "
+                              f"{pattern!r}: {err}") from None
+    frozen = []
+    for layer in model._flatten_layers(include_self=False):
+        if any(p.fullmatch(layer.name) for p in compiled):
+            layer.trainable = False
+            frozen.append(layer.name)
+    if not frozen:
+        raise ConfigError(source, "train_loop.freeze", f"no layer name matches {patterns}. "
+                          f"Some names: {', '.join(l.name for l in model.layers[:8])}")
+    return frozen
+
+
+def synchronize_batchnorm(model):
+    """SyncBN: batch statistics over the global batch (TF backend only)."""
+    count = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True  # read at call time by Keras 3's BN
+            count += 1
+    return count
 
 
 def make_loss(stage, source):

@@ -24,11 +24,17 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
+from klassterfork.analysis.plot_training import plot_training
 from klassterfork.config.loader import ConfigError
 from klassterfork.evaluation.predictions import write_predictions
 from klassterfork.training import builders
 from klassterfork.training import strategy as strategies
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+STEP_CSV_FIELDS = ("step", "epoch", "loss", "lr", "clips_per_s")
 CSV_FIELDS = (
     "epoch", "step", "loss", "top1", "top5", "lr", "clips_per_s",
     "val_loss", "val_top1", "val_top5", "time",
@@ -113,13 +119,25 @@ class Stage:
         if self.train_info is not None:
             self.global_batch = int(datasets["train"]["batch_size"])
             self.steps_per_epoch = self.loop["steps_per_epoch"] or self._steps_from_manifest()
+        policy = self.loop["mixed_precision"] or "float32"
         with strategy.scope():
             num_classes = len(self.label_names) if self.label_names else None
-            self.model = builders.make_model(stage, source, num_classes=num_classes)
+            keras.mixed_precision.set_global_policy(policy)
+            try:
+                self.model = builders.make_model(stage, source, num_classes=num_classes)
+            finally:
+                # Built layers keep their policy; later stages/tests start clean.
+                keras.mixed_precision.set_global_policy("float32")
+            self.frozen = builders.apply_freeze(self.model, self.loop["freeze"], source)
+            if self.loop["sync_batchnorm"]:
+                builders.synchronize_batchnorm(self.model)
             self.loss_fn = builders.make_loss(stage, source)
             self.optimizer = builders.make_optimizer(
                 stage, source, steps_per_epoch=self.steps_per_epoch
             )
+            if policy == "mixed_float16":
+                # float16 gradients underflow without a dynamic loss scale.
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Build the optimizer's slots now, inside the scope (keras issue 23085).
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -175,14 +193,17 @@ class Stage:
 
         def step_fn(clips, labels):
             with tf.GradientTape() as tape:
-                logits = model(clips, training=True)
+                logits = tf.cast(model(clips, training=True), tf.float32)
                 per_example = loss_fn(labels, logits)
                 # Gradients are summed over replicas, so each replica divides by
                 # the GLOBAL batch: the sum is then the mean over all examples.
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 if model.losses:
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            grads = tape.gradient(loss, model.trainable_variables)
+                    loss += tf.nn.scale_regularization_loss(
+                        tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+                    )
+                scaled_loss = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled_loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return {
                 "loss": tf.reduce_sum(per_example),
@@ -232,7 +253,7 @@ class Stage:
     def _predict_fn(self):
         model = self.model
 
-        @tf.function
+        @tf.function(reduce_retracing=True)
         def predict(clips):
             # (B, V, T, H, W, C): views folded into the batch, softmax averaged.
             shape = tf.shape(clips)
@@ -321,7 +342,7 @@ class Stage:
             f"({self.global_batch // self.strategy.num_replicas_in_sync} per replica), "
             f"{spe} steps/epoch, {loop['epochs']} epochs"
         )
-        best = -1.0
+        best = -np.inf
         metrics = {}
         while int(self.step.numpy()) < total:
             step = int(self.step.numpy())
@@ -338,15 +359,27 @@ class Stage:
             while step < epoch_end:
                 out = train_step(self.train_iterator)
                 step += 1
+                values = {k: float(v) for k, v in out.items()}
+                if not np.isfinite(values["loss"]):
+                    bar.close()
+                    last = tf.train.latest_checkpoint(dirs["checkpoints"])
+                    raise TrainingDiverged(
+                        f"loss is {values['loss']} at step {step} (epoch {epoch + 1}); "
+                        f"stopped. Last good checkpoint: {last or 'none'}. Lower the "
+                        "learning rate or enable train_loop.global_clipnorm, then resume with -r."
+                    )
                 for k in sums:
-                    sums[k] += float(out[k])
+                    sums[k] += values[k]
                 rate = sums["count"] / max(time.perf_counter() - started, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.3f}", clips_s=f"{rate:.1f}")
                 if step % int(loop["log_every_steps"]) == 0 and self.chief:
-                    with writer.as_default(step=step):
-                        tf.summary.scalar("train/loss_step", float(out["loss"] / out["count"]))
-                        tf.summary.scalar("train/lr", builders.current_lr(self.optimizer))
+                    row = {
+                        "step": step, "epoch": epoch + 1,
+                        "loss": values["loss"] / values["count"],
+                        "lr": builders.current_lr(self.optimizer), "clips_per_s": rate,
+                    }
+                    self._log_step(row, writer)
                 if step % int(loop["checkpoint_every_steps"]) == 0 and step < epoch_end:
                     sync_replicas()
                     manager.save(checkpoint_number=step)
@@ -381,16 +414,33 @@ class Stage:
             manager.save(checkpoint_number=step)
             if self.chief:
                 self._log_epoch(metrics, writer)
-                if metrics.get("val_top1", -1.0) > best:
-                    best = metrics["val_top1"]
+                key = loop["best_metric"]
+                sign = -1.0 if key.endswith("loss") else 1.0
+                if key in metrics and sign * metrics[key] > best:
+                    best = sign * metrics[key]
                     save_keras_atomic(self.model, dirs["best"])
             log(_format(metrics))
         strategies.remove_worker_dir(write_ckpt_dir, self.strategy)
         if self.chief:
             save_keras_atomic(self.model, dirs["model"])
+            if loop["plot"] and os.path.exists(dirs["csv"]):
+                plot_training(dirs["csv"], os.path.join(dirs["root"], "training_curves.png"))
             with open(dirs["done"], "w") as f:
                 f.write(f"{int(self.step.numpy())}\n")
         return {"step": int(self.step.numpy()), "stopped": False, **metrics}
+
+    def _log_step(self, row, writer):
+        path = os.path.join(self.dirs["root"], "log_steps.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=STEP_CSV_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        with writer.as_default(step=row["step"]):
+            tf.summary.scalar("train/loss_step", row["loss"])
+            tf.summary.scalar("train/lr", row["lr"])
+            tf.summary.scalar("train/clips_per_s", row["clips_per_s"])
 
     def _log_epoch(self, metrics, writer):
         new = not os.path.exists(self.dirs["csv"])

@@ -45,7 +45,7 @@ def write_split(out_dir, split, num_videos, *, seed, num_shards=2, num_frames=8)
         w.close()
     manifest = {
         "split": split,
-        "counts": {"videos_written": num_videos},
+        "counts": {"written": num_videos},
         "label_names": LABELS,
         "flip_label_map": [1, 0],
     }
