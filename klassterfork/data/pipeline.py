@@ -113,6 +113,12 @@ def train_dataset(
     mean=None,
     std=None,
     crop_scale=None,
+    crop="random",
+    num_segments=None,
+    new_length=1,
+    reverse_label_map=None,
+    reverse_prob=0.0,
+    augment_policy="independent",
     short_video="repeat",
     repeat=True,
     drop_remainder=True,
@@ -127,7 +133,9 @@ def train_dataset(
         clip_len: int. Frames per clip (T).
         crop_size: int. Output side (H = W).
         batch_size: int. Clips per batch (B).
-        frame_step: int. Distance between sampled frames. Defaults to 1.
+        frame_step: int, or a sequence of numbers to draw one from per clip
+            (fps jitter: (1, 2), or (1, 4 / 3, 2) for fps x {1, .75, .5}).
+            Defaults to 1.
         seed: int or None. Seeds shard order, shuffling and every random
             transform; None draws one from the OS. Defaults to None.
         shuffle_buffer: int. Examples in the shuffle buffer (0 = off).
@@ -145,6 +153,23 @@ def train_dataset(
             s * short side, s uniform in the range, resized to `crop_size`
             (scale jitter; the resize costs ~40 % more CPU per clip).
             Defaults to None.
+        crop: str. "random" (see `crop_scale`), "multi_scale" (TSN/TDN:
+            `transforms.multi_scale_crop_window`), "random_resized"
+            (Inception style), or "centre". Defaults to "random".
+        num_segments: int or None. TSN segment sampling
+            (`transforms.segment_indices`) instead of one contiguous clip;
+            then `clip_len` must be `num_segments * new_length`. Defaults
+            to None.
+        new_length: int. Consecutive frames per segment (TDN: 5).
+            Defaults to 1.
+        reverse_label_map: sequence of int or None. Time reversal with a
+            label map (-1 = never reverse the class). Defaults to None.
+        reverse_prob: float. Time-reversal probability ("independent").
+            Defaults to 0.
+        augment_policy: "independent" (flip with `flip_prob`, reverse with
+            `reverse_prob`) or "uniform" (20BN SSv2 baseline: uniform among
+            "same" and the augmentations that apply to the label).
+            Defaults to "independent".
         short_video: str. "repeat" the last frame or "loop". Defaults to
             "repeat".
         repeat: bool. Repeat forever. Defaults to True.
@@ -160,14 +185,33 @@ def train_dataset(
         (uint8 with standardize="none") and int32 (B,).
     """
     _check_sizes(clip_len=clip_len, crop_size=crop_size, batch_size=batch_size,
-                 frame_step=frame_step, cycle_length=cycle_length)
+                 cycle_length=cycle_length, new_length=new_length)
+    step_choices = None
+    if isinstance(frame_step, (list, tuple)):
+        step_choices = tuple(frame_step)
+        transforms.random_frame_step(tf.constant([0, 0], tf.int64), step_choices)
+    else:
+        _check_sizes(frame_step=frame_step)
+    transforms._check_choice(crop, CROPS, "crop")
+    transforms._check_choice(augment_policy, transforms.AUGMENT_POLICIES, "augment_policy")
+    if num_segments is not None:
+        _check_sizes(num_segments=num_segments)
+        if num_segments * new_length != clip_len:
+            raise ValueError(
+                "`clip_len` must equal num_segments * new_length with segment "
+                f"sampling. Received: clip_len={clip_len}, "
+                f"num_segments={num_segments}, new_length={new_length}"
+            )
+    elif new_length != 1:
+        raise ValueError(f"`new_length` needs `num_segments`. Received: new_length={new_length}")
     # Fail now, not inside the graph, on bad options.
     transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
     transforms._check_choice(short_video, transforms.SHORT_VIDEO_MODES, "short_video")
     if crop_scale is not None:
         transforms._check_scale(crop_scale)
-    if not 0.0 <= flip_prob <= 1.0:
-        raise ValueError(f"`flip_prob` must be in [0, 1]. Received: flip_prob={flip_prob!r}")
+    for name, prob in (("flip_prob", flip_prob), ("reverse_prob", reverse_prob)):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={prob!r}")
     paths = list_files(files)
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") >> 1
@@ -196,23 +240,34 @@ def train_dataset(
     def make_clip(index, serialized):
         example = records.parse(serialized)
         key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
-        seed_clip, seed_crop, seed_flip = tf.unstack(
-            tf.random.experimental.stateless_split(key, num=3)
+        seed_clip, seed_crop, seed_aug, seed_step = tf.unstack(
+            tf.random.experimental.stateless_split(key, num=4)
         )
-        indices = transforms.random_clip_indices(
-            example["num_frames"], seed_clip, clip_len=clip_len,
-            frame_step=frame_step, short_video=short_video,
-        )
+        num_frames = example["num_frames"]
+        if num_segments is not None:
+            indices = transforms.segment_indices(
+                num_frames, seed_clip, num_segments=num_segments, new_length=new_length)
+        elif step_choices is not None:
+            indices = transforms.stepped_clip_indices(
+                num_frames, seed_clip, clip_len=clip_len, short_video=short_video,
+                frame_step=transforms.random_frame_step(seed_step, step_choices))
+        else:
+            indices = transforms.random_clip_indices(
+                num_frames, seed_clip, clip_len=clip_len,
+                frame_step=frame_step, short_video=short_video)
+        flip, reverse, label = transforms.choose_augmentations(
+            first_label(example["labels"]), seed_aug,
+            flip_label_map=flip_label_map, flip_prob=flip_prob,
+            reverse_label_map=reverse_label_map, reverse_prob=reverse_prob,
+            policy=augment_policy)
+        # Time reversal is free on indices: reverse them before decoding.
+        indices = tf.where(reverse, tf.reverse(indices, [0]), indices)
         encoded = tf.gather(example["frames"], indices)
-        window = transforms.random_crop_window(
-            tf.image.extract_jpeg_shape(encoded[0]), seed_crop,
-            crop_size=crop_size, scale=crop_scale,
-        )
+        window = _train_window(
+            tf.image.extract_jpeg_shape(encoded[0]), seed_crop, crop=crop,
+            crop_size=crop_size, crop_scale=crop_scale)
         clip = transforms.resize(decode_frames(encoded, window), crop_size=crop_size)
-        clip, label, _ = transforms.random_flip(
-            clip, first_label(example["labels"]), seed_flip,
-            flip_label_map=flip_label_map, prob=flip_prob,
-        )
+        clip = tf.cond(flip, lambda: tf.reverse(clip, axis=[2]), lambda: clip)
         return clip, label
 
     ds = ds.map(_graph_fn(make_clip), num_parallel_calls=num_parallel_calls,
@@ -239,6 +294,8 @@ def eval_dataset(
     mean=None,
     std=None,
     resize_short_side=None,
+    num_segments=None,
+    new_length=1,
     short_video="repeat",
     with_ids=False,
     flatten_views=False,
@@ -260,6 +317,10 @@ def eval_dataset(
         resize_short_side: int or None. The crop is taken as if frames were
             resized to this short side first. Defaults to None (crop at the
             stored size).
+        num_segments, new_length: TSN segment sampling at segment centres
+            (`transforms.segment_indices`, clip k of `num_clips` shifted by
+            (k + 0.5) / num_clips of a segment); `clip_len` must be
+            `num_segments * new_length`. Defaults to None, 1.
         short_video: str. "repeat" or "loop". Defaults to "repeat".
         with_ids: bool. Add the video ids as a third element. Defaults to
             False.
@@ -275,15 +336,29 @@ def eval_dataset(
                  frame_step=frame_step, num_clips=num_clips)
     transforms._check_choice(num_crops, (1, 3), "num_crops")
     transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
+    if num_segments is not None and num_segments * new_length != clip_len:
+        raise ValueError(
+            "`clip_len` must equal num_segments * new_length with segment "
+            f"sampling. Received: clip_len={clip_len}, num_segments={num_segments}, "
+            f"new_length={new_length}"
+        )
     paths = list_files(files)
     num_views = num_clips * num_crops
 
     def make_views(serialized):
         example = records.parse(serialized)
-        indices = transforms.even_clip_indices(
-            example["num_frames"], clip_len=clip_len, num_clips=num_clips,
-            frame_step=frame_step, short_video=short_video,
-        )
+        if num_segments is None:
+            indices = transforms.even_clip_indices(
+                example["num_frames"], clip_len=clip_len, num_clips=num_clips,
+                frame_step=frame_step, short_video=short_video,
+            )
+        else:
+            indices = tf.stack([
+                transforms.segment_indices(
+                    example["num_frames"], num_segments=num_segments,
+                    new_length=new_length, clip=k, num_clips=num_clips)
+                for k in range(num_clips)
+            ])
         unique, position = tf.unique(tf.reshape(indices, [-1]))
         encoded = tf.gather(example["frames"], unique)
         windows = transforms.spatial_crop_windows(
@@ -324,6 +399,24 @@ def eval_dataset(
                 deterministic=True)
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(_options())
+
+
+# crop name -> (image_size, seed, crop_size, crop_scale) -> window [y, x, h, w]
+_CROP_WINDOWS = {
+    "random": lambda size, seed, crop_size, scale: transforms.random_crop_window(
+        size, seed, crop_size=crop_size, scale=scale),
+    "multi_scale": lambda size, seed, crop_size, scale: (
+        transforms.multi_scale_crop_window(size, seed, crop_size=crop_size)),
+    "random_resized": lambda size, seed, crop_size, scale: (
+        transforms.random_resized_crop_window(size, seed)),
+    "centre": lambda size, seed, crop_size, scale: transforms.spatial_crop_windows(
+        size, crop_size=crop_size)[0],
+}
+CROPS = tuple(_CROP_WINDOWS)
+
+
+def _train_window(image_size, seed, *, crop, crop_size, crop_scale):
+    return _CROP_WINDOWS[crop](image_size, seed, crop_size, crop_scale)
 
 
 def _graph_fn(fn):

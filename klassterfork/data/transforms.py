@@ -11,6 +11,8 @@ seed gives the same result.
 Shapes: `(T, H, W, C)` is one clip, `T` frames in time order.
 """
 
+import math
+
 import tensorflow as tf
 
 # Short videos: "repeat" repeats the last frame, "loop" wraps to the start.
@@ -364,3 +366,349 @@ def standardize(clip, mode="per_frame", *, mean=None, std=None):
     mean = tf.constant(mean, tf.float32)
     std = tf.constant(std, tf.float32)
     return (clip / 255.0 - mean) / std
+
+
+# --- Issue 3: more samplers -------------------------------------------------
+
+
+def random_frame_step(seed, choices):
+    """One frame step drawn uniformly from `choices` (fps jitter).
+
+    `choices=(1, 2)` samples at the stored rate or half of it; fractional
+    steps resample the frame rate, e.g. fps x {1, .75, .5} is
+    `choices=(1, 4 / 3, 2)` (frames taken at floor(i * step)).
+
+    Args:
+        seed: int [2]. Stateless seed.
+        choices: non-empty sequence of positive numbers.
+
+    Returns:
+        float32 scalar.
+    """
+    values = [float(c) for c in choices]
+    if not values or min(values) <= 0:
+        raise ValueError(
+            f"`frame_step` choices must be positive numbers. Received: {choices!r}"
+        )
+    pick = tf.random.stateless_uniform([], seed, 0, len(values), dtype=tf.int32)
+    return tf.gather(tf.constant(values, tf.float32), pick)
+
+
+def stepped_clip_indices(num_frames, seed, *, clip_len, frame_step, short_video="repeat"):
+    """`random_clip_indices` for a float step: frames start + floor(i * step).
+
+    Args:
+        num_frames: int scalar.
+        seed: int [2].
+        clip_len: int.
+        frame_step: float32 scalar > 0.
+        short_video: "repeat" or "loop".
+
+    Returns:
+        int32 [clip_len].
+    """
+    _check_positive(clip_len, "clip_len")
+    num_frames = tf.cast(num_frames, tf.int32)
+    offsets = tf.cast(
+        tf.floor(tf.range(clip_len, dtype=tf.float32) * tf.cast(frame_step, tf.float32)),
+        tf.int32,
+    )
+    max_start = tf.maximum(num_frames - offsets[-1] - 1, 0)
+    start = tf.random.stateless_uniform(
+        [], seed, minval=0, maxval=max_start + 1, dtype=tf.int32
+    )
+    return fit_indices(start + offsets, num_frames, short_video=short_video)
+
+
+def segment_indices(num_frames, seed=None, *, num_segments, new_length=1, clip=0,
+                    num_clips=1):
+    """TSN segment sampling: `new_length` consecutive frames per segment.
+
+    The video (less the `new_length - 1` frames a snippet needs) is split
+    into `num_segments` equal segments (Wang et al., ECCV 2016; TDN uses
+    new_length=5). Train (`seed` given), as TSN's `_sample_indices`: with
+    d = (T - new_length + 1) // num_segments, d > 0: offset_i = i * d +
+    uniform[0, d); else if T > num_segments: sorted uniform offsets; else 0.
+    Eval (`seed=None`), as TSN's `_get_test_indices`: offset_i =
+    floor(tick / 2 + tick * i), tick = (T - new_length + 1) / num_segments.
+    With `num_clips` > 1 (eval only), clip k shifts every offset to
+    floor(tick * (i + (k + 0.5) / num_clips)); k = 0 of 1 is TSN's centre.
+    Snippet frames past the end repeat the last frame.
+
+    Args:
+        num_frames: int scalar.
+        seed: int [2] for random (train) offsets, None for segment centres.
+        num_segments: int.
+        new_length: int. Consecutive frames per segment. Defaults to 1.
+        clip, num_clips: ints, eval only. Which of `num_clips` evenly
+            shifted clips. Defaults to 0 of 1.
+
+    Returns:
+        int32 [num_segments * new_length], segment-major.
+    """
+    _check_positive(num_segments, "num_segments")
+    _check_positive(new_length, "new_length")
+    num_frames = tf.cast(num_frames, tf.int32)
+    usable = num_frames - new_length + 1
+    segments = tf.range(num_segments, dtype=tf.int32)
+    if seed is None:
+        tick = tf.cast(tf.maximum(usable, 1), tf.float64) / num_segments
+        shift = (clip + 0.5) / num_clips
+        offsets = tf.cast(
+            tf.floor(tick * (tf.cast(segments, tf.float64) + shift)), tf.int32
+        )
+        offsets = tf.where(usable > 0, offsets, 0)
+    else:
+        duration = usable // num_segments
+        seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        jitter = tf.random.stateless_uniform(
+            [num_segments], seed_a, 0, tf.maximum(duration, 1), dtype=tf.int32
+        )
+        regular = segments * duration + jitter
+        scattered = tf.sort(
+            tf.random.stateless_uniform(
+                [num_segments], seed_b, 0, tf.maximum(usable, 1), dtype=tf.int32
+            )
+        )
+        offsets = tf.where(
+            duration > 0,
+            regular,
+            tf.where(num_frames > num_segments, scattered, tf.zeros_like(segments)),
+        )
+    indices = offsets[:, None] + tf.range(new_length, dtype=tf.int32)[None, :]
+    return tf.minimum(tf.reshape(indices, [-1]), num_frames - 1)
+
+
+# --- Issue 3: more crops -----------------------------------------------------
+
+MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
+
+
+def multi_scale_crop_window(
+    image_size, seed, *, crop_size, scales=MULTI_SCALES, max_distort=1, fixed_offsets=True
+):
+    """TSN/TDN `GroupMultiScaleCrop`: a window of random scale and offset.
+
+    Side candidates are `int(min(H, W) * s)` for s in `scales`, snapped to
+    `crop_size` when within 3 px; the (height, width) pair is drawn
+    uniformly among pairs of candidates at most `max_distort` apart in the
+    list (so the aspect ratio may change). With `fixed_offsets` the window
+    sits at one of 13 positions on a 4 x 4 grid of steps ((W - w) // 4,
+    (H - h) // 4): 4 corners, centre, 4 edge midpoints and 4 quarter
+    points (`more_fix_crop`); otherwise anywhere. The window is then
+    resized to `crop_size` (the pipeline decodes only it).
+
+    Args:
+        image_size: int [2] or [3], `(H, W[, C])`.
+        seed: int [2].
+        crop_size: int. Output side.
+        scales: sequence of floats. Defaults to (1, .875, .75, .66).
+        max_distort: int. Defaults to 1.
+        fixed_offsets: bool. Defaults to True.
+
+    Returns:
+        int32 [4], `[y, x, h, w]`.
+    """
+    num = len(scales)
+    pairs = [(i, j) for i in range(num) for j in range(num) if abs(i - j) <= max_distort]
+    height = tf.cast(image_size[0], tf.int32)
+    width = tf.cast(image_size[1], tf.int32)
+    base = tf.cast(tf.minimum(height, width), tf.float32)
+    sizes = tf.cast(base * tf.constant(scales, tf.float32), tf.int32)  # int() truncates
+    sizes = tf.where(tf.abs(sizes - crop_size) < 3, crop_size, sizes)
+    seed_pair, seed_pos = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    pick = tf.random.stateless_uniform([], seed_pair, 0, len(pairs), dtype=tf.int32)
+    pair = tf.gather(tf.constant(pairs, tf.int32), pick)
+    # TSN pairs (w, h) = (crop_sizes[i], crop_sizes[j]).
+    crop_w = tf.minimum(tf.gather(sizes, pair[0]), width)
+    crop_h = tf.minimum(tf.gather(sizes, pair[1]), height)
+    if fixed_offsets:
+        step_w = (width - crop_w) // 4
+        step_h = (height - crop_h) // 4
+        grid = tf.constant(FIXED_OFFSETS, tf.int32)  # rows (x, y) in steps
+        choice = tf.random.stateless_uniform([], seed_pos, 0, 13, dtype=tf.int32)
+        x = grid[choice, 0] * step_w
+        y = grid[choice, 1] * step_h
+    else:
+        seed_y, seed_x = tf.unstack(tf.random.experimental.stateless_split(seed_pos, 2))
+        y = tf.random.stateless_uniform([], seed_y, 0, height - crop_h + 1, dtype=tf.int32)
+        x = tf.random.stateless_uniform([], seed_x, 0, width - crop_w + 1, dtype=tf.int32)
+    return tf.stack([y, x, crop_h, crop_w])
+
+
+# TSN `fill_fix_offset(more_fix_crop=True)`, (x, y) in units of the steps.
+FIXED_OFFSETS = (
+    (0, 0), (4, 0), (0, 4), (4, 4), (2, 2),
+    (0, 2), (4, 2), (2, 4), (2, 0),
+    (1, 1), (3, 1), (1, 3), (3, 3),
+)
+
+
+def random_resized_crop_window(image_size, seed, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                               attempts=10):
+    """Inception-style random-resized crop (torchvision `RandomResizedCrop`).
+
+    Up to `attempts` draws of area fraction uniform in `scale` and aspect
+    ratio w / h log-uniform in `ratio`; the first window that fits is used,
+    else the centre crop with the ratio clamped to `ratio`.
+
+    Args:
+        image_size: int [2] or [3], `(H, W[, C])`.
+        seed: int [2].
+        scale: (low, high) area fractions. Defaults to (0.08, 1.0).
+        ratio: (low, high) aspect ratios w / h. Defaults to (3/4, 4/3).
+        attempts: int. Defaults to 10.
+
+    Returns:
+        int32 [4], `[y, x, h, w]`.
+    """
+    _check_positive(attempts, "attempts")
+    height = tf.cast(image_size[0], tf.int32)
+    width = tf.cast(image_size[1], tf.int32)
+    h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    area = h_f * w_f * tf.random.stateless_uniform([attempts], seeds[0], scale[0], scale[1])
+    log_ratio = tf.random.stateless_uniform(
+        [attempts], seeds[1], math.log(ratio[0]), math.log(ratio[1])
+    )
+    aspect = tf.exp(log_ratio)
+    crop_w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
+    crop_h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+    fits = (crop_w > 0) & (crop_h > 0) & (crop_w <= width) & (crop_h <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    # Fallback: centre crop, aspect clamped into `ratio`.
+    in_ratio = w_f / h_f
+    fallback_w = tf.where(in_ratio < ratio[0], width,
+                          tf.where(in_ratio > ratio[1],
+                                   tf.cast(tf.round(h_f * ratio[1]), tf.int32), width))
+    fallback_h = tf.where(in_ratio < ratio[0],
+                          tf.cast(tf.round(w_f / ratio[0]), tf.int32), height)
+    any_fit = tf.reduce_any(fits)
+    crop_w = tf.where(any_fit, crop_w[first], fallback_w)
+    crop_h = tf.where(any_fit, crop_h[first], fallback_h)
+    y_rand = tf.random.stateless_uniform([], seeds[2], 0, height - crop_h + 1, dtype=tf.int32)
+    x_rand = tf.random.stateless_uniform([], seeds[3], 0, width - crop_w + 1, dtype=tf.int32)
+    y = tf.where(any_fit, y_rand, (height - crop_h) // 2)
+    x = tf.where(any_fit, x_rand, (width - crop_w) // 2)
+    return tf.stack([y, x, crop_h, crop_w])
+
+
+# --- Issue 3: label-mapped flips and time reversal ---------------------------
+
+AUGMENT_POLICIES = ("independent", "uniform")
+
+
+def load_ssv2_label_maps(mappings_path, labels_path):
+    """Flip and time-reversal label maps from the 20BN SSv2 files.
+
+    Args:
+        mappings_path: `augmentation_mappings.json` ("left/right", "left/right
+            agnostic", "reverse time", "reverse time agnostic", "reverse
+            time false class").
+        labels_path: `something-something-v2-labels.json` (template ->
+            index).
+
+    Returns:
+        dict with `flip_label_map` and `reverse_label_map`, lists of int
+        (one entry per class): the label after the augmentation, the label
+        itself for agnostic classes, -1 where the augmentation does not
+        apply ("reverse time false class" and classes in no list).
+
+    Raises:
+        ValueError: a template in the mappings is not in the labels file.
+    """
+    import json
+
+    with open(labels_path, encoding="utf-8") as f:
+        index = {name: int(i) for name, i in json.load(f).items()}
+    with open(mappings_path, encoding="utf-8") as f:
+        mappings = json.load(f)
+
+    def lookup(name, key):
+        if name not in index:
+            raise ValueError(
+                f"{mappings_path}: {key}: template {name!r} is not in {labels_path}"
+            )
+        return index[name]
+
+    def table(pairs_key, agnostic_key):
+        out = [-1] * len(index)
+        for name in mappings.get(agnostic_key, []):
+            out[lookup(name, agnostic_key)] = lookup(name, agnostic_key)
+        for name, target in mappings.get(pairs_key, {}).items():
+            out[lookup(name, pairs_key)] = lookup(target, pairs_key)
+        return out
+
+    return {
+        "flip_label_map": table("left/right", "left/right agnostic"),
+        "reverse_label_map": table("reverse time", "reverse time agnostic"),
+    }
+
+
+def tdn_flip_label_map(num_classes=174, swaps=((86, 87), (93, 94), (166, 167))):
+    """TDN's SSv2 flip: every class flips, swapped pairs change label.
+
+    TDN (`GroupRandomHorizontalFlip_sth`) flips each sample with p = 0.5
+    and swaps 86 <-> 87, 93 <-> 94, 166 <-> 167 (pulling/pushing left/right
+    and turning the camera left/right).
+
+    Returns:
+        list of int, `num_classes` entries.
+    """
+    out = list(range(num_classes))
+    for a, b in swaps:
+        out[a], out[b] = b, a
+    return out
+
+
+def choose_augmentations(label, seed, *, flip_label_map=None, flip_prob=0.5,
+                         reverse_label_map=None, reverse_prob=0.0, policy="independent"):
+    """Decides flip and time reversal for one sample and its new label.
+
+    "independent": flip with `flip_prob` where `flip_label_map` allows it,
+    then reverse with `reverse_prob` where `reverse_label_map` allows it
+    (applied to the flipped label). "uniform" (the 20BN SSv2 baseline):
+    choose uniformly among "same" and each augmentation that applies to the
+    label (flip if `flip_label_map[label] >= 0`, reverse if
+    `reverse_label_map[label] >= 0`, given the maps that are not None).
+
+    Args:
+        label: int32 scalar.
+        seed: int [2].
+        flip_label_map, reverse_label_map: sequences of int or None (see
+            `flip_label_lookup`; None: the class keeps its label). A None
+            reverse map with reverse_prob 0 means no reversal.
+        flip_prob, reverse_prob: floats in [0, 1]; "independent" only.
+        policy: "independent" or "uniform". Defaults to "independent".
+
+    Returns:
+        (flip bool scalar, reverse bool scalar, label int32 scalar).
+    """
+    _check_choice(policy, AUGMENT_POLICIES, "augment_policy")
+    label = tf.cast(label, tf.int32)
+    seed_flip, seed_reverse = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    flip_to = flip_label_lookup(label, flip_label_map)
+    if policy == "independent":
+        flip = (tf.random.stateless_uniform([], seed_flip) < flip_prob) & (flip_to >= 0)
+        label = tf.where(flip, flip_to, label)
+        reverse_to = flip_label_lookup(label, reverse_label_map)
+        use_reverse = reverse_prob > 0
+        reverse = (
+            (tf.random.stateless_uniform([], seed_reverse) < reverse_prob)
+            & (reverse_to >= 0)
+            & use_reverse
+        )
+        return flip, reverse, tf.where(reverse, reverse_to, label)
+    can_flip = flip_to >= 0
+    if reverse_label_map is None:
+        reverse_to, can_reverse = label, tf.constant(False)
+    else:
+        reverse_to = flip_label_lookup(label, reverse_label_map)
+        can_reverse = reverse_to >= 0
+    # Options: 0 = same, 1 = flip (if allowed), 2 = reverse (if allowed).
+    count = 1 + tf.cast(can_flip, tf.int32) + tf.cast(can_reverse, tf.int32)
+    pick = tf.random.stateless_uniform([], seed_flip, 0, count, dtype=tf.int32)
+    flip = can_flip & tf.equal(pick, 1)
+    reverse = can_reverse & tf.equal(pick, 1 + tf.cast(can_flip, tf.int32))
+    label = tf.where(flip, flip_to, tf.where(reverse, reverse_to, label))
+    return flip, reverse, label

@@ -267,3 +267,54 @@ def test_errors_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="num_crops"):
         pipeline.eval_dataset(paths, clip_len=2, crop_size=8, batch_size=1,
                               num_clips=1, num_crops=2)
+
+
+# --- issue 3 options, wired through train_dataset / eval_dataset ---------------
+
+
+def test_time_reversal_with_label_map(tmp_path):
+    paths = write_shards(tmp_path, [video_record("r", 30, 0)], num_shards=1)
+    ds = pipeline.train_dataset(paths, clip_len=4, crop_size=16, batch_size=4,
+                                seed=0, flip_prob=0.0, reverse_prob=1.0,
+                                reverse_label_map=[2, -1, 0], standardize="none")
+    clips, labels = take(ds, 1)[0]
+    np.testing.assert_array_equal(labels, [2] * 4)
+    for clip in clips.astype(float):
+        np.testing.assert_array_equal(np.diff(frame_index(clip)), [-1, -1, -1])
+
+
+def test_segments_frame_step_choices_and_crops(tmp_path):
+    paths = write_shards(tmp_path, [video_record("s", 40, 1)], num_shards=1)
+    ds = pipeline.train_dataset(paths, clip_len=8, crop_size=16, batch_size=6,
+                                seed=1, num_segments=4, new_length=2,
+                                crop="multi_scale", standardize="none")
+    clips, _ = take(ds, 1)[0]
+    assert clips.shape == (6, 8, 16, 16, 3)
+    for clip in clips.astype(float):
+        idx = frame_index(clip).reshape(4, 2)
+        np.testing.assert_array_equal(idx[:, 1] - idx[:, 0], 1)  # snippets
+        for s in range(4):  # duration (40 - 2 + 1) // 4 = 9
+            assert 9 * s <= idx[s, 0] < 9 * s + 9
+    jitter = pipeline.train_dataset(paths, clip_len=4, crop_size=16, batch_size=40,
+                                    seed=2, frame_step=(1, 2), crop="random_resized",
+                                    standardize="none")
+    clips, _ = take(jitter, 1)[0]
+    steps = {tuple(np.diff(frame_index(c.astype(float)))) for c in clips}
+    assert steps == {(1, 1, 1), (2, 2, 2)}
+    with pytest.raises(ValueError, match="num_segments"):
+        pipeline.train_dataset(paths, clip_len=7, crop_size=16, batch_size=1,
+                               num_segments=4, new_length=2)
+    with pytest.raises(ValueError, match="crop"):
+        pipeline.train_dataset(paths, clip_len=4, crop_size=16, batch_size=1,
+                               crop="five")
+
+
+def test_eval_segments_are_centres(tmp_path):
+    paths = write_shards(tmp_path, [video_record("c", 48, 0)], num_shards=1)
+    ds = pipeline.eval_dataset(paths, clip_len=4, crop_size=16, num_clips=2,
+                               num_crops=1, batch_size=1, num_segments=4,
+                               standardize="unit")
+    clips, _ = take(ds, 1)[0]
+    # tick 12: clip 0 at floor(12 (i + 1/4)) = 3 + 12 i, clip 1 at 9 + 12 i.
+    np.testing.assert_array_equal(frame_index(clips[0, 0] * 255), [3, 15, 27, 39])
+    np.testing.assert_array_equal(frame_index(clips[0, 1] * 255), [9, 21, 33, 45])

@@ -160,3 +160,163 @@ def test_standardize_errors():
         tr.standardize(tf.zeros([1, 1, 1, 3]), "mean_std")
     with pytest.raises(ValueError, match="only used with"):
         tr.standardize(tf.zeros([1, 1, 1, 3]), "unit", mean=(0.5, 0.5, 0.5))
+
+
+# --- issue 3: samplers --------------------------------------------------------
+
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SSV2 = SHARED / "annotations" / "ssv2"
+
+
+def test_random_frame_step_and_fractional_steps():
+    picks = {float(tr.random_frame_step(seed(i), (1, 2))) for i in range(50)}
+    assert picks == {1.0, 2.0}
+    # fps x 0.75 = step 4/3: offsets floor(i * 4/3) = 0, 1, 2, 4, 5, 6.
+    for i in range(20):
+        idx = tr.stepped_clip_indices(40, seed(i), clip_len=6, frame_step=4 / 3).numpy()
+        np.testing.assert_array_equal(idx - idx[0], [0, 1, 2, 4, 5, 6])
+        assert 0 <= idx[0] <= 40 - 7
+    np.testing.assert_array_equal(  # short: the last frame repeats
+        tr.stepped_clip_indices(5, seed(0), clip_len=4, frame_step=2.0), [0, 2, 4, 4])
+    with pytest.raises(ValueError, match="positive"):
+        tr.random_frame_step(seed(0), (1, 0))
+
+
+def test_segment_indices_eval_is_tsn_centre():
+    # TSN _get_test_indices: tick = 100 / 8 = 12.5, int(6.25 + 12.5 i).
+    np.testing.assert_array_equal(tr.segment_indices(100, num_segments=8),
+                                  [6, 18, 31, 43, 56, 68, 81, 93])
+    # TDN new_length 5: tick = 96 / 8 = 12 -> 6 + 12 i, then 5 frames each.
+    idx = tr.segment_indices(100, num_segments=8, new_length=5).numpy().reshape(8, 5)
+    np.testing.assert_array_equal(idx[:, 0], 6 + 12 * np.arange(8))
+    np.testing.assert_array_equal(idx[3], [42, 43, 44, 45, 46])
+    # Two eval clips shift by tick / 4 and 3 tick / 4: 3.125 -> 3, 9.375 -> 9.
+    np.testing.assert_array_equal(
+        tr.segment_indices(100, num_segments=8, clip=0, num_clips=2)[:2], [3, 15])
+    np.testing.assert_array_equal(
+        tr.segment_indices(100, num_segments=8, clip=1, num_clips=2)[:2], [9, 21])
+    # Short video: snippets run past the end and repeat the last frame.
+    np.testing.assert_array_equal(tr.segment_indices(3, num_segments=2, new_length=3),
+                                  [0, 1, 2, 0, 1, 2])
+
+
+def test_segment_indices_train_one_random_frame_per_segment():
+    seen = [set() for _ in range(8)]
+    for i in range(300):
+        idx = tr.segment_indices(100, seed(i), num_segments=8).numpy()
+        for s, value in enumerate(idx):
+            assert 12 * s <= value < 12 * s + 12  # duration 100 // 8 = 12
+            seen[s].add(value)
+    assert all(len(v) == 12 for v in seen)  # every frame of a segment reachable
+    # d = 0 and T > num_segments: sorted offsets in [0, T - new_length + 1).
+    for i in range(30):
+        idx = tr.segment_indices(10, seed(i), num_segments=8, new_length=5).numpy()
+        starts = idx.reshape(8, 5)[:, 0]
+        assert np.all(np.diff(starts) >= 0) and starts.max() <= 5
+    np.testing.assert_array_equal(tr.segment_indices(6, seed(0), num_segments=8), [0] * 8)
+
+
+# --- issue 3: crops -----------------------------------------------------------
+
+def test_multi_scale_crop_matches_tsn_candidates():
+    # 128 x 171, crop 112: int(128 * s) = 128, 112, 96, 84; pairs |i - j| <= 1.
+    sizes = [128, 112, 96, 84]
+    want_pairs = {(sizes[i], sizes[j]) for i in range(4) for j in range(4) if abs(i - j) <= 1}
+    pairs = set()
+    for i in range(300):
+        y, x, h, w = tr.multi_scale_crop_window([128, 171, 3], seed(i), crop_size=112).numpy()
+        pairs.add((h, w))
+        step_w, step_h = (171 - w) // 4, (128 - h) // 4
+        assert x % max(step_w, 1) == 0 and y % max(step_h, 1) == 0
+        assert x <= 4 * step_w and y <= 4 * step_h
+    assert pairs == want_pairs
+    # One scale (0.75 -> 96 x 96): steps (171 - 96) // 4 = 18, (128 - 96) // 4 = 8.
+    grid = set()
+    for i in range(300):
+        y, x, h, w = tr.multi_scale_crop_window(
+            [128, 171], seed(i), crop_size=112, scales=(0.75,)).numpy()
+        assert (h, w) == (96, 96) and x % 18 == 0 and y % 8 == 0
+        grid.add((x // 18, y // 8))
+    assert grid == set(tr.FIXED_OFFSETS)  # the 13 TSN positions, all reached
+    # Within 3 px of the crop size snaps to it: int(114 * .875) = 99 -> 112? no;
+    # int(128 * .875) = 112 exactly; 130 -> 113 snaps to 112.
+    h_set = {int(tr.multi_scale_crop_window([130, 200], seed(i), crop_size=112)[2])
+             for i in range(200)}
+    assert h_set == {130, 112, 97, 85}
+
+
+def test_random_resized_crop_ranges_and_fallback():
+    for i in range(100):
+        y, x, h, w = tr.random_resized_crop_window([120, 160], seed(i)).numpy()
+        assert 0 <= y and y + h <= 120 and 0 <= x and x + w <= 160
+        assert 0.08 * 0.9 <= h * w / (120 * 160) <= 1.0
+        assert 0.75 * 0.9 <= w / h <= 4 / 3 * 1.1
+    # 10 x 1000: no window of >= 8 % area fits -> centre crop, w = 10 * 4/3.
+    np.testing.assert_array_equal(tr.random_resized_crop_window([10, 1000], seed(0)),
+                                  [0, 493, 10, 13])
+
+
+# --- issue 3: SSv2 flip / reverse policies on the real files ---------------------
+
+@pytest.fixture(scope="module")
+def ssv2_maps():
+    mappings = SSV2 / "augmentation_mappings.json"
+    if not mappings.exists():
+        pytest.skip("../shared/data is absent")
+    return tr.load_ssv2_label_maps(mappings, SSV2 / "something-something-v2-labels.json")
+
+
+def test_ssv2_label_maps_from_the_real_file(ssv2_maps):
+    flip = ssv2_maps["flip_label_map"]
+    assert len(flip) == 174
+    for a, b in ((86, 87), (93, 94), (166, 167)):  # left/right pairs
+        assert flip[a] == b and flip[b] == a
+    assert flip[0] == 0  # "Approaching something with your camera": agnostic
+    # In neither list (Digging something out of ..., Moving something and
+    # something closer ...): never flipped.
+    assert [i for i, v in enumerate(flip) if v == -1] == [7, 37]
+    assert sum(v == i for i, v in enumerate(flip)) == 166
+    rev = ssv2_maps["reverse_label_map"]
+    assert rev[5] == 46 and rev[46] == 5  # Closing <-> Opening something
+    assert rev[1] == -1  # "Attaching ...": reverse time false class
+    holding = 16  # "Holding something": reverse time agnostic
+    assert rev[holding] == holding
+    assert sum(v >= 0 for v in rev) == 35 + 37
+
+
+def test_tdn_policy_flips_half_and_swaps_three_pairs():
+    table = tr.tdn_flip_label_map()
+    assert [table[i] for i in (86, 87, 93, 94, 166, 167)] == [87, 86, 94, 93, 167, 166]
+    assert sum(v != i for i, v in enumerate(table)) == 6
+    flips, labels = [], []
+    for i in range(400):
+        flip, rev, label = tr.choose_augmentations(86, seed(i), flip_label_map=table,
+                                                   flip_prob=0.5)
+        flips.append(bool(flip))
+        assert not bool(rev)
+        assert int(label) == (87 if bool(flip) else 86)
+    assert 0.42 < np.mean(flips) < 0.58
+
+
+def test_baseline_policy_uniform_over_applicable(ssv2_maps):
+    def rates(label, with_reverse):
+        outcomes = []
+        for i in range(600):
+            flip, rev, new = tr.choose_augmentations(
+                label, seed(i), flip_label_map=ssv2_maps["flip_label_map"],
+                reverse_label_map=ssv2_maps["reverse_label_map"] if with_reverse else None,
+                policy="uniform")
+            outcomes.append((bool(flip), bool(rev), int(new)))
+        return outcomes
+
+    # 86 "Pulling something from left to right": flip -> 87; reverse -> 94.
+    out = rates(86, with_reverse=True)
+    counts = {o: out.count(o) for o in set(out)}
+    assert set(counts) == {(False, False, 86), (True, False, 87), (False, True, 94)}
+    assert all(150 < c < 250 for c in counts.values())  # 1/3 each
+    # Flip-only baseline: agnostic class 0 flips half the time, label kept.
+    out = rates(0, with_reverse=False)
+    assert {o[2] for o in out} == {0} and 0.42 < np.mean([o[0] for o in out]) < 0.58
+    # A class in neither flip list never flips.
+    never = ssv2_maps["flip_label_map"].index(-1)
+    assert not any(o[0] for o in rates(never, with_reverse=False))
