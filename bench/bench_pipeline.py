@@ -66,7 +66,9 @@ def resize_short(image, short_side):
 def encode(image, quality):
     import cv2
 
-    ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(
+        ".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
@@ -111,9 +113,17 @@ def write_records(videos, out_dir, quality, copies, num_shards=4):
     for label, (path, frames) in enumerate(videos):
         jpegs = [encode(f, quality) for f in frames]
         h, w = frames[0].shape[:2]
-        serialized.append(records.write(
-            video_id=path.stem, frames=jpegs, labels=[label], fps=25.0,
-            height=h, width=w, source=str(path)))
+        serialized.append(
+            records.write(
+                video_id=path.stem,
+                frames=jpegs,
+                labels=[label],
+                fps=25.0,
+                height=h,
+                width=w,
+                source=str(path),
+            )
+        )
     items = serialized * copies
     paths = []
     for s in range(num_shards):
@@ -127,8 +137,12 @@ def write_records(videos, out_dir, quality, copies, num_shards=4):
 
 def source_dataset(paths, seed=0):
     ds = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths), seed=seed)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(paths),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=len(paths),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return ds.shuffle(256, seed=seed + 1).repeat().enumerate()
 
 
@@ -161,8 +175,11 @@ def garden_dataset(paths):
     def fn(index, serialized):
         example = records.parse(serialized)
         encoded = tf.gather(example["frames"], _clip_indices(index, example))
-        frames = tf.map_fn(lambda c: tf.io.decode_jpeg(c, channels=3), encoded,
-                           fn_output_signature=tf.uint8)
+        frames = tf.map_fn(
+            lambda c: tf.io.decode_jpeg(c, channels=3),
+            encoded,
+            fn_output_signature=tf.uint8,
+        )
         return _crop_flip_float(frames, index)
 
     ds = source_dataset(paths).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
@@ -172,8 +189,11 @@ def garden_dataset(paths):
 def all_frames_dataset(paths):
     def fn(index, serialized):
         example = records.parse(serialized)
-        frames = tf.map_fn(lambda c: tf.io.decode_jpeg(c, channels=3),
-                           example["frames"], fn_output_signature=tf.uint8)
+        frames = tf.map_fn(
+            lambda c: tf.io.decode_jpeg(c, channels=3),
+            example["frames"],
+            fn_output_signature=tf.uint8,
+        )
         frames = tf.gather(frames, _clip_indices(index, example))
         return _crop_flip_float(frames, index)
 
@@ -185,7 +205,8 @@ def eval_bound_dataset(paths, num_clips):
     def fn(serialized):
         example = records.parse(serialized)
         indices = transforms.even_clip_indices(
-            example["num_frames"], clip_len=CLIP_LEN, num_clips=num_clips)
+            example["num_frames"], clip_len=CLIP_LEN, num_clips=num_clips
+        )
         unique, _ = tf.unique(tf.reshape(indices, [-1]))
         frames = pipeline.decode_frames(tf.gather(example["frames"], unique))
         return tf.shape(frames)[0]
@@ -285,24 +306,39 @@ def measure_pyav(videos, seconds, workers=2):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--files", help="existing record shards (glob); else built here")
-    parser.add_argument("--videos", default=str(DEFAULT_VIDEOS),
-                        help="real videos to convert (default: %(default)s)")
+    parser.add_argument(
+        "--files", help="existing record shards (glob); else built here"
+    )
+    parser.add_argument(
+        "--videos",
+        default=str(DEFAULT_VIDEOS),
+        help="real videos to convert (default: %(default)s)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="batches skipped")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="round-robin rounds per train pipeline (best kept)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="round-robin rounds per train pipeline (best kept)",
+    )
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    parser.add_argument("--copies", type=int, default=8,
-                        help="times each video is repeated in the shards")
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=8,
+        help="times each video is repeated in the shards",
+    )
     parser.add_argument("--no-eval", action="store_true")
     parser.add_argument("--no-pyav", action="store_true")
     args = parser.parse_args(argv)
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     print(f"command: {command}")
-    machine = (f"{platform.node()} {platform.machine()} "
-               f"{platform.processor() or 'cpu?'} nproc={os.cpu_count()} "
-               f"affinity={len(os.sched_getaffinity(0))} tf={tf.__version__}")
+    machine = (
+        f"{platform.node()} {platform.machine()} "
+        f"{platform.processor() or 'cpu?'} nproc={os.cpu_count()} "
+        f"affinity={len(os.sched_getaffinity(0))} tf={tf.__version__}"
+    )
     print(f"machine: {machine}")
 
     tmp = tempfile.TemporaryDirectory(prefix="kf_bench_")
@@ -314,8 +350,10 @@ def main(argv=None):
         if Path(args.videos).is_dir():
             videos = real_videos(args.videos, CLIP_LEN)
         if videos:
-            data = (f"{len(videos)} real videos from {args.videos}, short side "
-                    f"{SHORT_SIDE}, JPEG q{args.quality}, x{args.copies} copies")
+            data = (
+                f"{len(videos)} real videos from {args.videos}, short side "
+                f"{SHORT_SIDE}, JPEG q{args.quality}, x{args.copies} copies"
+            )
         else:
             videos = synthetic_videos(8, 64)
             data = f"8 synthetic videos x 64 frames, short side {SHORT_SIDE}"
@@ -323,13 +361,25 @@ def main(argv=None):
     print(f"data: {data}")
 
     results = {}
-    ours = pipeline.train_dataset(paths, clip_len=CLIP_LEN, crop_size=CROP,
-                                  batch_size=BATCH, seed=0)
-    ours_u8 = pipeline.train_dataset(paths, clip_len=CLIP_LEN, crop_size=CROP,
-                                     batch_size=BATCH, seed=0, standardize="none")
-    ours_scale = pipeline.train_dataset(paths, clip_len=CLIP_LEN, crop_size=CROP,
-                                        batch_size=BATCH, seed=0,
-                                        crop_scale=(0.8, 1.0))
+    ours = pipeline.train_dataset(
+        paths, clip_len=CLIP_LEN, crop_size=CROP, batch_size=BATCH, seed=0
+    )
+    ours_u8 = pipeline.train_dataset(
+        paths,
+        clip_len=CLIP_LEN,
+        crop_size=CROP,
+        batch_size=BATCH,
+        seed=0,
+        standardize="none",
+    )
+    ours_scale = pipeline.train_dataset(
+        paths,
+        clip_len=CLIP_LEN,
+        crop_size=CROP,
+        batch_size=BATCH,
+        seed=0,
+        crop_scale=(0.8, 1.0),
+    )
     candidates = {
         "ours": ours,
         "ours_u8": ours_u8,
@@ -346,46 +396,66 @@ def main(argv=None):
     cpu = {name: [] for name in candidates}
     for _ in range(args.rounds):
         for name, ds in candidates.items():
-            rate, cpu_per_clip = measure(batches(ds), args.seconds, args.warmup,
-                                         with_cpu=True)
+            rate, cpu_per_clip = measure(
+                batches(ds), args.seconds, args.warmup, with_cpu=True
+            )
             rounds[name].append(rate)
             cpu[name].append(cpu_per_clip * 1e3)
     for name in candidates:
         results[name] = max(rounds[name])
         cpu[name] = min(cpu[name])
         spread = ", ".join(f"{x:.1f}" for x in rounds[name])
-        print(f"train {name:>10}: {results[name]:8.1f} clips/s, CPU "
-              f"{cpu[name]:6.2f} ms/clip (rounds: {spread})")
+        print(
+            f"train {name:>10}: {results[name]:8.1f} clips/s, CPU "
+            f"{cpu[name]:6.2f} ms/clip (rounds: {spread})"
+        )
     if videos and not args.no_pyav and not args.files:
         results["pyav"] = measure_pyav(videos, args.seconds)
         print(f"train {'pyav':>10}: {results['pyav']:8.1f} clips/s (2 processes)")
     ratios = {k: results["ours"] / v for k, v in results.items() if k != "ours"}
     print("ratios ours/x: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     ratios_u8 = {k: results["ours_u8"] / results[k] for k in ("bound", "garden")}
-    print("ratios ours_u8/x: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios_u8.items()))
+    print(
+        "ratios ours_u8/x: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios_u8.items())
+    )
     cpu_ratios = {k: cpu[k] / cpu["ours"] for k in cpu if k != "ours"}
-    print("CPU-time ratios x/ours (>1: ours cheaper): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ratios.items()))
+    print(
+        "CPU-time ratios x/ours (>1: ours cheaper): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ratios.items())
+    )
 
     eval_line = ""
     if not args.no_eval:
         for num_clips, num_crops in ((25, 1), (10, 3)):
-            ds = pipeline.eval_dataset(paths, clip_len=CLIP_LEN, crop_size=CROP,
-                                       num_clips=num_clips, num_crops=num_crops,
-                                       batch_size=1)
+            ds = pipeline.eval_dataset(
+                paths,
+                clip_len=CLIP_LEN,
+                crop_size=CROP,
+                num_clips=num_clips,
+                num_crops=num_crops,
+                batch_size=1,
+            )
             rate = measure(batches(ds), args.seconds, 2)
-            bound = measure(batches(eval_bound_dataset(paths, num_clips)),
-                            args.seconds, 2)
-            print(f"eval {num_clips}x{num_crops}: {rate:6.2f} videos/s, unique-frame "
-                  f"decode bound {bound:6.2f} videos/s, ratio {rate / bound:.2f}")
+            bound = measure(
+                batches(eval_bound_dataset(paths, num_clips)), args.seconds, 2
+            )
+            print(
+                f"eval {num_clips}x{num_crops}: {rate:6.2f} videos/s, unique-frame "
+                f"decode bound {bound:6.2f} videos/s, ratio {rate / bound:.2f}"
+            )
             eval_line += f" eval{num_clips}x{num_crops} {rate:.2f}/{bound:.2f} v/s"
-    summary = (f"SUMMARY train 16x112^2 b8 (best of {args.rounds} x "
-               f"{args.seconds:g} s): ours {results['ours']:.1f} clips/s; "
-               + ", ".join(f"{k} {results[k]:.1f} (x{ratios[k]:.2f})" for k in ratios)
-               + "; ours_u8/bound " + f"{ratios_u8['bound']:.2f}"
-               + ", ours_u8/garden " + f"{ratios_u8['garden']:.2f}"
-               + "; CPU ms/clip " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
-               + f";{eval_line} | {machine} | {data}")
+    summary = (
+        f"SUMMARY train 16x112^2 b8 (best of {args.rounds} x "
+        f"{args.seconds:g} s): ours {results['ours']:.1f} clips/s; "
+        + ", ".join(f"{k} {results[k]:.1f} (x{ratios[k]:.2f})" for k in ratios)
+        + "; ours_u8/bound "
+        + f"{ratios_u8['bound']:.2f}"
+        + ", ours_u8/garden "
+        + f"{ratios_u8['garden']:.2f}"
+        + "; CPU ms/clip "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+        + f";{eval_line} | {machine} | {data}"
+    )
     print(summary)
     tmp.cleanup()
 

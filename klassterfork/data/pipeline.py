@@ -95,7 +95,9 @@ def first_label(labels):
 def _check_sizes(**sizes):
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+            raise ValueError(
+                f"`{name}` must be a positive int. Received: {name}={value!r}"
+            )
 
 
 def train_dataset(
@@ -184,8 +186,13 @@ def train_dataset(
         `tf.data.Dataset` of `(clips, labels)`: float32 (B, T, H, W, 3)
         (uint8 with standardize="none") and int32 (B,).
     """
-    _check_sizes(clip_len=clip_len, crop_size=crop_size, batch_size=batch_size,
-                 cycle_length=cycle_length, new_length=new_length)
+    _check_sizes(
+        clip_len=clip_len,
+        crop_size=crop_size,
+        batch_size=batch_size,
+        cycle_length=cycle_length,
+        new_length=new_length,
+    )
     step_choices = None
     if isinstance(frame_step, (list, tuple)):
         step_choices = tuple(frame_step)
@@ -193,7 +200,9 @@ def train_dataset(
     else:
         _check_sizes(frame_step=frame_step)
     transforms._check_choice(crop, CROPS, "crop")
-    transforms._check_choice(augment_policy, transforms.AUGMENT_POLICIES, "augment_policy")
+    transforms._check_choice(
+        augment_policy, transforms.AUGMENT_POLICIES, "augment_policy"
+    )
     if num_segments is not None:
         _check_sizes(num_segments=num_segments)
         if num_segments * new_length != clip_len:
@@ -203,7 +212,9 @@ def train_dataset(
                 f"num_segments={num_segments}, new_length={new_length}"
             )
     elif new_length != 1:
-        raise ValueError(f"`new_length` needs `num_segments`. Received: new_length={new_length}")
+        raise ValueError(
+            f"`new_length` needs `num_segments`. Received: new_length={new_length}"
+        )
     # Fail now, not inside the graph, on bad options.
     transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
     transforms._check_choice(short_video, transforms.SHORT_VIDEO_MODES, "short_video")
@@ -246,37 +257,58 @@ def train_dataset(
         num_frames = example["num_frames"]
         if num_segments is not None:
             indices = transforms.segment_indices(
-                num_frames, seed_clip, num_segments=num_segments, new_length=new_length)
+                num_frames, seed_clip, num_segments=num_segments, new_length=new_length
+            )
         elif step_choices is not None:
             indices = transforms.stepped_clip_indices(
-                num_frames, seed_clip, clip_len=clip_len, short_video=short_video,
-                frame_step=transforms.random_frame_step(seed_step, step_choices))
+                num_frames,
+                seed_clip,
+                clip_len=clip_len,
+                short_video=short_video,
+                frame_step=transforms.random_frame_step(seed_step, step_choices),
+            )
         else:
             indices = transforms.random_clip_indices(
-                num_frames, seed_clip, clip_len=clip_len,
-                frame_step=frame_step, short_video=short_video)
+                num_frames,
+                seed_clip,
+                clip_len=clip_len,
+                frame_step=frame_step,
+                short_video=short_video,
+            )
         flip, reverse, label = transforms.choose_augmentations(
-            first_label(example["labels"]), seed_aug,
-            flip_label_map=flip_label_map, flip_prob=flip_prob,
-            reverse_label_map=reverse_label_map, reverse_prob=reverse_prob,
-            policy=augment_policy)
+            first_label(example["labels"]),
+            seed_aug,
+            flip_label_map=flip_label_map,
+            flip_prob=flip_prob,
+            reverse_label_map=reverse_label_map,
+            reverse_prob=reverse_prob,
+            policy=augment_policy,
+        )
         # Time reversal is free on indices: reverse them before decoding.
         indices = tf.where(reverse, tf.reverse(indices, [0]), indices)
         encoded = tf.gather(example["frames"], indices)
         window = _train_window(
-            tf.image.extract_jpeg_shape(encoded[0]), seed_crop, crop=crop,
-            crop_size=crop_size, crop_scale=crop_scale)
+            tf.image.extract_jpeg_shape(encoded[0]),
+            seed_crop,
+            crop=crop,
+            crop_size=crop_size,
+            crop_scale=crop_scale,
+        )
         clip = transforms.resize(decode_frames(encoded, window), crop_size=crop_size)
         clip = tf.cond(flip, lambda: tf.reverse(clip, axis=[2]), lambda: clip)
         return clip, label
 
-    ds = ds.map(_graph_fn(make_clip), num_parallel_calls=num_parallel_calls,
-                deterministic=True)
+    ds = ds.map(
+        _graph_fn(make_clip), num_parallel_calls=num_parallel_calls, deterministic=True
+    )
     # Clips stay uint8 until batched: 4x less to copy, and the float work
     # runs on whole batches.
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(_standardizer(standardize, mean, std), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(
+        _standardizer(standardize, mean, std),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(_options())
 
@@ -332,8 +364,13 @@ def eval_dataset(
         (B, V, T, H, W, 3), V = num_clips * num_crops (or (B, T, H, W, 3)
         with `flatten_views`), labels int32 (B,), ids string (B,).
     """
-    _check_sizes(clip_len=clip_len, crop_size=crop_size, batch_size=batch_size,
-                 frame_step=frame_step, num_clips=num_clips)
+    _check_sizes(
+        clip_len=clip_len,
+        crop_size=crop_size,
+        batch_size=batch_size,
+        frame_step=frame_step,
+        num_clips=num_clips,
+    )
     transforms._check_choice(num_crops, (1, 3), "num_crops")
     transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
     if num_segments is not None and num_segments * new_length != clip_len:
@@ -349,21 +386,32 @@ def eval_dataset(
         example = records.parse(serialized)
         if num_segments is None:
             indices = transforms.even_clip_indices(
-                example["num_frames"], clip_len=clip_len, num_clips=num_clips,
-                frame_step=frame_step, short_video=short_video,
+                example["num_frames"],
+                clip_len=clip_len,
+                num_clips=num_clips,
+                frame_step=frame_step,
+                short_video=short_video,
             )
         else:
-            indices = tf.stack([
-                transforms.segment_indices(
-                    example["num_frames"], num_segments=num_segments,
-                    new_length=new_length, clip=k, num_clips=num_clips)
-                for k in range(num_clips)
-            ])
+            indices = tf.stack(
+                [
+                    transforms.segment_indices(
+                        example["num_frames"],
+                        num_segments=num_segments,
+                        new_length=new_length,
+                        clip=k,
+                        num_clips=num_clips,
+                    )
+                    for k in range(num_clips)
+                ]
+            )
         unique, position = tf.unique(tf.reshape(indices, [-1]))
         encoded = tf.gather(example["frames"], unique)
         windows = transforms.spatial_crop_windows(
-            tf.image.extract_jpeg_shape(encoded[0]), crop_size=crop_size,
-            num_crops=num_crops, resize_short_side=resize_short_side,
+            tf.image.extract_jpeg_shape(encoded[0]),
+            crop_size=crop_size,
+            num_crops=num_crops,
+            resize_short_side=resize_short_side,
         )
         if num_crops == 1:
             # One window: decode only it.
@@ -384,8 +432,9 @@ def eval_dataset(
         return views, first_label(example["labels"]), example["id"]
 
     ds = tf.data.TFRecordDataset(paths)
-    ds = ds.map(_graph_fn(make_views), num_parallel_calls=num_parallel_calls,
-                deterministic=True)
+    ds = ds.map(
+        _graph_fn(make_views), num_parallel_calls=num_parallel_calls, deterministic=True
+    )
     if flatten_views:
         ds = ds.flat_map(
             lambda views, label, vid: tf.data.Dataset.from_tensor_slices(
@@ -395,8 +444,11 @@ def eval_dataset(
     if not with_ids:
         ds = ds.map(lambda clips, labels, ids: (clips, labels))
     ds = ds.batch(batch_size, drop_remainder=False)
-    ds = ds.map(_standardizer(standardize, mean, std), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(
+        _standardizer(standardize, mean, std),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(_options())
 
@@ -404,13 +456,17 @@ def eval_dataset(
 # crop name -> (image_size, seed, crop_size, crop_scale) -> window [y, x, h, w]
 _CROP_WINDOWS = {
     "random": lambda size, seed, crop_size, scale: transforms.random_crop_window(
-        size, seed, crop_size=crop_size, scale=scale),
+        size, seed, crop_size=crop_size, scale=scale
+    ),
     "multi_scale": lambda size, seed, crop_size, scale: (
-        transforms.multi_scale_crop_window(size, seed, crop_size=crop_size)),
+        transforms.multi_scale_crop_window(size, seed, crop_size=crop_size)
+    ),
     "random_resized": lambda size, seed, crop_size, scale: (
-        transforms.random_resized_crop_window(size, seed)),
+        transforms.random_resized_crop_window(size, seed)
+    ),
     "centre": lambda size, seed, crop_size, scale: transforms.spatial_crop_windows(
-        size, crop_size=crop_size)[0],
+        size, crop_size=crop_size
+    )[0],
 }
 CROPS = tuple(_CROP_WINDOWS)
 

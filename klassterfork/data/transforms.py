@@ -56,7 +56,9 @@ def fit_indices(indices, num_frames, *, short_video="repeat"):
     return indices % num_frames
 
 
-def random_clip_indices(num_frames, seed, *, clip_len, frame_step=1, short_video="repeat"):
+def random_clip_indices(
+    num_frames, seed, *, clip_len, frame_step=1, short_video="repeat"
+):
     """Indices of a clip of `clip_len` frames, `frame_step` apart, random start.
 
     The start is uniform over every position where the whole clip fits; a
@@ -86,7 +88,9 @@ def random_clip_indices(num_frames, seed, *, clip_len, frame_step=1, short_video
     return fit_indices(indices, num_frames, short_video=short_video)
 
 
-def even_clip_indices(num_frames, *, clip_len, num_clips, frame_step=1, short_video="repeat"):
+def even_clip_indices(
+    num_frames, *, clip_len, num_clips, frame_step=1, short_video="repeat"
+):
     """Indices of `num_clips` clips evenly spaced over the video (evaluation).
 
     The video's valid start range `[0, num_frames - span]` (span =
@@ -231,7 +235,9 @@ def crop_and_resize(frames, window, *, crop_size):
     Returns:
         uint8 [T, crop_size, crop_size, C].
     """
-    cropped = frames[:, window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+    cropped = frames[
+        :, window[0] : window[0] + window[2], window[1] : window[1] + window[3]
+    ]
     return resize(cropped, crop_size=crop_size)
 
 
@@ -260,7 +266,9 @@ def resize(frames, *, crop_size):
     shape = tf.shape(frames)
     same = tf.logical_and(tf.equal(shape[1], crop_size), tf.equal(shape[2], crop_size))
     out = tf.cond(same, lambda: frames, interpolate)
-    return tf.ensure_shape(out, [frames.shape[0], crop_size, crop_size, frames.shape[-1]])
+    return tf.ensure_shape(
+        out, [frames.shape[0], crop_size, crop_size, frames.shape[-1]]
+    )
 
 
 def flip_label_lookup(label, flip_label_map):
@@ -281,7 +289,9 @@ def flip_label_lookup(label, flip_label_map):
     table = tf.constant(list(flip_label_map), tf.int32)
     inside = tf.logical_and(label >= 0, label < tf.size(table))
     # Labels the map does not cover (e.g. -1 for unlabelled videos) never flip.
-    return tf.where(inside, tf.gather(table, tf.clip_by_value(label, 0, tf.size(table) - 1)), -1)
+    return tf.where(
+        inside, tf.gather(table, tf.clip_by_value(label, 0, tf.size(table) - 1)), -1
+    )
 
 
 def random_flip(clip, label, seed, *, flip_label_map=None, prob=0.5):
@@ -341,7 +351,9 @@ def standardize(clip, mode="per_frame", *, mean=None, std=None):
         clip = tf.convert_to_tensor(clip)
         if clip.dtype == tf.uint8:
             return clip
-        return tf.cast(tf.clip_by_value(tf.round(tf.cast(clip, tf.float32)), 0, 255), tf.uint8)
+        return tf.cast(
+            tf.clip_by_value(tf.round(tf.cast(clip, tf.float32)), 0, 255), tf.uint8
+        )
     clip = tf.cast(clip, tf.float32)
     if mode == "per_frame":
         return tf.image.per_image_standardization(clip)
@@ -394,7 +406,9 @@ def random_frame_step(seed, choices):
     return tf.gather(tf.constant(values, tf.float32), pick)
 
 
-def stepped_clip_indices(num_frames, seed, *, clip_len, frame_step, short_video="repeat"):
+def stepped_clip_indices(
+    num_frames, seed, *, clip_len, frame_step, short_video="repeat"
+):
     """`random_clip_indices` for a float step: frames start + floor(i * step).
 
     Args:
@@ -410,7 +424,9 @@ def stepped_clip_indices(num_frames, seed, *, clip_len, frame_step, short_video=
     _check_positive(clip_len, "clip_len")
     num_frames = tf.cast(num_frames, tf.int32)
     offsets = tf.cast(
-        tf.floor(tf.range(clip_len, dtype=tf.float32) * tf.cast(frame_step, tf.float32)),
+        tf.floor(
+            tf.range(clip_len, dtype=tf.float32) * tf.cast(frame_step, tf.float32)
+        ),
         tf.int32,
     )
     max_start = tf.maximum(num_frames - offsets[-1] - 1, 0)
@@ -420,8 +436,9 @@ def stepped_clip_indices(num_frames, seed, *, clip_len, frame_step, short_video=
     return fit_indices(start + offsets, num_frames, short_video=short_video)
 
 
-def segment_indices(num_frames, seed=None, *, num_segments, new_length=1, clip=0,
-                    num_clips=1):
+def segment_indices(
+    num_frames, seed=None, *, num_segments, new_length=1, clip=0, num_clips=1
+):
     """TSN segment sampling: `new_length` consecutive frames per segment.
 
     The video (less the `new_length - 1` frames a snippet needs) is split
@@ -485,7 +502,13 @@ MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 
 def multi_scale_crop_window(
-    image_size, seed, *, crop_size, scales=MULTI_SCALES, max_distort=1, fixed_offsets=True
+    image_size,
+    seed,
+    *,
+    crop_size,
+    scales=MULTI_SCALES,
+    max_distort=1,
+    fixed_offsets=True,
 ):
     """TSN/TDN `GroupMultiScaleCrop`: a window of random scale and offset.
 
@@ -510,7 +533,9 @@ def multi_scale_crop_window(
         int32 [4], `[y, x, h, w]`.
     """
     num = len(scales)
-    pairs = [(i, j) for i in range(num) for j in range(num) if abs(i - j) <= max_distort]
+    pairs = [
+        (i, j) for i in range(num) for j in range(num) if abs(i - j) <= max_distort
+    ]
     height = tf.cast(image_size[0], tf.int32)
     width = tf.cast(image_size[1], tf.int32)
     base = tf.cast(tf.minimum(height, width), tf.float32)
@@ -531,21 +556,36 @@ def multi_scale_crop_window(
         y = grid[choice, 1] * step_h
     else:
         seed_y, seed_x = tf.unstack(tf.random.experimental.stateless_split(seed_pos, 2))
-        y = tf.random.stateless_uniform([], seed_y, 0, height - crop_h + 1, dtype=tf.int32)
-        x = tf.random.stateless_uniform([], seed_x, 0, width - crop_w + 1, dtype=tf.int32)
+        y = tf.random.stateless_uniform(
+            [], seed_y, 0, height - crop_h + 1, dtype=tf.int32
+        )
+        x = tf.random.stateless_uniform(
+            [], seed_x, 0, width - crop_w + 1, dtype=tf.int32
+        )
     return tf.stack([y, x, crop_h, crop_w])
 
 
 # TSN `fill_fix_offset(more_fix_crop=True)`, (x, y) in units of the steps.
 FIXED_OFFSETS = (
-    (0, 0), (4, 0), (0, 4), (4, 4), (2, 2),
-    (0, 2), (4, 2), (2, 4), (2, 0),
-    (1, 1), (3, 1), (1, 3), (3, 3),
+    (0, 0),
+    (4, 0),
+    (0, 4),
+    (4, 4),
+    (2, 2),
+    (0, 2),
+    (4, 2),
+    (2, 4),
+    (2, 0),
+    (1, 1),
+    (3, 1),
+    (1, 3),
+    (3, 3),
 )
 
 
-def random_resized_crop_window(image_size, seed, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                               attempts=10):
+def random_resized_crop_window(
+    image_size, seed, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts=10
+):
     """Inception-style random-resized crop (torchvision `RandomResizedCrop`).
 
     Up to `attempts` draws of area fraction uniform in `scale` and aspect
@@ -567,7 +607,11 @@ def random_resized_crop_window(image_size, seed, *, scale=(0.08, 1.0), ratio=(3 
     width = tf.cast(image_size[1], tf.int32)
     h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    area = h_f * w_f * tf.random.stateless_uniform([attempts], seeds[0], scale[0], scale[1])
+    area = (
+        h_f
+        * w_f
+        * tf.random.stateless_uniform([attempts], seeds[0], scale[0], scale[1])
+    )
     log_ratio = tf.random.stateless_uniform(
         [attempts], seeds[1], math.log(ratio[0]), math.log(ratio[1])
     )
@@ -578,16 +622,25 @@ def random_resized_crop_window(image_size, seed, *, scale=(0.08, 1.0), ratio=(3 
     first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
     # Fallback: centre crop, aspect clamped into `ratio`.
     in_ratio = w_f / h_f
-    fallback_w = tf.where(in_ratio < ratio[0], width,
-                          tf.where(in_ratio > ratio[1],
-                                   tf.cast(tf.round(h_f * ratio[1]), tf.int32), width))
-    fallback_h = tf.where(in_ratio < ratio[0],
-                          tf.cast(tf.round(w_f / ratio[0]), tf.int32), height)
+    fallback_w = tf.where(
+        in_ratio < ratio[0],
+        width,
+        tf.where(
+            in_ratio > ratio[1], tf.cast(tf.round(h_f * ratio[1]), tf.int32), width
+        ),
+    )
+    fallback_h = tf.where(
+        in_ratio < ratio[0], tf.cast(tf.round(w_f / ratio[0]), tf.int32), height
+    )
     any_fit = tf.reduce_any(fits)
     crop_w = tf.where(any_fit, crop_w[first], fallback_w)
     crop_h = tf.where(any_fit, crop_h[first], fallback_h)
-    y_rand = tf.random.stateless_uniform([], seeds[2], 0, height - crop_h + 1, dtype=tf.int32)
-    x_rand = tf.random.stateless_uniform([], seeds[3], 0, width - crop_w + 1, dtype=tf.int32)
+    y_rand = tf.random.stateless_uniform(
+        [], seeds[2], 0, height - crop_h + 1, dtype=tf.int32
+    )
+    x_rand = tf.random.stateless_uniform(
+        [], seeds[3], 0, width - crop_w + 1, dtype=tf.int32
+    )
     y = tf.where(any_fit, y_rand, (height - crop_h) // 2)
     x = tf.where(any_fit, x_rand, (width - crop_w) // 2)
     return tf.stack([y, x, crop_h, crop_w])
@@ -661,8 +714,16 @@ def tdn_flip_label_map(num_classes=174, swaps=((86, 87), (93, 94), (166, 167))):
     return out
 
 
-def choose_augmentations(label, seed, *, flip_label_map=None, flip_prob=0.5,
-                         reverse_label_map=None, reverse_prob=0.0, policy="independent"):
+def choose_augmentations(
+    label,
+    seed,
+    *,
+    flip_label_map=None,
+    flip_prob=0.5,
+    reverse_label_map=None,
+    reverse_prob=0.0,
+    policy="independent",
+):
     """Decides flip and time reversal for one sample and its new label.
 
     "independent": flip with `flip_prob` where `flip_label_map` allows it,
@@ -686,7 +747,9 @@ def choose_augmentations(label, seed, *, flip_label_map=None, flip_prob=0.5,
     """
     _check_choice(policy, AUGMENT_POLICIES, "augment_policy")
     label = tf.cast(label, tf.int32)
-    seed_flip, seed_reverse = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    seed_flip, seed_reverse = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2)
+    )
     flip_to = flip_label_lookup(label, flip_label_map)
     if policy == "independent":
         flip = (tf.random.stateless_uniform([], seed_flip) < flip_prob) & (flip_to >= 0)

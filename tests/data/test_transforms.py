@@ -11,13 +11,16 @@ def seed(i):
     return tf.constant([i, 0], tf.int64)
 
 
-@pytest.mark.parametrize("num_frames,clip_len,step", [(30, 8, 1), (30, 8, 3), (22, 8, 3)])
+@pytest.mark.parametrize(
+    "num_frames,clip_len,step", [(30, 8, 1), (30, 8, 3), (22, 8, 3)]
+)
 def test_random_clip_indices_cover_every_start(num_frames, clip_len, step):
     span = (clip_len - 1) * step + 1
     starts = set()
     for i in range(200):
-        idx = tr.random_clip_indices(num_frames, seed(i), clip_len=clip_len,
-                                     frame_step=step).numpy()
+        idx = tr.random_clip_indices(
+            num_frames, seed(i), clip_len=clip_len, frame_step=step
+        ).numpy()
         np.testing.assert_array_equal(idx, idx[0] + step * np.arange(clip_len))
         starts.add(idx[0])
     assert starts == set(range(num_frames - span + 1))  # uniform start, all reached
@@ -33,8 +36,9 @@ def test_short_videos_repeat_or_loop():
     video = tf.range(5)  # indices are the frames
     repeat = tr.random_clip_indices(5, seed(0), clip_len=4, frame_step=2)
     np.testing.assert_array_equal(tf.gather(video, repeat), [0, 2, 4, 4])
-    loop = tr.random_clip_indices(5, seed(0), clip_len=4, frame_step=2,
-                                  short_video="loop")
+    loop = tr.random_clip_indices(
+        5, seed(0), clip_len=4, frame_step=2, short_video="loop"
+    )
     np.testing.assert_array_equal(tf.gather(video, loop), [0, 2, 4, 1])
     with pytest.raises(ValueError, match="short_video"):
         tr.fit_indices(tf.range(3), 2, short_video="mirror")
@@ -48,46 +52,56 @@ def test_even_clip_indices_hand_computed():
     # One clip: the centre. T = 32, span (8 - 1) * 2 + 1 = 15: room 18 -> 9.
     np.testing.assert_array_equal(
         tr.even_clip_indices(32, clip_len=8, num_clips=1, frame_step=2)[0],
-        9 + 2 * np.arange(8))
+        9 + 2 * np.arange(8),
+    )
     # Short video: every clip from 0, last frame repeated.
     np.testing.assert_array_equal(
-        tr.even_clip_indices(3, clip_len=4, num_clips=2), [[0, 1, 2, 2]] * 2)
+        tr.even_clip_indices(3, clip_len=4, num_clips=2), [[0, 1, 2, 2]] * 2
+    )
 
 
 def test_random_crop_window_fixed_and_scaled():
     seen = set()
     for i in range(100):
-        y, x, h, w = tr.random_crop_window([48, 64, 3], seed(i), crop_size=32,
-                                           scale=None).numpy()
+        y, x, h, w = tr.random_crop_window(
+            [48, 64, 3], seed(i), crop_size=32, scale=None
+        ).numpy()
         assert (h, w) == (32, 32) and 0 <= y <= 16 and 0 <= x <= 32
         seen.add((y, x))
     assert len(seen) > 50
     sides = []
     for i in range(200):
-        y, x, h, w = tr.random_crop_window([100, 150], seed(i), scale=(0.5, 0.9)).numpy()
+        y, x, h, w = tr.random_crop_window(
+            [100, 150], seed(i), scale=(0.5, 0.9)
+        ).numpy()
         assert h == w and 50 <= h <= 90 and y + h <= 100 and x + w <= 150
         sides.append(h)
     assert min(sides) <= 53 and max(sides) >= 87  # the whole range is used
     # Smaller frames than the fixed crop: the window is the short side.
     np.testing.assert_array_equal(
-        tr.random_crop_window([20, 30], seed(0), crop_size=32, scale=None)[2:], [20, 20])
+        tr.random_crop_window([20, 30], seed(0), crop_size=32, scale=None)[2:], [20, 20]
+    )
     with pytest.raises(ValueError, match="scale"):
         tr.random_crop_window([20, 30], seed(0), scale=(0.9, 0.5))
 
 
 def test_spatial_crop_windows_hand_computed():
     np.testing.assert_array_equal(
-        tr.spatial_crop_windows([128, 171], crop_size=112), [[8, 29, 112, 112]])
+        tr.spatial_crop_windows([128, 171], crop_size=112), [[8, 29, 112, 112]]
+    )
     np.testing.assert_array_equal(  # landscape: left / centre / right
         tr.spatial_crop_windows([128, 171], crop_size=112, num_crops=3),
-        [[8, 0, 112, 112], [8, 29, 112, 112], [8, 59, 112, 112]])
+        [[8, 0, 112, 112], [8, 29, 112, 112], [8, 59, 112, 112]],
+    )
     np.testing.assert_array_equal(  # portrait: top / centre / bottom
         tr.spatial_crop_windows([171, 128], crop_size=112, num_crops=3),
-        [[0, 8, 112, 112], [29, 8, 112, 112], [59, 8, 112, 112]])
+        [[0, 8, 112, 112], [29, 8, 112, 112], [59, 8, 112, 112]],
+    )
     # As if resized to short side 256 first: 224 * 128 / 256 = 112 px.
     np.testing.assert_array_equal(
         tr.spatial_crop_windows([128, 200], crop_size=224, resize_short_side=256),
-        [[8, 44, 112, 112]])
+        [[8, 44, 112, 112]],
+    )
 
 
 def test_resize_keeps_dtype_and_skips_same_size():
@@ -95,12 +109,12 @@ def test_resize_keeps_dtype_and_skips_same_size():
     frames = tf.cast(frames, tf.uint8)
     np.testing.assert_array_equal(tr.resize(frames, crop_size=8), frames)
     # 2x upsample of a constant and of a ramp (bilinear, half-pixel centres).
-    ramp = tf.cast(tf.tile(tf.reshape(tf.range(0, 200, 50), [1, 1, 4, 1]), [1, 4, 1, 3]),
-                   tf.uint8)
+    ramp = tf.cast(
+        tf.tile(tf.reshape(tf.range(0, 200, 50), [1, 1, 4, 1]), [1, 4, 1, 3]), tf.uint8
+    )
     out = tr.resize(ramp, crop_size=8)
     assert out.dtype == tf.uint8
-    np.testing.assert_array_equal(out[0, 0, :, 0],
-                                  [0, 12, 38, 62, 88, 112, 138, 150])
+    np.testing.assert_array_equal(out[0, 0, :, 0], [0, 12, 38, 62, 88, 112, 138, 150])
 
 
 def test_crop_and_resize_takes_the_window():
@@ -112,7 +126,9 @@ def test_crop_and_resize_takes_the_window():
 def test_flip_label_map_and_pixels():
     clip = tf.reshape(tf.range(2 * 1 * 3 * 1), [2, 1, 3, 1])
     table = [1, 0, -1]
-    flipped, label, did = tr.random_flip(clip, 0, seed(0), flip_label_map=table, prob=1.0)
+    flipped, label, did = tr.random_flip(
+        clip, 0, seed(0), flip_label_map=table, prob=1.0
+    )
     assert bool(did) and int(label) == 1
     np.testing.assert_array_equal(flipped[:, 0, :, 0], [[2, 1, 0], [5, 4, 3]])
     kept, label, did = tr.random_flip(clip, 2, seed(0), flip_label_map=table, prob=1.0)
@@ -124,7 +140,9 @@ def test_flip_label_map_and_pixels():
     assert int(tr.flip_label_lookup(4, None)) == 4
     never = [bool(tr.random_flip(clip, 0, seed(i), prob=0.0)[2]) for i in range(20)]
     assert not any(never)
-    rate = np.mean([bool(tr.random_flip(clip, 0, seed(i), prob=0.3)[2]) for i in range(400)])
+    rate = np.mean(
+        [bool(tr.random_flip(clip, 0, seed(i), prob=0.3)[2]) for i in range(400)]
+    )
     assert 0.22 < rate < 0.38
 
 
@@ -133,19 +151,27 @@ def test_standardize_modes_against_numpy():
     clip = rng.integers(0, 256, (3, 4, 5, 3)).astype(np.uint8)
     x = clip.astype(np.float64)
     np.testing.assert_allclose(tr.standardize(clip, "unit"), x / 255, atol=1e-6)
-    np.testing.assert_allclose(tr.standardize(clip, "symmetric"), x / 127.5 - 1, atol=1e-6)
+    np.testing.assert_allclose(
+        tr.standardize(clip, "symmetric"), x / 127.5 - 1, atol=1e-6
+    )
     frame_mean = x.mean(axis=(1, 2, 3), keepdims=True)
     frame_std = x.std(axis=(1, 2, 3), keepdims=True)
-    np.testing.assert_allclose(tr.standardize(clip, "per_frame"),
-                               (x - frame_mean) / frame_std, atol=1e-4)
-    np.testing.assert_allclose(tr.standardize(clip, "per_clip"),
-                               (x - x.mean()) / x.std(), atol=1e-4)
+    np.testing.assert_allclose(
+        tr.standardize(clip, "per_frame"), (x - frame_mean) / frame_std, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        tr.standardize(clip, "per_clip"), (x - x.mean()) / x.std(), atol=1e-4
+    )
     batch = np.stack([clip, 255 - clip])
-    np.testing.assert_allclose(tr.standardize(batch, "per_clip")[1],
-                               ((255 - x) - (255 - x).mean()) / x.std(), atol=1e-4)
+    np.testing.assert_allclose(
+        tr.standardize(batch, "per_clip")[1],
+        ((255 - x) - (255 - x).mean()) / x.std(),
+        atol=1e-4,
+    )
     got = tr.standardize(clip, "mean_std", mean=tr.KINETICS_MEAN, std=tr.KINETICS_STD)
     want = (x / 255 - np.array([0.43216, 0.394666, 0.37645])) / np.array(
-        [0.22803, 0.22145, 0.216989])
+        [0.22803, 0.22145, 0.216989]
+    )
     np.testing.assert_allclose(got, want, atol=1e-5)
     # Constant frame: per_image_standardization's 1/sqrt(N) floor, no NaN.
     flat = tr.standardize(np.full((1, 2, 2, 3), 7, np.uint8), "per_frame")
@@ -164,7 +190,9 @@ def test_standardize_errors():
 
 # --- issue 3: samplers --------------------------------------------------------
 
-SHARED = __import__("pathlib").Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = (
+    __import__("pathlib").Path(__file__).resolve().parents[2].parent / "shared" / "data"
+)
 SSV2 = SHARED / "annotations" / "ssv2"
 
 
@@ -177,27 +205,32 @@ def test_random_frame_step_and_fractional_steps():
         np.testing.assert_array_equal(idx - idx[0], [0, 1, 2, 4, 5, 6])
         assert 0 <= idx[0] <= 40 - 7
     np.testing.assert_array_equal(  # short: the last frame repeats
-        tr.stepped_clip_indices(5, seed(0), clip_len=4, frame_step=2.0), [0, 2, 4, 4])
+        tr.stepped_clip_indices(5, seed(0), clip_len=4, frame_step=2.0), [0, 2, 4, 4]
+    )
     with pytest.raises(ValueError, match="positive"):
         tr.random_frame_step(seed(0), (1, 0))
 
 
 def test_segment_indices_eval_is_tsn_centre():
     # TSN _get_test_indices: tick = 100 / 8 = 12.5, int(6.25 + 12.5 i).
-    np.testing.assert_array_equal(tr.segment_indices(100, num_segments=8),
-                                  [6, 18, 31, 43, 56, 68, 81, 93])
+    np.testing.assert_array_equal(
+        tr.segment_indices(100, num_segments=8), [6, 18, 31, 43, 56, 68, 81, 93]
+    )
     # TDN new_length 5: tick = 96 / 8 = 12 -> 6 + 12 i, then 5 frames each.
     idx = tr.segment_indices(100, num_segments=8, new_length=5).numpy().reshape(8, 5)
     np.testing.assert_array_equal(idx[:, 0], 6 + 12 * np.arange(8))
     np.testing.assert_array_equal(idx[3], [42, 43, 44, 45, 46])
     # Two eval clips shift by tick / 4 and 3 tick / 4: 3.125 -> 3, 9.375 -> 9.
     np.testing.assert_array_equal(
-        tr.segment_indices(100, num_segments=8, clip=0, num_clips=2)[:2], [3, 15])
+        tr.segment_indices(100, num_segments=8, clip=0, num_clips=2)[:2], [3, 15]
+    )
     np.testing.assert_array_equal(
-        tr.segment_indices(100, num_segments=8, clip=1, num_clips=2)[:2], [9, 21])
+        tr.segment_indices(100, num_segments=8, clip=1, num_clips=2)[:2], [9, 21]
+    )
     # Short video: snippets run past the end and repeat the last frame.
-    np.testing.assert_array_equal(tr.segment_indices(3, num_segments=2, new_length=3),
-                                  [0, 1, 2, 0, 1, 2])
+    np.testing.assert_array_equal(
+        tr.segment_indices(3, num_segments=2, new_length=3), [0, 1, 2, 0, 1, 2]
+    )
 
 
 def test_segment_indices_train_one_random_frame_per_segment():
@@ -213,18 +246,25 @@ def test_segment_indices_train_one_random_frame_per_segment():
         idx = tr.segment_indices(10, seed(i), num_segments=8, new_length=5).numpy()
         starts = idx.reshape(8, 5)[:, 0]
         assert np.all(np.diff(starts) >= 0) and starts.max() <= 5
-    np.testing.assert_array_equal(tr.segment_indices(6, seed(0), num_segments=8), [0] * 8)
+    np.testing.assert_array_equal(
+        tr.segment_indices(6, seed(0), num_segments=8), [0] * 8
+    )
 
 
 # --- issue 3: crops -----------------------------------------------------------
 
+
 def test_multi_scale_crop_matches_tsn_candidates():
     # 128 x 171, crop 112: int(128 * s) = 128, 112, 96, 84; pairs |i - j| <= 1.
     sizes = [128, 112, 96, 84]
-    want_pairs = {(sizes[i], sizes[j]) for i in range(4) for j in range(4) if abs(i - j) <= 1}
+    want_pairs = {
+        (sizes[i], sizes[j]) for i in range(4) for j in range(4) if abs(i - j) <= 1
+    }
     pairs = set()
     for i in range(300):
-        y, x, h, w = tr.multi_scale_crop_window([128, 171, 3], seed(i), crop_size=112).numpy()
+        y, x, h, w = tr.multi_scale_crop_window(
+            [128, 171, 3], seed(i), crop_size=112
+        ).numpy()
         pairs.add((h, w))
         step_w, step_h = (171 - w) // 4, (128 - h) // 4
         assert x % max(step_w, 1) == 0 and y % max(step_h, 1) == 0
@@ -234,14 +274,17 @@ def test_multi_scale_crop_matches_tsn_candidates():
     grid = set()
     for i in range(300):
         y, x, h, w = tr.multi_scale_crop_window(
-            [128, 171], seed(i), crop_size=112, scales=(0.75,)).numpy()
+            [128, 171], seed(i), crop_size=112, scales=(0.75,)
+        ).numpy()
         assert (h, w) == (96, 96) and x % 18 == 0 and y % 8 == 0
         grid.add((x // 18, y // 8))
     assert grid == set(tr.FIXED_OFFSETS)  # the 13 TSN positions, all reached
     # Within 3 px of the crop size snaps to it: int(114 * .875) = 99 -> 112? no;
     # int(128 * .875) = 112 exactly; 130 -> 113 snaps to 112.
-    h_set = {int(tr.multi_scale_crop_window([130, 200], seed(i), crop_size=112)[2])
-             for i in range(200)}
+    h_set = {
+        int(tr.multi_scale_crop_window([130, 200], seed(i), crop_size=112)[2])
+        for i in range(200)
+    }
     assert h_set == {130, 112, 97, 85}
 
 
@@ -252,18 +295,22 @@ def test_random_resized_crop_ranges_and_fallback():
         assert 0.08 * 0.9 <= h * w / (120 * 160) <= 1.0
         assert 0.75 * 0.9 <= w / h <= 4 / 3 * 1.1
     # 10 x 1000: no window of >= 8 % area fits -> centre crop, w = 10 * 4/3.
-    np.testing.assert_array_equal(tr.random_resized_crop_window([10, 1000], seed(0)),
-                                  [0, 493, 10, 13])
+    np.testing.assert_array_equal(
+        tr.random_resized_crop_window([10, 1000], seed(0)), [0, 493, 10, 13]
+    )
 
 
 # --- issue 3: SSv2 flip / reverse policies on the real files ---------------------
+
 
 @pytest.fixture(scope="module")
 def ssv2_maps():
     mappings = SSV2 / "augmentation_mappings.json"
     if not mappings.exists():
         pytest.skip("../shared/data is absent")
-    return tr.load_ssv2_label_maps(mappings, SSV2 / "something-something-v2-labels.json")
+    return tr.load_ssv2_label_maps(
+        mappings, SSV2 / "something-something-v2-labels.json"
+    )
 
 
 def test_ssv2_label_maps_from_the_real_file(ssv2_maps):
@@ -288,10 +335,11 @@ def test_tdn_policy_flips_half_and_swaps_three_pairs():
     table = tr.tdn_flip_label_map()
     assert [table[i] for i in (86, 87, 93, 94, 166, 167)] == [87, 86, 94, 93, 167, 166]
     assert sum(v != i for i, v in enumerate(table)) == 6
-    flips, labels = [], []
+    flips = []
     for i in range(400):
-        flip, rev, label = tr.choose_augmentations(86, seed(i), flip_label_map=table,
-                                                   flip_prob=0.5)
+        flip, rev, label = tr.choose_augmentations(
+            86, seed(i), flip_label_map=table, flip_prob=0.5
+        )
         flips.append(bool(flip))
         assert not bool(rev)
         assert int(label) == (87 if bool(flip) else 86)
@@ -303,9 +351,14 @@ def test_baseline_policy_uniform_over_applicable(ssv2_maps):
         outcomes = []
         for i in range(600):
             flip, rev, new = tr.choose_augmentations(
-                label, seed(i), flip_label_map=ssv2_maps["flip_label_map"],
-                reverse_label_map=ssv2_maps["reverse_label_map"] if with_reverse else None,
-                policy="uniform")
+                label,
+                seed(i),
+                flip_label_map=ssv2_maps["flip_label_map"],
+                reverse_label_map=ssv2_maps["reverse_label_map"]
+                if with_reverse
+                else None,
+                policy="uniform",
+            )
             outcomes.append((bool(flip), bool(rev), int(new)))
         return outcomes
 
