@@ -27,7 +27,8 @@ def _log_probs(y_pred, from_logits):
 def _check_smoothing(label_smoothing):
     if not 0 <= float(label_smoothing) < 1:
         raise ValueError(
-            f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing}"
+            "`label_smoothing` must be in [0, 1). "
+            f"Received: label_smoothing={label_smoothing}"
         )
     return float(label_smoothing)
 
@@ -53,8 +54,13 @@ class SparseCategoricalCrossentropyLS(keras.losses.Loss):
     `reduction=None`.
     """
 
-    def __init__(self, from_logits=True, label_smoothing=0.1,
-                 reduction="sum_over_batch_size", name="sparse_categorical_crossentropy_ls"):
+    def __init__(
+        self,
+        from_logits=True,
+        label_smoothing=0.1,
+        reduction="sum_over_batch_size",
+        name="sparse_categorical_crossentropy_ls",
+    ):
         super().__init__(name=name, reduction=reduction)
         self.from_logits = bool(from_logits)
         self.label_smoothing = _check_smoothing(label_smoothing)
@@ -69,8 +75,11 @@ class SparseCategoricalCrossentropyLS(keras.losses.Loss):
         return (1.0 - e) * nll + e * uniform
 
     def get_config(self):
-        return {**super().get_config(), "from_logits": self.from_logits,
-                "label_smoothing": self.label_smoothing}
+        return {
+            **super().get_config(),
+            "from_logits": self.from_logits,
+            "label_smoothing": self.label_smoothing,
+        }
 
 
 @LOSSES.register("SoftTargetCrossentropy")
@@ -91,8 +100,13 @@ class SoftTargetCrossentropy(keras.losses.Loss):
     Returns (B,) with `reduction=None`.
     """
 
-    def __init__(self, from_logits=True, label_smoothing=0.0,
-                 reduction="sum_over_batch_size", name="soft_target_crossentropy"):
+    def __init__(
+        self,
+        from_logits=True,
+        label_smoothing=0.0,
+        reduction="sum_over_batch_size",
+        name="soft_target_crossentropy",
+    ):
         super().__init__(name=name, reduction=reduction)
         self.from_logits = bool(from_logits)
         self.label_smoothing = _check_smoothing(label_smoothing)
@@ -107,8 +121,11 @@ class SoftTargetCrossentropy(keras.losses.Loss):
         return -ops.sum(target * log_p, axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "from_logits": self.from_logits,
-                "label_smoothing": self.label_smoothing}
+        return {
+            **super().get_config(),
+            "from_logits": self.from_logits,
+            "label_smoothing": self.label_smoothing,
+        }
 
 
 @LOSSES.register("EmbeddingMSE")

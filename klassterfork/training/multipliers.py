@@ -25,13 +25,16 @@ def _compile(pattern, arg):
         return re.compile(pattern)
     except (re.error, TypeError) as err:
         raise ValueError(
-            f"`{arg}` must be a regular expression. Received: {arg}={pattern!r} "
-            f"({err})"
+            f"`{arg}` must be a regular expression. Received: {arg}={pattern!r} ({err})"
         ) from None
 
 
 def layer_decay_multipliers(
-    paths, *, rate, num_layers=None, block_pattern=BLOCK_PATTERN,
+    paths,
+    *,
+    rate,
+    num_layers=None,
+    block_pattern=BLOCK_PATTERN,
     embed_pattern=EMBED_PATTERN,
 ):
     """Layer-wise learning-rate decay for ViTs (BEiT / VideoMAE fine-tuning).
@@ -112,7 +115,7 @@ def pattern_multipliers(paths, rules):
     compiled = [
         (_compile(p, "lr_multipliers"), float(m)) for p, m in (rules or {}).items()
     ]
-    for (pattern, mult) in compiled:
+    for pattern, mult in compiled:
         if mult < 0:
             raise ValueError(
                 "`lr_multipliers` values must be >= 0. "

@@ -62,8 +62,9 @@ class PerVariableMixin:
     TF optimizer's `_all_reduce_sum_gradients`).
     """
 
-    def _init_per_variable(self, lr_multipliers, layer_decay, no_decay,
-                           weight_decay_mode):
+    def _init_per_variable(
+        self, lr_multipliers, layer_decay, no_decay, weight_decay_mode
+    ):
         if weight_decay_mode not in WEIGHT_DECAY_MODES:
             raise ValueError(
                 f"`weight_decay_mode` must be one of {list(WEIGHT_DECAY_MODES)}. "
@@ -111,7 +112,9 @@ class PerVariableMixin:
         if self.decays(variable) and self.weight_decay:
             wd = ops.cast(self.weight_decay, variable.dtype)
             if self.weight_decay_mode == "l2":
-                gradient = ops.add(gradient, ops.multiply(wd, ops.cast(variable, gradient.dtype)))
+                gradient = ops.add(
+                    gradient, ops.multiply(wd, ops.cast(variable, gradient.dtype))
+                )
             else:
                 lr = ops.cast(learning_rate, variable.dtype)
                 self.assign_sub(variable, ops.multiply(variable, wd * lr))
@@ -133,8 +136,14 @@ class PerVariableMixin:
 
     def _backend_apply_gradients(self, grads, trainable_variables):
         context = tf.distribute.get_replica_context()
-        if not (self.gradient_accumulation_steps and tf.distribute.has_strategy()
-                and context is not None) or self.use_ema:
+        if (
+            not (
+                self.gradient_accumulation_steps
+                and tf.distribute.has_strategy()
+                and context is not None
+            )
+            or self.use_ema
+        ):
             return super()._backend_apply_gradients(grads, trainable_variables)
         # Keras 3.15's accumulation runs `ops.cond` in the replica context
         # with `merge_call`s in both branches, which tf.distribute refuses
@@ -156,8 +165,9 @@ class PerVariableMixin:
             args=(update, sums, trainable_variables, accumulators),
         )
 
-    def _cross_replica_accumulate(self, distribution, update, sums, variables,
-                                  accumulators):
+    def _cross_replica_accumulate(
+        self, distribution, update, sums, variables, accumulators
+    ):
         steps = self.gradient_accumulation_steps
         is_update_step = (self._iterations + 1) % steps == 0
         learning_rate = self.learning_rate
@@ -168,8 +178,10 @@ class PerVariableMixin:
         def apply_update():
             for grad, var in zip(update, variables):
                 distribution.extended.update(
-                    unwrap(var), lambda v, g: self.update_step(g, v, learning_rate),
-                    args=(grad,), group=False,
+                    unwrap(var),
+                    lambda v, g: self.update_step(g, v, learning_rate),
+                    args=(grad,),
+                    group=False,
                 )
             for acc in accumulators:
                 distribution.extended.update(
@@ -179,8 +191,10 @@ class PerVariableMixin:
         def accumulate():
             for total, acc in zip(sums, accumulators):
                 distribution.extended.update(
-                    unwrap(acc), lambda v, t: v.assign(tf.cast(t, v.dtype)),
-                    args=(total,), group=False,
+                    unwrap(acc),
+                    lambda v, t: v.assign(tf.cast(t, v.dtype)),
+                    args=(total,),
+                    group=False,
                 )
 
         tf.cond(is_update_step, apply_update, accumulate)
@@ -204,21 +218,43 @@ class SGD(PerVariableMixin, keras.optimizers.SGD):
     """
 
     def __init__(
-        self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
-        clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
-        ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-        gradient_accumulation_steps=None, lr_multipliers=None, layer_decay=None,
-        no_decay=None, weight_decay_mode="decoupled", name="SGD",
+        self,
+        learning_rate=0.01,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        lr_multipliers=None,
+        layer_decay=None,
+        no_decay=None,
+        weight_decay_mode="decoupled",
+        name="SGD",
     ):
         super().__init__(
-            learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
-            weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm, use_ema=use_ema,
-            ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
             loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps, name=name,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            name=name,
         )
-        self._init_per_variable(lr_multipliers, layer_decay, no_decay, weight_decay_mode)
+        self._init_per_variable(
+            lr_multipliers, layer_decay, no_decay, weight_decay_mode
+        )
 
     def get_config(self):
         return {**super().get_config(), **self._per_variable_config()}
@@ -234,23 +270,47 @@ class Adam(PerVariableMixin, keras.optimizers.Adam):
     """
 
     def __init__(
-        self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-        amsgrad=False, weight_decay=None, clipnorm=None, clipvalue=None,
-        global_clipnorm=None, use_ema=False, ema_momentum=0.99,
-        ema_overwrite_frequency=None, loss_scale_factor=None,
-        gradient_accumulation_steps=None, lr_multipliers=None, layer_decay=None,
-        no_decay=None, weight_decay_mode="decoupled", name="adam",
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        amsgrad=False,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        lr_multipliers=None,
+        layer_decay=None,
+        no_decay=None,
+        weight_decay_mode="decoupled",
+        name="adam",
     ):
         super().__init__(
-            learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, amsgrad=amsgrad, weight_decay=weight_decay,
-            clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
-            use_ema=use_ema, ema_momentum=ema_momentum,
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            amsgrad=amsgrad,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
             ema_overwrite_frequency=ema_overwrite_frequency,
             loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps, name=name,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            name=name,
         )
-        self._init_per_variable(lr_multipliers, layer_decay, no_decay, weight_decay_mode)
+        self._init_per_variable(
+            lr_multipliers, layer_decay, no_decay, weight_decay_mode
+        )
 
     def get_config(self):
         return {**super().get_config(), **self._per_variable_config()}
@@ -270,23 +330,47 @@ class AdamW(PerVariableMixin, keras.optimizers.AdamW):
     """
 
     def __init__(
-        self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
-        epsilon=1e-7, amsgrad=False, clipnorm=None, clipvalue=None,
-        global_clipnorm=None, use_ema=False, ema_momentum=0.99,
-        ema_overwrite_frequency=None, loss_scale_factor=None,
-        gradient_accumulation_steps=None, lr_multipliers=None, layer_decay=None,
-        no_decay=None, weight_decay_mode="decoupled", name="adamw",
+        self,
+        learning_rate=0.001,
+        weight_decay=0.004,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        amsgrad=False,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        lr_multipliers=None,
+        layer_decay=None,
+        no_decay=None,
+        weight_decay_mode="decoupled",
+        name="adamw",
     ):
         super().__init__(
-            learning_rate=learning_rate, weight_decay=weight_decay, beta_1=beta_1,
-            beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad, clipnorm=clipnorm,
-            clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            amsgrad=amsgrad,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
             ema_momentum=ema_momentum,
             ema_overwrite_frequency=ema_overwrite_frequency,
             loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps, name=name,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            name=name,
         )
-        self._init_per_variable(lr_multipliers, layer_decay, no_decay, weight_decay_mode)
+        self._init_per_variable(
+            lr_multipliers, layer_decay, no_decay, weight_decay_mode
+        )
 
     def get_config(self):
         return {**super().get_config(), **self._per_variable_config()}

@@ -73,7 +73,8 @@ class EpochPiecewiseConstant(keras.optimizers.schedules.LearningRateSchedule):
 def _check_steps_per_epoch(steps_per_epoch):
     if int(steps_per_epoch) < 1:
         raise ValueError(
-            f"`steps_per_epoch` must be >= 1. Received: steps_per_epoch={steps_per_epoch}"
+            "`steps_per_epoch` must be >= 1. "
+            f"Received: steps_per_epoch={steps_per_epoch}"
         )
     return int(steps_per_epoch)
 
@@ -99,15 +100,24 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         steps_per_epoch: int. Filled in by the trainer; unused for "step".
     """
 
-    def __init__(self, initial_learning_rate, milestones, gamma=0.1, unit="epoch",
-                 steps_per_epoch=1):
+    def __init__(
+        self,
+        initial_learning_rate,
+        milestones,
+        gamma=0.1,
+        unit="epoch",
+        steps_per_epoch=1,
+    ):
         milestones = [int(m) for m in milestones]
         if any(m1 >= m2 for m1, m2 in zip(milestones, milestones[1:])):
             raise ValueError(
-                f"`milestones` must be strictly increasing. Received: milestones={milestones}"
+                "`milestones` must be strictly increasing. "
+                f"Received: milestones={milestones}"
             )
         if unit not in UNITS:
-            raise ValueError(f"`unit` must be one of {list(UNITS)}. Received: unit={unit!r}")
+            raise ValueError(
+                f"`unit` must be one of {list(UNITS)}. Received: unit={unit!r}"
+            )
         self.initial_learning_rate = float(initial_learning_rate)
         self.milestones, self.gamma, self.unit = milestones, float(gamma), unit
         self.steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
@@ -153,8 +163,9 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         steps_per_epoch: int. Filled in by the trainer.
     """
 
-    def __init__(self, peak_lr, warmup_epochs, total_epochs, end_lr=0.0,
-                 steps_per_epoch=1):
+    def __init__(
+        self, peak_lr, warmup_epochs, total_epochs, end_lr=0.0, steps_per_epoch=1
+    ):
         self.steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
         warmup = round(float(warmup_epochs) * self.steps_per_epoch)
         total = round(float(total_epochs) * self.steps_per_epoch)
@@ -171,7 +182,9 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         step = ops.cast(step, "float32")
         p = ops.clip(
-            (step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0
+            (step - self.warmup_steps) / (self.total_steps - self.warmup_steps),
+            0.0,
+            1.0,
         )
         cosine = self.end_lr + 0.5 * (self.peak_lr - self.end_lr) * (
             1.0 + ops.cos(math.pi * p)
@@ -296,15 +309,25 @@ class ReduceOnPlateau(keras.optimizers.schedules.LearningRateSchedule, tf.Module
             to None (never stop).
     """
 
-    def __init__(self, initial_learning_rate, factor=0.5, patience=2, min_delta=1e-4,
-                 monitor="val_loss", mode="min", last_lr=None):
+    def __init__(
+        self,
+        initial_learning_rate,
+        factor=0.5,
+        patience=2,
+        min_delta=1e-4,
+        monitor="val_loss",
+        mode="min",
+        last_lr=None,
+    ):
         tf.Module.__init__(self, name="reduce_on_plateau")
         if not 0 < float(factor) < 1:
             raise ValueError(f"`factor` must be in (0, 1). Received: factor={factor}")
         if int(patience) < 1:
             raise ValueError(f"`patience` must be >= 1. Received: patience={patience}")
         if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {list(MODES)}. Received: mode={mode!r}")
+            raise ValueError(
+                f"`mode` must be one of {list(MODES)}. Received: mode={mode!r}"
+            )
         self.initial_learning_rate = float(initial_learning_rate)
         self.factor, self.patience = float(factor), int(patience)
         self.min_delta, self.monitor, self.mode = abs(float(min_delta)), monitor, mode
@@ -349,7 +372,9 @@ class ReduceOnPlateau(keras.optimizers.schedules.LearningRateSchedule, tf.Module
 
     def __call__(self, step):
         del step  # the rate changes only through `update`
-        return ops.cast(self.initial_learning_rate * ops.convert_to_tensor(self.scale), "float32")
+        return ops.cast(
+            self.initial_learning_rate * ops.convert_to_tensor(self.scale), "float32"
+        )
 
     def get_config(self):
         return {

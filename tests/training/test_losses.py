@@ -40,14 +40,16 @@ def test_sparse_ce_by_hand_probabilities_and_column_labels():
     loss = SparseCategoricalCrossentropyLS(label_smoothing=0.1, reduction=None)
     assert float(loss(np.array([[2]]), np.zeros((1, 4)))[0]) == pytest.approx(np.log(4))
     # Probabilities [.5, .25, .25], label 0, e = .3: target [.8, .1, .1].
-    probs = SparseCategoricalCrossentropyLS(from_logits=False, label_smoothing=0.3,
-                                            reduction=None)
+    probs = SparseCategoricalCrossentropyLS(
+        from_logits=False, label_smoothing=0.3, reduction=None
+    )
     expected = 0.8 * np.log(2) + 0.2 * np.log(4)
     got = float(probs(np.array([0]), np.array([[0.5, 0.25, 0.25]]))[0])
     assert got == pytest.approx(expected, rel=1e-5)
     mean = SparseCategoricalCrossentropyLS(label_smoothing=0.1)  # default reduction
     assert float(mean(LABELS, LOGITS)) == pytest.approx(
-        np_smoothed_ce(LABELS, LOGITS, 0.1).mean(), rel=1e-5)
+        np_smoothed_ce(LABELS, LOGITS, 0.1).mean(), rel=1e-5
+    )
 
 
 def test_soft_target_ce_matches_numpy_mixup_targets():
@@ -63,7 +65,10 @@ def test_soft_target_ce_matches_numpy_mixup_targets():
     np.testing.assert_allclose(got, lam * a + (1 - lam) * b, rtol=1e-5)
     smoothed = SoftTargetCrossentropy(label_smoothing=0.1, reduction=None)
     np.testing.assert_allclose(
-        np.asarray(smoothed(onehot, LOGITS)), np_smoothed_ce(LABELS, LOGITS, 0.1), rtol=1e-5)
+        np.asarray(smoothed(onehot, LOGITS)),
+        np_smoothed_ce(LABELS, LOGITS, 0.1),
+        rtol=1e-5,
+    )
 
 
 def test_embedding_mse_normalizes_the_target_only():
@@ -73,15 +78,18 @@ def test_embedding_mse_normalizes_the_target_only():
     unit = target / np.linalg.norm(target, axis=-1, keepdims=True)
     np.testing.assert_allclose(got, ((pred - unit) ** 2).mean(-1), rtol=1e-5)
     # By hand: target (3, 4) -> (.6, .8); prediction (0, 0): (.36 + .64) / 2.
-    assert float(EmbeddingMSE(reduction=None)(np.array([[3.0, 4.0]]),
-                                              np.zeros((1, 2)))[0]) == pytest.approx(0.5)
+    assert float(
+        EmbeddingMSE(reduction=None)(np.array([[3.0, 4.0]]), np.zeros((1, 2)))[0]
+    ) == pytest.approx(0.5)
     # A zero target does not divide by zero.
-    assert np.isfinite(np.asarray(EmbeddingMSE(reduction=None)(np.zeros((1, 2)),
-                                                               np.ones((1, 2))))).all()
+    assert np.isfinite(
+        np.asarray(EmbeddingMSE(reduction=None)(np.zeros((1, 2)), np.ones((1, 2))))
+    ).all()
 
 
-@pytest.mark.parametrize("cls", [SparseCategoricalCrossentropyLS, SoftTargetCrossentropy,
-                                 EmbeddingMSE])
+@pytest.mark.parametrize(
+    "cls", [SparseCategoricalCrossentropyLS, SoftTargetCrossentropy, EmbeddingMSE]
+)
 def test_registered_reduction_none_and_config_round_trip(cls):
     name = cls.__name__
     assert LOSSES[name] is cls

@@ -17,10 +17,12 @@ RULES = {"(^|/)logits/kernel": 5.0, "(^|/)logits/bias": 10.0, "bias$": 2.0}
 def two_layer_model():
     """body (3 -> 4) then logits (4 -> 2), every weight 1."""
     inputs = keras.Input((3,))
-    x = keras.layers.Dense(4, name="body", kernel_initializer="ones",
-                           bias_initializer="ones")(inputs)
-    outputs = keras.layers.Dense(2, name="logits", kernel_initializer="ones",
-                                 bias_initializer="ones")(x)
+    x = keras.layers.Dense(
+        4, name="body", kernel_initializer="ones", bias_initializer="ones"
+    )(inputs)
+    outputs = keras.layers.Dense(
+        2, name="logits", kernel_initializer="ones", bias_initializer="ones"
+    )(x)
     return keras.Model(inputs, outputs)
 
 
@@ -28,18 +30,27 @@ def one_step(optimizer, grad=0.5):
     model = two_layer_model()
     variables = model.trainable_variables
     optimizer.build(variables)
-    optimizer.apply_gradients([(np.full(v.shape, grad, "float32"), v) for v in variables])
+    optimizer.apply_gradients(
+        [(np.full(v.shape, grad, "float32"), v) for v in variables]
+    )
     return {v.path: float(np.unique(v.numpy())[0]) for v in variables}
 
 
 # ---- the pure rules ------------------------------------------------------------
 def test_layer_decay_follows_videomae_layer_ids():
-    paths = ["patch_embed/kernel", "pos_embed/positions", "block0_attn/qkv_kernel",
-             "block5_fc1/bias", "block11_norm2/gamma", "fc_norm/gamma", "logits/kernel",
-             "videovit_s/block3_fc2/kernel"]
+    paths = [
+        "patch_embed/kernel",
+        "pos_embed/positions",
+        "block0_attn/qkv_kernel",
+        "block5_fc1/bias",
+        "block11_norm2/gamma",
+        "fc_norm/gamma",
+        "logits/kernel",
+        "videovit_s/block3_fc2/kernel",
+    ]
     got = multipliers.layer_decay_multipliers(paths, rate=0.75, num_layers=12)
     # layer id: embeddings 0, block i -> i + 1, rest 13; multiplier .75 ** (13 - id).
-    expected = [0.75 ** 13, 0.75 ** 13, 0.75 ** 12, 0.75 ** 7, 0.75, 1.0, 1.0, 0.75 ** 9]
+    expected = [0.75**13, 0.75**13, 0.75**12, 0.75**7, 0.75, 1.0, 1.0, 0.75**9]
     assert [got[p] for p in paths] == pytest.approx(expected)
     inferred = multipliers.layer_decay_multipliers(paths, rate=0.75)  # 12 blocks seen
     assert inferred == got
@@ -50,15 +61,23 @@ def test_layer_decay_follows_videomae_layer_ids():
 
 
 def test_pattern_rules_first_match_wins_and_decay_mask():
-    paths = ["m/body/kernel", "m/body/bias", "m/logits/kernel", "m/logits/bias",
-             "block0_attn/q_bias", "bn/gamma"]
+    paths = [
+        "m/body/kernel",
+        "m/body/bias",
+        "m/logits/kernel",
+        "m/logits/bias",
+        "block0_attn/q_bias",
+        "bn/gamma",
+    ]
     got = multipliers.pattern_multipliers(paths, RULES)
     assert [got[p] for p in paths] == [1.0, 2.0, 5.0, 10.0, 2.0, 1.0]
     mask = multipliers.decay_mask(paths, ["bias$", "gamma$"])
     assert [mask[p] for p in paths] == [True, False, True, False, False, False]
     both = multipliers.variable_multipliers(
-        ["block0_fc/bias", "block1_fc/kernel"], lr_multipliers={"bias$": 2.0},
-        layer_decay={"rate": 0.5, "num_layers": 2})
+        ["block0_fc/bias", "block1_fc/kernel"],
+        lr_multipliers={"bias$": 2.0},
+        layer_decay={"rate": 0.5, "num_layers": 2},
+    )
     assert both == {"block0_fc/bias": 2.0 * 0.25, "block1_fc/kernel": 0.5}
     with pytest.raises(ValueError, match="regular expression"):
         multipliers.pattern_multipliers(paths, {"(": 2.0})
@@ -71,18 +90,37 @@ def test_sgd_one_step_by_hand():
     # body/bias    x2:        1 - .2*.5            = .9
     # logits/kernel x5, decay: 1 - .5*.01 - .5*.5  = .745
     # logits/bias x10:        1 - 1.0*.5           = .5
-    got = one_step(SGD(learning_rate=0.1, weight_decay=0.01, lr_multipliers=RULES,
-                       no_decay=["bias$"]))
-    assert got == pytest.approx({"body/kernel": 0.949, "body/bias": 0.9,
-                                 "logits/kernel": 0.745, "logits/bias": 0.5})
+    got = one_step(
+        SGD(
+            learning_rate=0.1,
+            weight_decay=0.01,
+            lr_multipliers=RULES,
+            no_decay=["bias$"],
+        )
+    )
+    assert got == pytest.approx(
+        {
+            "body/kernel": 0.949,
+            "body/bias": 0.9,
+            "logits/kernel": 0.745,
+            "logits/bias": 0.5,
+        }
+    )
 
 
 def test_adam_one_step_by_hand_and_why_not_gradient_scaling():
     # Adam's first step moves every weight by lr * sign(g) (up to epsilon),
     # so the multiplier must scale the LR: 1 - .01 * {1, 2, 5, 10}.
     got = one_step(Adam(learning_rate=0.01, lr_multipliers=RULES))
-    assert got == pytest.approx({"body/kernel": 0.99, "body/bias": 0.98,
-                                 "logits/kernel": 0.95, "logits/bias": 0.9}, abs=5e-6)
+    assert got == pytest.approx(
+        {
+            "body/kernel": 0.99,
+            "body/bias": 0.98,
+            "logits/kernel": 0.95,
+            "logits/bias": 0.9,
+        },
+        abs=5e-6,
+    )
     # Scaling the GRADIENT by 5 instead leaves Adam's step unchanged.
     scaled = one_step(keras.optimizers.Adam(learning_rate=0.01), grad=2.5)
     assert scaled["logits/kernel"] == pytest.approx(0.99, abs=1e-6)
@@ -108,8 +146,10 @@ def run_steps(optimizer, model, grads):
 
 def random_grads(model, steps, seed=0):
     rng = np.random.default_rng(seed)
-    return [[rng.normal(0, 1, v.shape).astype("float32") for v in model.trainable_variables]
-            for _ in range(steps)]
+    return [
+        [rng.normal(0, 1, v.shape).astype("float32") for v in model.trainable_variables]
+        for _ in range(steps)
+    ]
 
 
 def torch_sgd_reference(weights, grads, lrs, decays, *, momentum, wd):
@@ -124,7 +164,9 @@ def torch_sgd_reference(weights, grads, lrs, decays, *, momentum, wd):
     return weights
 
 
-def keras_adamw_reference(weights, grads, lrs, decays, *, wd, b1=0.9, b2=0.999, eps=1e-7):
+def keras_adamw_reference(
+    weights, grads, lrs, decays, *, wd, b1=0.9, b2=0.999, eps=1e-7
+):
     """Keras AdamW's update per variable, with per-variable lr (numpy)."""
     weights = [w.astype(np.float64) for w in weights]
     m = [np.zeros_like(w) for w in weights]
@@ -135,7 +177,7 @@ def keras_adamw_reference(weights, grads, lrs, decays, *, wd, b1=0.9, b2=0.999, 
                 weights[i] = weights[i] - lrs[i] * wd * weights[i]
             m[i] = b1 * m[i] + (1 - b1) * g
             v[i] = b2 * v[i] + (1 - b2) * g * g
-            alpha = lrs[i] * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            alpha = lrs[i] * np.sqrt(1 - b2**t) / (1 - b1**t)
             weights[i] = weights[i] - alpha * m[i] / (np.sqrt(v[i]) + eps)
     return weights
 
@@ -146,14 +188,29 @@ def test_sgd_l2_mode_equals_torch_sgd_param_groups():
     start = [v.numpy() for v in model.trainable_variables]
     grads = random_grads(model, 3)
     no_decay = ["bias$", "gamma$", "beta$"]
-    got = run_steps(SGD(learning_rate=0.05, momentum=0.9, weight_decay=0.1,
-                        weight_decay_mode="l2", lr_multipliers=RULES, no_decay=no_decay),
-                    model, grads)
+    got = run_steps(
+        SGD(
+            learning_rate=0.05,
+            momentum=0.9,
+            weight_decay=0.1,
+            weight_decay_mode="l2",
+            lr_multipliers=RULES,
+            no_decay=no_decay,
+        ),
+        model,
+        grads,
+    )
     paths = [v.path for v in model.trainable_variables]
     mults = multipliers.pattern_multipliers(paths, RULES)
     mask = multipliers.decay_mask(paths, no_decay)
-    expected = torch_sgd_reference(start, grads, [0.05 * mults[p] for p in paths],
-                                   [mask[p] for p in paths], momentum=0.9, wd=0.1)
+    expected = torch_sgd_reference(
+        start,
+        grads,
+        [0.05 * mults[p] for p in paths],
+        [mask[p] for p in paths],
+        momentum=0.9,
+        wd=0.1,
+    )
     for path, g, e in zip(paths, got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6, err_msg=path)
 
@@ -164,12 +221,22 @@ def test_adamw_layer_decay_and_exclusions_equal_numpy_reference():
     start = [v.numpy() for v in model.trainable_variables]
     grads = random_grads(model, 3, seed=1)
     no_decay = ["bias$", "gamma$", "beta$"]
-    got = run_steps(AdamW(learning_rate=0.01, weight_decay=0.05, layer_decay=0.75,
-                          no_decay=no_decay), model, grads)
+    got = run_steps(
+        AdamW(
+            learning_rate=0.01, weight_decay=0.05, layer_decay=0.75, no_decay=no_decay
+        ),
+        model,
+        grads,
+    )
     paths = [v.path for v in model.trainable_variables]
     # By hand: 2 blocks -> patch_embed .75^3, block0 .75^2, block1 .75, rest 1.
-    by_layer = {"patch_embed": 0.75 ** 3, "block0_fc": 0.75 ** 2, "block1_fc": 0.75,
-                "fc_norm": 1.0, "logits": 1.0}
+    by_layer = {
+        "patch_embed": 0.75**3,
+        "block0_fc": 0.75**2,
+        "block1_fc": 0.75,
+        "fc_norm": 1.0,
+        "logits": 1.0,
+    }
     lrs = [0.01 * by_layer[p.split("/")[-2]] for p in paths]
     decays = [p.endswith("kernel") for p in paths]
     expected = keras_adamw_reference(start, grads, lrs, decays, wd=0.05)
@@ -181,11 +248,21 @@ def test_adamw_layer_decay_and_exclusions_equal_numpy_reference():
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
 def test_registered_and_config_round_trip(name):
     cls = OPTIMIZERS[name]
-    assert {"lr_multipliers", "layer_decay", "no_decay", "weight_decay_mode",
-            "global_clipnorm", "gradient_accumulation_steps"} <= set(
-        OPTIMIZERS.accepted_args(name))
-    opt = cls(learning_rate=0.1, lr_multipliers=RULES, layer_decay={"rate": 0.7},
-              no_decay=["bias$"], weight_decay_mode="l2")
+    assert {
+        "lr_multipliers",
+        "layer_decay",
+        "no_decay",
+        "weight_decay_mode",
+        "global_clipnorm",
+        "gradient_accumulation_steps",
+    } <= set(OPTIMIZERS.accepted_args(name))
+    opt = cls(
+        learning_rate=0.1,
+        lr_multipliers=RULES,
+        layer_decay={"rate": 0.7},
+        no_decay=["bias$"],
+        weight_decay_mode="l2",
+    )
     again = cls.from_config(opt.get_config())
     assert again.get_config() == opt.get_config()
     assert again.lr_multipliers == RULES and again.layer_decay == {"rate": 0.7}
@@ -203,11 +280,17 @@ def test_mirrored_two_cpus_multipliers_clipping_and_accumulation():
     """2 logical CPUs (a subprocess: they must be set before TF starts)."""
     script = pathlib.Path(__file__).with_name("optimizer_mirrored_run.py")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     # Multipliers, decay mask and global_clipnorm: mirrored == one device.
     assert result["sgd"] < 1e-6 and result["adamw"] < 1e-6
     # Stock Keras clips each replica's partial gradient: a different answer.

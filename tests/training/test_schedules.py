@@ -45,16 +45,24 @@ def test_epoch_piecewise_rejects_bad_arguments():
     with pytest.raises(ValueError, match="one more entry"):
         EpochPiecewiseConstant(boundaries=[1, 2], values=[1.0], steps_per_epoch=1)
     with pytest.raises(ValueError, match="strictly increasing"):
-        EpochPiecewiseConstant(boundaries=[3, 2], values=[1.0, 2.0, 3.0], steps_per_epoch=1)
+        EpochPiecewiseConstant(
+            boundaries=[3, 2], values=[1.0, 2.0, 3.0], steps_per_epoch=1
+        )
 
 
 # ---- MultiStepDecay ----------------------------------------------------------
-MS = dict(initial_learning_rate=0.01, milestones=[30, 45, 55], gamma=0.1,
-          unit="epoch", steps_per_epoch=7)
+MS = dict(
+    initial_learning_rate=0.01,
+    milestones=[30, 45, 55],
+    gamma=0.1,
+    unit="epoch",
+    steps_per_epoch=7,
+)
 
 
-def reference_multistep(step, initial_learning_rate, milestones, gamma, unit,
-                        steps_per_epoch):
+def reference_multistep(
+    step, initial_learning_rate, milestones, gamma, unit, steps_per_epoch
+):
     """PyTorch MultiStepLR's closed form: base * gamma ** bisect_right(m, e)."""
     pos = step // steps_per_epoch if unit == "epoch" else step
     return initial_learning_rate * gamma ** bisect.bisect_right(milestones, pos)
@@ -76,7 +84,8 @@ def test_multistep_by_hand_and_config_round_trip():
     assert float(sched(55 * 7)) == pytest.approx(1e-5)
     by_step = MultiStepDecay(0.1, [100, 200], gamma=0.5, unit="step", steps_per_epoch=7)
     assert [float(by_step(s)) for s in (99, 100, 199, 200)] == pytest.approx(
-        [0.1, 0.05, 0.05, 0.025])
+        [0.1, 0.05, 0.05, 0.025]
+    )
     assert MultiStepDecay.from_config(sched.get_config()).get_config() == MS
 
 
@@ -90,17 +99,22 @@ def test_multistep_rejects_bad_arguments():
 
 
 # ---- WarmupCosineDecay -------------------------------------------------------
-WC = dict(peak_lr=1e-3, warmup_epochs=5, total_epochs=40, end_lr=1e-6, steps_per_epoch=10)
+WC = dict(
+    peak_lr=1e-3, warmup_epochs=5, total_epochs=40, end_lr=1e-6, steps_per_epoch=10
+)
 
 
-def reference_videomae_cosine(peak_lr, warmup_epochs, total_epochs, end_lr,
-                              steps_per_epoch):
+def reference_videomae_cosine(
+    peak_lr, warmup_epochs, total_epochs, end_lr, steps_per_epoch
+):
     """VideoMAE's utils.cosine_scheduler (numpy), but with the warmup of
     `peak * s / W` (VideoMAE's linspace reaches the peak at s = W - 1)."""
     warmup_iters = warmup_epochs * steps_per_epoch
     warmup = peak_lr * np.arange(warmup_iters) / warmup_iters
     iters = np.arange(total_epochs * steps_per_epoch - warmup_iters)
-    cosine = end_lr + 0.5 * (peak_lr - end_lr) * (1 + np.cos(np.pi * iters / len(iters)))
+    cosine = end_lr + 0.5 * (peak_lr - end_lr) * (
+        1 + np.cos(np.pi * iters / len(iters))
+    )
     return np.concatenate([warmup, cosine])
 
 
@@ -127,9 +141,18 @@ def test_warmup_cosine_by_hand_and_config_round_trip():
 # ---- LinearScaled ------------------------------------------------------------
 def test_linear_scaled_float_and_inner_schedule_from_config_block():
     assert float(LinearScaled(0.1, global_batch=64)(123)) == pytest.approx(0.025)
-    sched = LinearScaled({"WarmupCosineDecay": {"peak_lr": 1e-3, "warmup_epochs": 5,
-                                                "total_epochs": 40, "end_lr": 1e-6}},
-                         global_batch=512, steps_per_epoch=10)
+    sched = LinearScaled(
+        {
+            "WarmupCosineDecay": {
+                "peak_lr": 1e-3,
+                "warmup_epochs": 5,
+                "total_epochs": 40,
+                "end_lr": 1e-6,
+            }
+        },
+        global_batch=512,
+        steps_per_epoch=10,
+    )
     inner = WarmupCosineDecay(**WC)
     for step in (0, 25, 50, 225, 400):
         assert float(sched(step)) == pytest.approx(2.0 * float(inner(step)))
@@ -142,7 +165,12 @@ def test_linear_scaled_float_and_inner_schedule_from_config_block():
 
 
 def test_registered_names_and_injected_arguments():
-    for name in ("MultiStepDecay", "WarmupCosineDecay", "LinearScaled", "ReduceOnPlateau"):
+    for name in (
+        "MultiStepDecay",
+        "WarmupCosineDecay",
+        "LinearScaled",
+        "ReduceOnPlateau",
+    ):
         assert name in SCHEDULES
     assert "global_batch" in SCHEDULES.accepted_args("LinearScaled")
     assert "steps_per_epoch" in SCHEDULES.accepted_args("WarmupCosineDecay")
@@ -170,7 +198,9 @@ class ReferencePlateau:
 
 
 def test_plateau_by_hand():
-    plateau = ReduceOnPlateau(0.008, factor=0.5, patience=2, min_delta=0.01, last_lr=0.003)
+    plateau = ReduceOnPlateau(
+        0.008, factor=0.5, patience=2, min_delta=0.01, last_lr=0.003
+    )
     actions = [plateau.update(v) for v in (2.0, 1.5, 1.495, 1.6, 1.4, 1.45, 1.41, 1.5)]
     # 1.495 is within min_delta of 1.5: no improvement; 2 misses -> /2.
     # .004 after the first cut; the second (.002) is below last_lr: stop.
@@ -199,6 +229,9 @@ def test_plateau_state_checkpoints_and_config_round_trip(tmp_path):
     tf.train.Checkpoint(plateau=fresh).read(path).assert_consumed()
     assert fresh.current_lr == pytest.approx(0.05)
     assert float(fresh.best.numpy()) == pytest.approx(0.5)
-    assert ReduceOnPlateau.from_config(plateau.get_config()).get_config() == plateau.get_config()
+    assert (
+        ReduceOnPlateau.from_config(plateau.get_config()).get_config()
+        == plateau.get_config()
+    )
     with pytest.raises(ValueError, match="factor"):
         ReduceOnPlateau(0.1, factor=1.0)
