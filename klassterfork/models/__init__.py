@@ -7,7 +7,17 @@ registered; importing builds nothing.
 
 import difflib
 
-from klassterfork.models import heads, layers, model3d1, r2plus1d, temporal, tsn, two_stream, vit  # noqa: F401
+from klassterfork.models import (  # noqa: F401
+    heads,
+    layers,
+    model3d1,
+    msn,
+    r2plus1d,
+    temporal,
+    tsn,
+    two_stream,
+    vit,
+)
 from klassterfork.models.heads import HEADS, resolve_head  # noqa: F401
 from klassterfork.models.registry import MODELS
 

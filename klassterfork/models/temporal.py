@@ -38,6 +38,11 @@ class _SegmentLayer(keras.layers.Layer):
             )
         self.num_segments = num_segments
 
+    def compute_output_shape(self, input_shape):
+        # Explicit, so symbolic tracing never reshapes a placeholder batch
+        # that `num_segments` does not divide (the torch backend's does not).
+        return input_shape
+
     def get_config(self):
         return {**super().get_config(), "num_segments": self.num_segments}
 

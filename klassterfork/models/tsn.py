@@ -25,7 +25,9 @@ explicit. Temporal modules (`temporal=`):
   The reference also registers `conv1_temp` (3->64 k7 with bias, 9,472
   parameters) that its forward never uses; it is left out here, so the
   trainable count is 24,420,046 - 9,472 = 24,410,574 at 174 classes.
-- "msn": not implemented yet (raises).
+- "msn": MSNet (Kwon et al., ECCV 2020): the TSM shifts plus the
+  MotionSqueeze module after stage 2 (`models/msn.py`, which documents its
+  deviation from the reference: no deformable / custom-kernel sampling).
 """
 
 import keras
@@ -39,6 +41,7 @@ from klassterfork.models.layers import (
     MeanOverClips,
     choose,
 )
+from klassterfork.models.msn import ms_module
 from klassterfork.models.registry import MODELS
 from klassterfork.models.temporal import (
     FoldSegments,
@@ -49,8 +52,9 @@ from klassterfork.models.temporal import (
     TemporalShift,
 )
 
-TEMPORAL = ("none", "tsm", "tdn")
-STAGE_BLOCKS = {50: (3, 4, 6, 3)}
+TEMPORAL = ("none", "tsm", "tdn", "msn")
+# depth -> bottleneck blocks per stage; 26 is a small variant for tests.
+STAGE_BLOCKS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 WIDTHS = (64, 128, 256, 512)
 TDN_FRAMES = 5
 MSE_REDUCTION = 16
@@ -138,7 +142,7 @@ def bottleneck(x, planes, *, stride, use_bias, temporal, num_segments, name):
     (B * S, H, W, C_in) -> (B * S, H / stride, W / stride, 4 planes).
     """
     shortcut = x
-    if temporal == "tsm":
+    if temporal in ("tsm", "msn"):
         x = TemporalShift(num_segments, name=f"{name}_shift")(x)
     y = conv2d(x, planes, 1, use_bias=use_bias, name=f"{name}_conv1")
     y = layers.ReLU(name=f"{name}_relu1")(bn(y, f"{name}_bn1"))
@@ -191,12 +195,13 @@ def TSN(
     Args:
         num_classes: int or None. Classes of the default ClassificationHead;
             None with `head=None` returns the (B, 2048) features.
-        temporal: str. "none", "tsm" or "tdn". Defaults to "none".
+        temporal: str. "none", "tsm", "tdn" or "msn". Defaults to "none".
         num_segments: int. Segments per video (S). Defaults to 8.
         input_shape: tuple or None. (S * F, H, W, 3), or
             (clips, S * F, H, W, 3); F = 1 frame per segment, 5 for "tdn".
             Defaults to (S * F, 224, 224, 3).
-        depth: int. ResNet depth; only 50. Defaults to 50.
+        depth: int. ResNet depth: 50, or 26 (2 blocks per stage, for
+            tests and benchmarks). Defaults to 50.
         dropout: float. Dropout before the head. Defaults to 0.5.
         init_std: float. Normal init std of the head's Dense.
             Defaults to 0.001.
@@ -253,6 +258,8 @@ def TSN(
         x = resnet_stage(x, 1, blocks[0], temporal=temporal, **kwargs)
     for s in range(2, 5):
         x = resnet_stage(x, s, blocks[s - 1], temporal=temporal, **kwargs)
+        if temporal == "msn" and s == 2:
+            x = ms_module(x, num_segments=num_segments, name="msn")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = MeanOverClips(num_segments, name="consensus")(x)
     if num_clips is not None:
