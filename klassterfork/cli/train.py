@@ -27,6 +27,9 @@ def parse_args(argv):
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved stages as JSON and exit")
     parser.add_argument("--experiment-dir", help="overrides meta.experiment_dir")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build everything and run 2 steps per stage on a tiny "
+                             "generated stand-in dataset")
     return parser.parse_args(argv)
 
 
@@ -46,6 +49,8 @@ def main(argv=None):
     from klassterfork.training.trainer import TrainingDiverged
 
     try:
+        if args.dry_run:
+            return dry_run(stages, source, args)
         return run(stages, source, args)
     except ConfigError as err:
         print(f"kf-train: config error: {err}", file=sys.stderr)
@@ -53,6 +58,24 @@ def main(argv=None):
     except TrainingDiverged as err:
         print(f"kf-train: training diverged: {err}", file=sys.stderr)
         return 3
+
+
+def dry_run(stages, source, args):
+    import shutil
+    import tempfile
+
+    from klassterfork.training.dry_run import tiny_stages
+
+    workdir = tempfile.mkdtemp(prefix="kf_dry_run_")
+    try:
+        tiny = tiny_stages(stages, workdir)
+        args.experiment_dir = None
+        code = run(tiny, source, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if code == 0:
+        print(f"dry run OK: {len(stages)} stage(s) built and trained 2 steps each")
+    return code
 
 
 def run(stages, source, args):
@@ -99,12 +122,13 @@ def run(stages, source, args):
             print(f"kf-train: no checkpoint under {experiment_dir} to evaluate.",
                   file=sys.stderr)
             return 1
-        predictions = os.path.join(dirs["root"], "predictions_val")
-        metrics = stage.evaluate(predictions_path=predictions)
+        metrics = stage.evaluate(predictions_dir=dirs["root"])
         print(f"evaluated {restored}")
-        print(f"val top-1 {metrics['val_top1']:.4f}  top-5 {metrics['val_top5']:.4f}  "
-              f"({metrics['val_videos']} videos)")
-        print(f"predictions: {predictions}.npz / .json")
+        for key in stage.val_keys:
+            prefix = "val_" if key == "val" else f"{key}/"
+            print(f"{key}: top-1 {metrics[prefix + 'top1']:.4f}  top-5 "
+                  f"{metrics[prefix + 'top5']:.4f}  ({metrics[prefix + 'videos']} videos)  "
+                  f"predictions: {os.path.join(dirs['root'], 'predictions_' + key)}.npz/.json")
         if chief:
             write_json_atomic(os.path.join(dirs["root"], "eval_metrics.json"), metrics)
         return 0

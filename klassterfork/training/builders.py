@@ -9,15 +9,16 @@ import json
 import os
 
 import keras
+import numpy as np
 
 from klassterfork import models
 from klassterfork.config.components import build_component, split_component
 from klassterfork.config.loader import ConfigError
-from klassterfork.data import pipeline
+from klassterfork.data import pipeline, transforms
 from klassterfork.models.registry import MODELS
 from klassterfork.training.losses import LOSSES
 from klassterfork.training.optimizers import OPTIMIZERS
-from klassterfork.training.schedules import SCHEDULES
+from klassterfork.training.schedules import SCHEDULES, ReduceOnPlateau
 
 TRAIN_LOOP_DEFAULTS = {
     "epochs": 1,
@@ -43,7 +44,7 @@ TRAIN_LOOP_DEFAULTS = {
 PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
 METRICS = ("top1", "top5")
 # Keys of a dataset block that the trainer consumes; the rest go to the pipeline.
-DATASET_KEYS = ("dir", "split", "files", "flip", "num_examples")
+DATASET_KEYS = ("dir", "split", "files", "flip", "num_examples", "class_embeddings")
 
 
 def train_loop_config(stage, source):
@@ -156,9 +157,31 @@ def _pipeline_kwargs(fn, block, source, key, extra):
     return kwargs
 
 
+def class_matrix(block, source, key):
+    """The L2-normalized (C, D) class-name embeddings of a zero-shot dataset.
+
+    `class_embeddings` names a `.npy` file written by
+    `tools/embed_class_names.py`; row i embeds class i of the dataset's
+    label map. Returns None when the block has none (a classification set).
+    """
+    path = block.get("class_embeddings")
+    if not path:
+        return None
+    try:
+        matrix = np.load(path).astype(np.float32)
+    except (OSError, ValueError) as err:
+        raise ConfigError(source, f"{key}.class_embeddings",
+                          f"cannot read {path!r}: {err}") from None
+    if matrix.ndim != 2:
+        raise ConfigError(source, f"{key}.class_embeddings",
+                          f"{path} must hold a (classes, dim) matrix. Received shape {matrix.shape}")
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
+
+
 def flip_map(block, info, source, key):
     flip = block.get("flip", False)
-    if flip is False or flip is None:
+    if flip is False or flip is None or flip == "keep_labels":
         return None
     if flip is True or flip == "manifest":
         if info.flip_label_map is None:
@@ -169,8 +192,13 @@ def flip_map(block, info, source, key):
         return list(info.flip_label_map)
     if isinstance(flip, list):
         return flip
+    if flip == "ssv2_tdn":
+        return transforms.tdn_flip_label_map(len(info.label_names or []) or 174)
     raise ConfigError(
-        source, f"{key}.flip", f"must be true, false, 'manifest' or a list. Received: {flip!r}"
+        source, f"{key}.flip", "must be false (no flips), true or 'manifest' (the "
+        "manifest's label map), 'ssv2_tdn' (TDN's SSv2 policy: all flip, 3 pairs swap), "
+        "'keep_labels' (flip, labels unchanged: appearance "
+        f"datasets) or a list (label after flipping, -1 = never). Received: {flip!r}"
     )
 
 
@@ -179,6 +207,10 @@ def make_train_dataset(block, info, source, key, *, seed):
     fmap = flip_map(block, info, source, key)
     if fmap is not None:
         extra["flip_label_map"] = fmap
+    elif block.get("flip", False) in (False, None):
+        # The pipeline flips with labels unchanged by default; a motion dataset
+        # (SSv2, the synthetic set) must not, so `flip: false` means none.
+        extra["flip_prob"] = 0.0
     kwargs = _pipeline_kwargs(pipeline.train_dataset, block, source, key, extra)
     try:
         return pipeline.train_dataset(info.files, **kwargs)
@@ -257,14 +289,14 @@ def make_loss(stage, source):
         raise ConfigError(source, f"loss.{name}", str(err)) from None
 
 
-def make_optimizer(stage, source, *, steps_per_epoch):
+def make_optimizer(stage, source, *, steps_per_epoch, global_batch=None):
     block = stage.get("optimizer") or {"Adam": {}}
     name, kwargs = split_component(block, source, "optimizer", OPTIMIZERS)
     lr = kwargs.get("learning_rate")
     if isinstance(lr, (dict, str)):
         kwargs["learning_rate"] = build_component(
             lr, source, f"optimizer.{name}.learning_rate", SCHEDULES,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=steps_per_epoch, global_batch=global_batch,
         )
     try:
         return OPTIMIZERS[name](**kwargs)
@@ -272,6 +304,37 @@ def make_optimizer(stage, source, *, steps_per_epoch):
         raise ConfigError(source, f"optimizer.{name}", str(err)) from None
 
 
+def validate_stage(stage, source):
+    """Checks names and arguments of a stage without building or reading data.
+
+    Raises ConfigError on the first unknown component, argument or pipeline
+    option. Nested schedules (e.g. `LinearScaled.schedule`) are checked too.
+    """
+    train_loop_config(stage, source)
+    metric_names(stage, source)
+    split_component(stage.get("model"), source, "model", MODELS)
+    split_component(stage.get("loss") or {"SparseCategoricalCrossentropy": {}}, source,
+                    "loss", LOSSES)
+    name, kwargs = split_component(stage.get("optimizer") or {"Adam": {}}, source,
+                                   "optimizer", OPTIMIZERS)
+    key, lr = f"optimizer.{name}.learning_rate", kwargs.get("learning_rate")
+    while isinstance(lr, (dict, str)):
+        sname, skwargs = split_component(lr, source, key, SCHEDULES)
+        key, lr = f"{key}.{sname}.schedule", skwargs.get("schedule")
+    for role, block in (stage.get("datasets") or {}).items():
+        fn = pipeline.train_dataset if role == "train" else pipeline.eval_dataset
+        extra = {"with_ids": True} if role != "train" else {}
+        _pipeline_kwargs(fn, block, source, f"datasets.{role}", extra)
+
+
 def current_lr(optimizer):
+    """The base learning rate now (per-variable multipliers not included)."""
     lr = optimizer.learning_rate
     return float(keras.ops.convert_to_numpy(lr))
+
+
+def plateau_controller(optimizer):
+    """The optimizer's ReduceOnPlateau schedule, or None."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    schedule = getattr(inner, "_learning_rate", None)
+    return schedule if isinstance(schedule, ReduceOnPlateau) else None

@@ -35,10 +35,7 @@ class TrainingDiverged(RuntimeError):
 
 
 STEP_CSV_FIELDS = ("step", "epoch", "loss", "lr", "clips_per_s")
-CSV_FIELDS = (
-    "epoch", "step", "loss", "top1", "top5", "lr", "clips_per_s",
-    "val_loss", "val_top1", "val_top5", "time",
-)
+TRAIN_CSV_FIELDS = ("epoch", "step", "loss", "top1", "top5", "lr", "clips_per_s")
 
 
 def stage_dirs(experiment_dir, stage_index):
@@ -100,15 +97,35 @@ class Stage:
         self.dirs = stage_dirs(experiment_dir, stage_index)
         self.stage_index = stage_index
         datasets = stage.get("datasets") or {}
-        if "train" not in datasets and "val" not in datasets:
-            raise ConfigError(source, "datasets", "needs a `train` and/or `val` dataset.")
-        self.train_info = self.val_info = None
+        self.val_keys = [k for k in datasets if k == "val" or k.startswith("val_")]
+        if "train" not in datasets and not self.val_keys:
+            raise ConfigError(source, "datasets", "needs a `train` and/or `val` dataset "
+                              "(several validation sets are named val_<name>).")
+        unknown = [k for k in datasets if k != "train" and k not in self.val_keys]
+        if unknown:
+            raise ConfigError(source, f"datasets.{unknown[0]}", "unknown dataset role. "
+                              "Accepted: train, val, val_<name>")
+        self.train_info = None
         if "train" in datasets:
             self.train_info = builders.dataset_info(datasets["train"], source, "datasets.train")
-        if "val" in datasets:
-            self.val_info = builders.dataset_info(datasets["val"], source, "datasets.val")
+        self.val_sets = {}
+        for key in self.val_keys:
+            info = builders.dataset_info(datasets[key], source, f"datasets.{key}")
+            matrix = builders.class_matrix(datasets[key], source, f"datasets.{key}")
+            self.val_sets[key] = (datasets[key], info, matrix)
+        self.val_info = self.val_sets[self.val_keys[0]][1] if self.val_keys else None
+        self.csv_fields = list(TRAIN_CSV_FIELDS)
+        for key, (_, _, matrix) in self.val_sets.items():
+            prefix = "val_" if key == "val" else f"{key}/"
+            names = ("top1", "top5") if matrix is not None else ("loss", "top1", "top5")
+            self.csv_fields += [prefix + n for n in names]
+        self.csv_fields.append("time")
         info = self.train_info or self.val_info
         self.label_names = info.label_names
+        # Zero-shot: the train set's class-name embeddings are the targets.
+        self.train_matrix = None
+        if "train" in datasets:
+            self.train_matrix = builders.class_matrix(datasets["train"], source, "datasets.train")
         seed = int(self.loop["seed"])
         if self.loop["deterministic"]:
             tf.config.experimental.enable_op_determinism()
@@ -122,6 +139,8 @@ class Stage:
         policy = self.loop["mixed_precision"] or "float32"
         with strategy.scope():
             num_classes = len(self.label_names) if self.label_names else None
+            if self.train_matrix is not None:
+                num_classes = None  # an embedding head, not a classifier
             keras.mixed_precision.set_global_policy(policy)
             try:
                 self.model = builders.make_model(stage, source, num_classes=num_classes)
@@ -133,7 +152,8 @@ class Stage:
                 builders.synchronize_batchnorm(self.model)
             self.loss_fn = builders.make_loss(stage, source)
             self.optimizer = builders.make_optimizer(
-                stage, source, steps_per_epoch=self.steps_per_epoch
+                stage, source, steps_per_epoch=self.steps_per_epoch,
+                global_batch=self.global_batch,
             )
             if policy == "mixed_float16":
                 # float16 gradients underflow without a dynamic loss scale.
@@ -142,7 +162,6 @@ class Stage:
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.val_block = datasets.get("val")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
             rng=seed_generator_states(self.model),
@@ -191,10 +210,19 @@ class Stage:
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
         global_batch = self.global_batch
 
+        matrix = None if self.train_matrix is None else tf.constant(self.train_matrix)
+
         def step_fn(clips, labels):
             with tf.GradientTape() as tape:
-                logits = tf.cast(model(clips, training=True), tf.float32)
-                per_example = loss_fn(labels, logits)
+                outputs = tf.cast(model(clips, training=True), tf.float32)
+                if matrix is None:
+                    logits = outputs
+                    per_example = loss_fn(labels, outputs)
+                else:
+                    # Regress the class-name embedding; rank classes by cosine.
+                    per_example = loss_fn(tf.gather(matrix, labels), outputs)
+                    logits = tf.matmul(tf.math.l2_normalize(outputs, axis=-1), matrix,
+                                       transpose_b=True)
                 # Gradients are summed over replicas, so each replica divides by
                 # the GLOBAL batch: the sum is then the mean over all examples.
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
@@ -250,32 +278,50 @@ class Stage:
 
         return tf.function(lambda: self.strategy.run(sync_fn))
 
-    def _predict_fn(self):
+    def _predict_fn(self, *, zero_shot):
         model = self.model
 
         @tf.function(reduce_retracing=True)
         def predict(clips):
-            # (B, V, T, H, W, C): views folded into the batch, softmax averaged.
+            # (B, V, T, H, W, C): views folded into the batch, then averaged:
+            # softmax scores for a classifier, L2-normalized features for an
+            # embedding model (the zero-shot recipe's clip averaging).
             shape = tf.shape(clips)
             flat = tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0))
-            logits = tf.cast(model(flat, training=False), tf.float32)
-            probs = tf.nn.softmax(logits, axis=-1)
-            return tf.reduce_mean(tf.reshape(probs, [shape[0], shape[1], -1]), axis=1)
+            outputs = tf.cast(model(flat, training=False), tf.float32)
+            if not zero_shot:
+                outputs = tf.nn.softmax(outputs, axis=-1)
+            mean = tf.reduce_mean(tf.reshape(outputs, [shape[0], shape[1], -1]), axis=1)
+            return tf.math.l2_normalize(mean, axis=-1) if zero_shot else mean
 
         return predict
 
     # ---- evaluation ----------------------------------------------------------
-    def evaluate(self, predictions_path=None):
-        """Multi-view evaluation on `datasets.val`; returns metrics dict."""
-        if self.val_info is None:
+    def evaluate(self, predictions_dir=None):
+        """Multi-view evaluation on every validation set; returns metrics.
+
+        `datasets.val` reports `val_loss`, `val_top1`, `val_top5`; a set named
+        `val_<name>` reports `val_<name>/top1` etc. A set with
+        `class_embeddings` is scored zero-shot: cosine between the
+        clip-averaged, normalized features and its own class matrix.
+        """
+        if not self.val_sets:
             raise ConfigError(self.source, "datasets", "evaluation needs a `val` dataset.")
-        dataset = builders.make_eval_dataset(
-            self.val_block, self.val_info, self.source, "datasets.val"
-        )
-        predict = self._predict_fn()
+        metrics = {}
+        for key, (block, info, matrix) in self.val_sets.items():
+            prefix = "val_" if key == "val" else f"{key}/"
+            path = os.path.join(predictions_dir, f"predictions_{key}") if predictions_dir else None
+            out = self._evaluate_set(key, block, info, matrix, path)
+            metrics.update({prefix + k: v for k, v in out.items()})
+        return metrics
+
+    def _evaluate_set(self, key, block, info, matrix, predictions_path):
+        dataset = builders.make_eval_dataset(block, info, self.source, f"datasets.{key}")
+        predict = self._predict_fn(zero_shot=matrix is not None)
         ids, scores, labels = [], [], []
         for clips, batch_labels, batch_ids in dataset:
-            scores.append(predict(clips).numpy())
+            out = predict(clips).numpy()
+            scores.append(out if matrix is None else out @ matrix.T)
             labels.append(batch_labels.numpy())
             ids.extend(x.decode("utf-8") for x in batch_ids.numpy())
         scores = np.concatenate(scores)
@@ -283,16 +329,17 @@ class Stage:
         labelled = labels >= 0
         s, y = scores[labelled], labels[labelled]
         order = np.argsort(-s, axis=1, kind="stable")
+        nan = float("nan")
         metrics = {
-            "val_loss": float(-np.mean(np.log(np.maximum(s[np.arange(len(y)), y], 1e-12))))
-            if len(y) else float("nan"),
-            "val_top1": float(np.mean(order[:, 0] == y)) if len(y) else float("nan"),
-            "val_top5": float(np.mean((order[:, :5] == y[:, None]).any(axis=1)))
-            if len(y) else float("nan"),
-            "val_videos": int(len(ids)),
+            "top1": float(np.mean(order[:, 0] == y)) if len(y) else nan,
+            "top5": float(np.mean((order[:, :5] == y[:, None]).any(axis=1))) if len(y) else nan,
+            "videos": int(len(ids)),
         }
+        if matrix is None:
+            picked = s[np.arange(len(y)), y]
+            metrics["loss"] = float(-np.mean(np.log(np.maximum(picked, 1e-12)))) if len(y) else nan
         if predictions_path and self.chief:
-            names = self.label_names or [str(i) for i in range(scores.shape[1])]
+            names = info.label_names or [str(i) for i in range(scores.shape[1])]
             write_predictions(predictions_path, ids, scores, labels, names)
         return metrics
 
@@ -406,10 +453,21 @@ class Stage:
                 "time": elapsed,
             }
             last_epoch = step >= total
-            if self.val_info is not None and (
+            if self.val_sets and (
                 last_epoch or (epoch + 1) % int(loop["eval_every_epochs"]) == 0
             ):
                 metrics.update(self.evaluate())
+                plateau = builders.plateau_controller(self.optimizer)
+                if plateau is not None:
+                    if plateau.monitor not in metrics:
+                        raise ConfigError(
+                            self.source, "optimizer", f"ReduceOnPlateau monitors "
+                            f"{plateau.monitor!r}, which evaluation does not report. "
+                            f"Reported: {', '.join(sorted(metrics))}"
+                        )
+                    if plateau.update(metrics[plateau.monitor]) == "stop":
+                        log(f"learning rate fell below last_lr: stopping after epoch {epoch + 1}")
+                        total = step  # finishes this epoch as the last one
             self.epoch.assign(epoch + 1)
             manager.save(checkpoint_number=step)
             if self.chief:
@@ -445,14 +503,14 @@ class Stage:
     def _log_epoch(self, metrics, writer):
         new = not os.path.exists(self.dirs["csv"])
         with open(self.dirs["csv"], "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=self.csv_fields, extrasaction="ignore")
             if new:
                 w.writeheader()
-            w.writerow({k: metrics.get(k, "") for k in CSV_FIELDS})
+            w.writerow({k: metrics.get(k, "") for k in self.csv_fields})
         with writer.as_default(step=metrics["step"]):
             for k, v in metrics.items():
-                if k not in ("epoch", "step", "val_videos"):
-                    tf.summary.scalar(("val/" + k[4:]) if k.startswith("val_") else "train/" + k, v)
+                if not (k in ("epoch", "step") or k.endswith("videos")):
+                    tf.summary.scalar(k if k.startswith("val") else "train/" + k, v)
         writer.flush()
 
 
