@@ -20,10 +20,10 @@ demo: $(VENV)/.installed
 	$(PY) tools/make_synthetic.py --out $(DEMO_DIR)/synthetic --workers $(WORKERS)
 	$(PY) tools/convert_videos.py --dataset synthetic --annotations $(DEMO_DIR)/synthetic \
 		--videos $(DEMO_DIR)/synthetic/videos --split train --out $(DEMO_DIR)/records \
-		--short-side 72 --workers $(WORKERS)
+		--short-side 56 --workers $(WORKERS)
 	$(PY) tools/convert_videos.py --dataset synthetic --annotations $(DEMO_DIR)/synthetic \
 		--videos $(DEMO_DIR)/synthetic/videos --split validation --out $(DEMO_DIR)/records \
-		--short-side 72 --workers $(WORKERS)
+		--short-side 56 --workers $(WORKERS)
 	KF_DATA=$(DEMO_DIR)/records $(PY) runs/train.py $(DEMO_CONFIG) -r
 	KF_DATA=$(DEMO_DIR)/records $(PY) runs/train.py $(DEMO_CONFIG) -e
 

@@ -7,11 +7,12 @@ positions and per-frame noise are random; every video is drawn from
 `numpy.random.default_rng([seed, video_id])`, so a seed gives the same files
 whatever the number of workers.
 
-Sizes are chosen for the demo recipe (8-frame clips, step 2, a random crop of
-80-90 % of a 160x120 frame resized to ~64 px): objects span 20-40 % of the
-frame height; a 16-frame window moves an object 20-35 % of the frame or turns
-it 90-190 degrees (at most 24 degrees between sampled frames, below the
-45-degree symmetry of a square, so the direction is unambiguous).
+Sizes are chosen for the demo recipe (8-frame clips every 4th frame, so a
+clip spans the whole 2-3 s video; a random crop of 80-100 % of the frame
+resized to 48 px): objects span 28-40 % of the frame height on a
+low-contrast texture; a clip moves an object 45-65 % of the frame or turns
+it 140-290 degrees, at most 36 degrees between sampled frames (below the
+45-degree symmetry of a square or cross, so the direction is unambiguous).
 
 Output (SSv2 style):
     {out}/videos/<id>.mp4              H.264 yuv420p (or VP9 .webm)
@@ -132,7 +133,7 @@ def _background(rng, height, width):
     coarse = cv2.resize(coarse.astype(np.float32), (width, height),
                         interpolation=cv2.INTER_CUBIC)
     grain = rng.normal(0, 1, size=(height, width, 3)).astype(np.float32)
-    image = base + rng.uniform(15, 35) * coarse + rng.uniform(4, 10) * grain
+    image = base + rng.uniform(10, 22) * coarse + rng.uniform(3, 7) * grain
     return image.astype(np.float32), base
 
 
@@ -149,7 +150,7 @@ def _trajectory(motion, rng, num_frames, height, width):
     """Per-frame centre (x, y), angle (rad) and half-size (px)."""
     t = np.linspace(0.0, 1.0, num_frames)
     angle = np.full(num_frames, rng.uniform(0, 2 * np.pi))
-    size = np.full(num_frames, rng.uniform(0.11, 0.17) * height)
+    size = np.full(num_frames, rng.uniform(0.14, 0.2) * height)
     margin = size[0] + 2
     cx = np.full(num_frames, rng.uniform(margin, width - margin))
     cy = np.full(num_frames, rng.uniform(margin, height - margin))
@@ -165,7 +166,10 @@ def _trajectory(motion, rng, num_frames, height, width):
         else:
             cy = path if dy > 0 else extent - path
     elif motion.kind == "rotate":
-        step = math.radians(rng.uniform(6.0, 12.0)) * motion.direction[0]
+        # At most 9 degrees a frame: a clip sampled every 4th frame then turns
+        # <= 36 degrees between samples, under the 45 degrees at which a
+        # square or cross (4-fold symmetric) would look like turning back.
+        step = math.radians(rng.uniform(5.0, 9.0)) * motion.direction[0]
         angle = angle + step * np.arange(num_frames)
     elif motion.kind == "scale":
         small = rng.uniform(0.06, 0.08) * height

@@ -9,23 +9,34 @@ import tensorflow as tf
 
 from klassterfork.data import records
 
-LABELS = ["moving left to right", "moving right to left"]
+LABELS = ["moving left to right", "moving right to left", "moving up", "moving down"]
+
+
+FLIPPED = {0: 1, 1: 0, 2: 2, 3: 3}  # horizontal flip: left <-> right
 
 
 def motion_video(label, rng, *, num_frames=8, size=40, box=12):
-    """A bright square sliding right (label 0) or left (label 1) over noise."""
+    """A bright square sliding right (0), left (1), up (2) or down (3) over noise."""
     frames = rng.integers(0, 60, size=(num_frames, size, size, 3), dtype=np.uint8)
-    top = int(rng.integers(0, size - box))
+    fixed = int(rng.integers(0, size - box))
     span = size - box
     for t in range(num_frames):
-        x = round(span * t / (num_frames - 1))
-        x = x if label == 0 else span - x
-        frames[t, top:top + box, x:x + box] = 230
+        p = round(span * t / (num_frames - 1))
+        p = p if label in (0, 3) else span - p
+        if label < 2:
+            frames[t, fixed:fixed + box, p:p + box] = 230
+        else:
+            frames[t, p:p + box, fixed:fixed + box] = 230
     return frames
 
 
-def write_split(out_dir, split, num_videos, *, seed, num_shards=2, num_frames=8):
-    """Writes `{split}-*.tfrecord` + `{split}.manifest.json`; returns the paths."""
+def write_split(out_dir, split, num_videos, *, seed, num_shards=2, num_frames=8,
+                classes=(0, 1)):
+    """Writes `{split}-*.tfrecord` + `{split}.manifest.json`; returns the paths.
+
+    Videos cycle through `classes` (indices into LABELS); the split's label
+    map is those classes in that order, so labels are 0..len(classes)-1.
+    """
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = [
@@ -34,20 +45,21 @@ def write_split(out_dir, split, num_videos, *, seed, num_shards=2, num_frames=8)
     ]
     writers = [tf.io.TFRecordWriter(p) for p in paths]
     for i in range(num_videos):
-        label = i % 2
-        video = motion_video(label, rng, num_frames=num_frames)
+        label = i % len(classes)
+        video = motion_video(classes[label], rng, num_frames=num_frames)
         frames = [tf.io.encode_jpeg(f, quality=95).numpy() for f in video]
         writers[i % num_shards].write(records.write(
             video_id=f"{split}_{i}", frames=frames, labels=[label],
-            label_text=LABELS[label], fps=12.0, height=40, width=40,
+            label_text=LABELS[classes[label]], fps=12.0, height=40, width=40,
         ))
     for w in writers:
         w.close()
     manifest = {
         "split": split,
         "counts": {"written": num_videos},
-        "label_names": LABELS,
-        "flip_label_map": [1, 0],
+        "label_names": [LABELS[c] for c in classes],
+        "flip_label_map": [classes.index(FLIPPED[c]) if FLIPPED[c] in classes else -1
+                           for c in classes],
     }
     with open(os.path.join(out_dir, f"{split}.manifest.json"), "w") as f:
         json.dump(manifest, f)
