@@ -129,8 +129,8 @@ def main(argv=None):
     for name in args.models:
         _, kwargs, baseline = CASES[name]
         seconds = keras_seconds(name, args.batch, args.steps)
-        shape = kwargs.get("input_shape") or (kwargs["num_frames"], kwargs["image_size"],
-                                              kwargs["image_size"], 3)
+        size = kwargs.get("image_size")
+        shape = kwargs.get("input_shape") or (kwargs.get("num_frames"), size, size, 3)
         row = f"| {name} | {'x'.join(map(str, shape))} | {args.batch / seconds:.2f} |"
         if baseline and torch_version:
             base = torch_seconds(baseline, args.batch, args.steps)

@@ -149,7 +149,8 @@ def ms_module(x, *, num_segments, name):
                                       name=f"{name}_refine{i}_dw")(flow)
         flow = layers.ReLU(name=f"{name}_refine{i}_dw_relu")(
             _bn(flow, f"{name}_refine{i}_dw_bn"))
-        flow = layers.Conv2D(width, 1, use_bias=False, name=f"{name}_refine{i}_pw")(flow)
+        flow = layers.Conv2D(width, 1, use_bias=False,
+                             name=f"{name}_refine{i}_pw")(flow)
         flow = layers.ReLU(name=f"{name}_refine{i}_pw_relu")(
             _bn(flow, f"{name}_refine{i}_pw_bn"))
     return layers.Add(name=f"{name}_out")([x, flow])

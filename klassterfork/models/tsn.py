@@ -210,7 +210,7 @@ def TSN(
     Returns:
         `keras.Model`: (B, S * F, H, W, 3) -> (B, num_classes) logits.
         Trainable parameters at 174 classes: 23,864,558 ("none", "tsm"),
-        24,410,574 ("tdn").
+        24,410,574 ("tdn"), "tsm" + 70,785 MotionSqueeze ("msn").
 
     Raises:
         ValueError: unknown `temporal` / `depth`, or a frame count that is not

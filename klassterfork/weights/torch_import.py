@@ -106,7 +106,9 @@ def torch_prefix(family, layer_name):
             part = {"fc1": "mlp.fc1", "fc2": "mlp.fc2"}.get(part, part)
             return f"blocks.{i}.{part}"
         return None
-    raise ValueError(f"`family` must be one of {list(FAMILIES)}. Received: family={family!r}")
+    raise ValueError(
+        f"`family` must be one of {list(FAMILIES)}. Received: family={family!r}"
+    )
 
 
 def normalize_keys(state_dict):
@@ -158,7 +160,8 @@ def load_state_dict(path):
         import torch
     except ImportError as err:  # torch is an optional extra
         raise ImportError(
-            "Reading a PyTorch checkpoint needs torch: pip install 'klassterfork[torch]'"
+            "Reading a PyTorch checkpoint needs torch: "
+            "pip install 'klassterfork[torch]'"
         ) from err
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "module"):
@@ -199,7 +202,8 @@ def _to_keras(layer, prefix, sd):
     if kind in ("Conv2D", "Conv3D", "Dense"):
         keys = [f"{prefix}.weight"] + ([f"{prefix}.bias"] if layer.use_bias else [])
     elif kind == "BatchNormalization":
-        keys = [f"{prefix}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+        stats = ("weight", "bias", "running_mean", "running_var")
+        keys = [f"{prefix}.{k}" for k in stats]
     elif kind == "LayerNormalization":
         keys = [f"{prefix}.weight", f"{prefix}.bias"]
     elif kind == "QVBiasAttention":
@@ -225,7 +229,9 @@ def _to_keras(layer, prefix, sd):
     return arrays, keys
 
 
-def import_state_dict(model, state_dict, *, family=None, load_head=True, source="checkpoint"):
+def import_state_dict(
+    model, state_dict, *, family=None, load_head=True, source="checkpoint"
+):
     """Copies a PyTorch state dict into a Keras model, in place.
 
     Args:
@@ -261,7 +267,8 @@ def import_state_dict(model, state_dict, *, family=None, load_head=True, source=
         if prefix is None:
             raise ValueError(
                 f"{source}: layer '{layer.name}' of model '{model.name}' has no "
-                f"{family} PyTorch name (supported: the torchvision / VideoMAE layouts)."
+                f"{family} PyTorch name (supported: the torchvision / VideoMAE "
+                "layouts)."
             )
         try:
             arrays, keys = _to_keras(layer, prefix, sd)

@@ -66,7 +66,9 @@ def test_msn_tsn_shapes_count_and_round_trip(tmp_path):
                          depth=26, input_shape=(3, 32, 32, 3))
     tsm = models.build("TSN", num_classes=4, temporal="tsm", num_segments=3,
                        depth=26, input_shape=(3, 32, 32, 3))
-    count = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)  # noqa: E731
+    def count(m):
+        return sum(int(np.prod(w.shape)) for w in m.trainable_weights)
+
     refine, c_in = 0, 3
     for c_out in (16, 32, 64, 512):
         refine += 9 * c_in + 2 * c_in + c_in * c_out + 2 * c_out
