@@ -11,8 +11,9 @@ Sizes are chosen for the demo recipe (8-frame clips every 4th frame, so a
 clip spans the whole 2-3 s video; a random crop of 80-100 % of the frame
 resized to 48 px): objects span 28-40 % of the frame height on a
 low-contrast texture; a clip moves an object 45-65 % of the frame or turns
-it 140-290 degrees, at most 36 degrees between sampled frames (below the
-45-degree symmetry of a square or cross, so the direction is unambiguous).
+it 170-360 degrees, at most 40 degrees between sampled frames; rotation
+classes use only the triangle, arrow and L-shape, so that angle stays below
+half of any shape's rotational symmetry and the direction is unambiguous.
 
 Output (SSv2 style):
     {out}/videos/<id>.mp4              H.264 yuv420p (or VP9 .webm)
@@ -124,6 +125,9 @@ SHAPES = {
     ),
 }
 SHAPE_NAMES = tuple(SHAPES)
+# Rotation classes use shapes with little or no rotational symmetry: a square
+# or cross turned 36 degrees looks the same as one turned back 54 degrees.
+ROTATION_SHAPES = ("triangle", "arrow", "L-shape")
 
 
 def _background(rng, height, width):
@@ -166,10 +170,10 @@ def _trajectory(motion, rng, num_frames, height, width):
         else:
             cy = path if dy > 0 else extent - path
     elif motion.kind == "rotate":
-        # At most 9 degrees a frame: a clip sampled every 4th frame then turns
-        # <= 36 degrees between samples, under the 45 degrees at which a
-        # square or cross (4-fold symmetric) would look like turning back.
-        step = math.radians(rng.uniform(5.0, 9.0)) * motion.direction[0]
+        # 7-10 degrees a frame: a clip sampled every 4th frame turns 28-40
+        # degrees between samples, under the 60 degrees at which a triangle
+        # (the most symmetric rotation shape) would look like turning back.
+        step = math.radians(rng.uniform(7.0, 10.0)) * motion.direction[0]
         angle = angle + step * np.arange(num_frames)
     elif motion.kind == "scale":
         small = rng.uniform(0.06, 0.08) * height
@@ -203,7 +207,8 @@ def render_video(class_index, rng, *, num_frames, height=120, width=160):
             f"`class_index` must be in [0, {len(CLASSES)}). Received: {class_index}"
         )
     motion = CLASSES[class_index]
-    shape_name = SHAPE_NAMES[rng.integers(len(SHAPE_NAMES))]
+    names = ROTATION_SHAPES if motion.kind == "rotate" else SHAPE_NAMES
+    shape_name = names[rng.integers(len(names))]
     outline = SHAPES[shape_name]
     background, mean = _background(rng, height, width)
     colour = _object_colour(rng, mean)
