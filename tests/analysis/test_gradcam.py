@@ -12,7 +12,8 @@ from klassterfork.analysis import gradcam
 from klassterfork.cli import gradcam as gradcam_cli
 from klassterfork.cli import predict
 from tests.evaluation.test_predict_cli import trained_tiny_model, write_motion_video
-from tests.training.tiny_data import LABELS, motion_video
+from tests.training.tiny_data import ALL_LABELS as LABELS
+from tests.training.tiny_data import motion_video
 
 
 def tiny_cam_model(seed=0, hidden=None):
@@ -149,8 +150,8 @@ def test_trained_model_looks_at_the_moving_object(experiment):
     model, transform, _ = predict.load_setup(str(experiment / "stage0" / "model.keras"))
     rng = np.random.default_rng(11)
     inside, outside = [], []
-    for i in range(6):
-        label = i % 2
+    for i in range(8):
+        label = i % 4
         frames = motion_video(label, rng)
         views = predict.video_views(frames, **transform["view"])
         inputs = np.asarray(predict.model_input(views, transform["norm"]))

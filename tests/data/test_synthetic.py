@@ -181,8 +181,11 @@ def test_motion_direction_is_in_the_decoded_videos(dataset):
     seen = collections.Counter()
     for entry in annotation.entries:
         frames = video.decode_video(entry.path).frames
-        vx, vy, curl, div = motion_statistics(frames)
         name = annotation.label_names[entry.labels[0]]
+        # Growth is slow per frame: 4-frame steps keep Farneback's divergence
+        # well above its noise (the demo recipe samples every 4th frame too).
+        step = 4 if ("growing" in name or "shrinking" in name) else 2
+        vx, vy, curl, div = motion_statistics(frames, step=step)
         checks = {
             "Moving something from left to right": vx > 1 and vx > 3 * abs(vy),
             "Moving something from right to left": -vx > 1 and -vx > 3 * abs(vy),

@@ -12,13 +12,14 @@ import tensorflow as tf
 from klassterfork.cli import predict
 from klassterfork.data import pipeline, records
 from klassterfork.data.synthetic import write_video
-from tests.training.tiny_data import LABELS, motion_video, tiny_config, write_split
+from tests.training.tiny_data import ALL_LABELS as LABELS
+from tests.training.tiny_data import motion_video, tiny_config, write_split
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def trained_tiny_model(tmp_path_factory):
-    """A 2-class R(2+1)D trained on the tiny motion records (about 20 s).
+    """A 4-class (left/right/up/down) R(2+1)D trained on tiny motion records.
 
     Built once per pytest session (under the session's base temp folder), so
     the Grad-CAM tests reuse it. Returns the experiment folder.
@@ -30,11 +31,15 @@ def trained_tiny_model(tmp_path_factory):
     if (exp / "stage0" / "model.keras").exists():
         return exp
     data = root / "data"
-    write_split(str(data), "train", 32, seed=0)
-    write_split(str(data), "validation", 8, seed=1)
-    config = json.loads(tiny_config(data, exp, epochs=4, checkpoint_every_steps=1000,
+    # Four directions, not two: in a binary model one class's evidence is the
+    # other's negated, and Grad-CAM's ReLU would blank it.
+    write_split(str(data), "train", 64, seed=0, classes=(0, 1, 2, 3))
+    write_split(str(data), "validation", 16, seed=1, classes=(0, 1, 2, 3))
+    config = json.loads(tiny_config(data, exp, epochs=20, checkpoint_every_steps=1000,
                                      deterministic=True))
     config["model"]["R2Plus1D"]["dropout"] = 0.0
+    config["optimizer"]["Adam"]["learning_rate"] = 3e-3
+    config["datasets"]["train"]["batch_size"] = 8  # 100 % train/val top-1 here
     path = root / "tiny.hjson"
     path.write_text(json.dumps(config))
     assert train([str(path)]) == 0
@@ -123,7 +128,7 @@ def write_motion_video(path, label, seed):
 
 def test_predicts_true_class_of_synthetic_videos(experiment, tmp_path, capsys):
     model = str(experiment / "stage0" / "model.keras")
-    videos = [write_motion_video(tmp_path / f"v{i}.mp4", i % 2, seed=100 + i)
+    videos = [write_motion_video(tmp_path / f"v{i}.mp4", i % 4, seed=100 + i)
               for i in range(4)]
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"{i},{n}\n" for i, n in enumerate(LABELS)))
@@ -133,8 +138,8 @@ def test_predicts_true_class_of_synthetic_videos(experiment, tmp_path, capsys):
     for i, result in enumerate(doc["videos"]):
         assert result["ok"] and result["num_views"] == 2 and result["num_frames"] == 8
         top = result["top_k"]
-        assert [t["index"] for t in top][0] == i % 2, result
-        assert top[0]["label"] == LABELS[i % 2]
+        assert [t["index"] for t in top][0] == i % 4, result
+        assert top[0]["label"] == LABELS[i % 4]
         assert sum(t["probability"] for t in top) == pytest.approx(1.0, abs=1e-6)
     # Text output: the file, then "prob -> label" lines, highest first.
     assert predict.main([videos[1], "--model", model, "--top-k", "1"]) == 0
@@ -181,7 +186,7 @@ def test_errors_name_the_file_and_continue(experiment, tmp_path, capsys):
     three = tmp_path / "three.txt"
     three.write_text("a\nb\nc\n")
     assert predict.main([good, "--model", model, "--labels", str(three)]) == 2
-    assert "3 class names for a model with 2 outputs" in capsys.readouterr().err
+    assert "3 class names for a model with 4 outputs" in capsys.readouterr().err
 
 
 def test_every_real_video_decodes_to_a_probability_vector(experiment, capsys):

@@ -12,7 +12,7 @@ import pytest
 from klassterfork.cli.train import main
 from klassterfork.evaluation import zero_shot
 from klassterfork.evaluation.predictions import read_predictions
-from tests.training.tiny_data import LABELS, write_split
+from tests.training.tiny_data import ALL_LABELS, write_split
 
 GLOVE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "wordvec",
                      "glove.6B.50d.classnames.txt")
@@ -35,8 +35,8 @@ def test_embedding_training_and_zero_shot_eval_on_held_out_classes(tmp_path):
     data = tmp_path / "data"
     write_split(str(data / "seen"), "train", 24, seed=0, classes=(0, 1))
     write_split(str(data / "unseen"), "validation", 8, seed=1, classes=(2, 3))
-    np.save(tmp_path / "seen.npy", class_vectors([LABELS[0], LABELS[1]]))
-    np.save(tmp_path / "unseen.npy", class_vectors([LABELS[2], LABELS[3]]))
+    np.save(tmp_path / "seen.npy", class_vectors([ALL_LABELS[0], ALL_LABELS[1]]))
+    np.save(tmp_path / "unseen.npy", class_vectors([ALL_LABELS[2], ALL_LABELS[3]]))
     exp = tmp_path / "exp"
     config = {
         "meta": {"experiment_dir": str(exp)},
