@@ -83,6 +83,9 @@ def run(stages, source, args):
     from klassterfork.training import strategy as strategies
     from klassterfork.training.trainer import Stage, stage_dirs, write_json_atomic
 
+    for stage in stages:
+        # Names and arguments first: a typo fails in a second, before any data is read.
+        builders.validate_stage(stage, source)
     first_loop = builders.train_loop_config(stages[0], source)
     if first_loop["logical_cpu_devices"]:
         strategies.split_cpu(first_loop["logical_cpu_devices"])
