@@ -57,6 +57,11 @@ def build_parser():
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when any video fails to decode")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--flow", choices=("farneback", "import"), default=None,
+                        help="store optical flow (frame-folder datasets): computed "
+                             "with Farneback, or the folder's x_/y_ images")
+    parser.add_argument("--flow-bound", type=float, default=20.0,
+                        help="flow clipping bound in pixels (default 20)")
     return parser
 
 
@@ -101,6 +106,8 @@ def main(argv=None):
             jpeg_quality=args.jpeg_quality,
             strict=args.strict,
             progress=not args.quiet,
+            flow=args.flow,
+            flow_bound=args.flow_bound,
             source={"dataset": name, "annotations": annotations,
                     "videos": args.videos, "options": options},
         )

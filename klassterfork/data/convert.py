@@ -36,6 +36,7 @@ import tensorflow as tf
 import tqdm
 
 from klassterfork.data import records, video
+from klassterfork.data.sources import frame_list
 
 LOG = logging.getLogger(__name__)
 
@@ -154,12 +155,25 @@ def _init_worker():
     video.cv2.setNumThreads(1)
 
 
-def _run_tasks(paths, options, workers):
-    """Yields (index, EncodedVideo or Exception) in order of `paths`."""
+def _encode(entry, options):
+    """One worker task: a video file, or a frame folder (`FrameEntry`)."""
+    if isinstance(entry, frame_list.FrameEntry):
+        return frame_list.encode_entry(entry, **options)
+    if options.get("flow"):
+        raise ValueError(
+            f"optical flow is computed for frame-folder datasets only (--dataset frames); "
+            f"{entry.path} is a video file"
+        )
+    kwargs = {k: v for k, v in options.items() if k not in ("flow", "flow_bound")}
+    return video.decode_to_jpeg(entry.path, **kwargs)
+
+
+def _run_tasks(entries, options, workers):
+    """Yields EncodedVideo or Exception per entry, in order."""
     if workers <= 1:
-        for path in paths:
+        for entry in entries:
             try:
-                yield video.decode_to_jpeg(path, **options)
+                yield _encode(entry, options)
             except Exception as e:  # reported per video; the run goes on
                 yield e
         return
@@ -170,9 +184,9 @@ def _run_tasks(paths, options, workers):
         initializer=_init_worker,
     ) as pool:
         pending = collections.deque()
-        it = iter(paths)
-        for path in it:
-            pending.append(pool.submit(video.decode_to_jpeg, path, **options))
+        it = iter(entries)
+        for entry in it:
+            pending.append(pool.submit(_encode, entry, options))
             if len(pending) >= 2 * workers + 2:
                 break
         while pending:
@@ -183,8 +197,8 @@ def _run_tasks(paths, options, workers):
                 raise
             except Exception as e:  # reported per video; the run goes on
                 result = e
-            for path in it:
-                pending.append(pool.submit(video.decode_to_jpeg, path, **options))
+            for entry in it:
+                pending.append(pool.submit(_encode, entry, options))
                 break
             yield result
 
@@ -209,8 +223,14 @@ def convert(
     strict=False,
     progress=True,
     source=None,
+    flow=None,
+    flow_bound=20.0,
 ):
     """Converts one split to TFRecord shards (see the module docstring).
+
+    Frame-folder entries (`--dataset frames`) are stored without re-encoding
+    when already at the target size; `flow` ("farneback" or "import") adds
+    `flow/x`, `flow/y` JPEGs clipped to `flow_bound` (frame folders only).
 
     Args:
         annotation: `sources.Annotation`.
@@ -261,8 +281,10 @@ def convert(
         "jpeg_quality": int(jpeg_quality),
         "num_shards": num_shards,
     }
+    if flow is not None:
+        settings["flow"], settings["flow_bound"] = flow, float(flow_bound)
     options = dict(short_side=short_side, fps=fps, max_frames=max_frames,
-                   quality=int(jpeg_quality))
+                   quality=int(jpeg_quality), flow=flow, flow_bound=float(flow_bound))
     shards = shard_assignment(len(entries), num_shards)
     names = [records.shard_name(split, k, num_shards) for k in range(num_shards)]
     reports, todo = {}, []
@@ -281,7 +303,7 @@ def convert(
         disable=not progress,
         file=sys.stderr,
     )
-    jobs = [entries[i].path for k in todo for i in shards[k]]
+    jobs = [entries[i] for k in todo for i in shards[k]]
     results = _run_tasks(jobs, options, workers)
     for k in todo:
         reports[k] = _write_shard(
@@ -329,6 +351,9 @@ def _write_shard(out_dir, name, members, results, settings, bar):
                 height=result.height,
                 width=result.width,
                 source=entry.path,
+                flow_x=getattr(result, "flow_x", None),
+                flow_y=getattr(result, "flow_y", None),
+                flow_bound=getattr(result, "flow_bound", None),
             ))
             written += 1
             frames += len(result.frames)
