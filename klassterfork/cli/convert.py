@@ -62,7 +62,46 @@ def build_parser():
                              "with Farneback, or the folder's x_/y_ images")
     parser.add_argument("--flow-bound", type=float, default=20.0,
                         help="flow clipping bound in pixels (default 20)")
+    parser.add_argument("--label-remap", metavar="FILE", default=None,
+                        help="label_remap.json from tools/class_overlap.py: drop the "
+                             "removed classes' videos and re-index the rest")
     return parser
+
+
+def apply_label_remap(annotation, path):
+    """Drops videos of removed classes and re-indexes labels (zero-shot filtering).
+
+    Args:
+        annotation: Annotation.
+        path: `label_remap.json` with `old_to_new` (new index per old class,
+            -1 = removed), as written by `tools/class_overlap.py`.
+
+    Returns:
+        (Annotation, number of videos dropped).
+    """
+    import dataclasses
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        old_to_new = json.load(f)["old_to_new"]
+    if len(old_to_new) != len(annotation.label_names):
+        raise ValueError(
+            f"{path}: old_to_new has {len(old_to_new)} classes but the annotation has "
+            f"{len(annotation.label_names)}"
+        )
+    names = [None] * (max(old_to_new) + 1)
+    for old, new in enumerate(old_to_new):
+        if new >= 0:
+            names[new] = annotation.label_names[old]
+    entries, dropped = [], 0
+    for entry in annotation.entries:
+        new = [old_to_new[label] for label in entry.labels]
+        if entry.labels and all(n < 0 for n in new):
+            dropped += 1
+            continue
+        entries.append(dataclasses.replace(entry, labels=tuple(n for n in new if n >= 0)))
+    return dataclasses.replace(annotation, entries=entries, label_names=names,
+                               flip_label_map=None), dropped
 
 
 def main(argv=None):
@@ -91,7 +130,11 @@ def main(argv=None):
         annotation = SOURCES[name](
             annotations=annotations, videos=args.videos, split=args.split, **options
         )
-    except (ValueError, OSError) as e:
+        if args.label_remap:
+            annotation, dropped = apply_label_remap(annotation, args.label_remap)
+            print(f"{args.label_remap}: dropped {dropped} videos of removed classes; "
+                  f"{len(annotation.label_names)} classes remain", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as e:
         parser.error(str(e))
     try:
         manifest = convert_lib.convert(

@@ -67,3 +67,24 @@ def test_flow_on_video_files_is_a_clear_error(tmp_path):
     with open(out / "train.manifest.json") as f:
         failed = json.load(f)["failed"]
     assert "frame-folder datasets only" in failed[0]["reason"]
+
+
+def test_label_remap_drops_removed_classes_and_reindexes(tmp_path):
+    import json
+
+    from klassterfork.cli.convert import apply_label_remap
+    from klassterfork.data.sources import Annotation, VideoEntry
+
+    annotation = Annotation(
+        entries=[VideoEntry(f"v{i}", f"/v{i}.mp4", (i % 3,), "") for i in range(6)],
+        label_names=["a", "b", "c"], flip_label_map=[0, 1, 2])
+    remap = tmp_path / "label_remap.json"
+    remap.write_text(json.dumps({"old_to_new": [0, -1, 1]}))  # class "b" removed
+    out, dropped = apply_label_remap(annotation, str(remap))
+    assert dropped == 2
+    assert out.label_names == ["a", "c"]
+    assert [(e.video_id, e.labels) for e in out.entries] == [
+        ("v0", (0,)), ("v2", (1,)), ("v3", (0,)), ("v5", (1,))]
+    remap.write_text(json.dumps({"old_to_new": [0, 1]}))
+    with pytest.raises(ValueError, match="2 classes but the annotation has 3"):
+        apply_label_remap(annotation, str(remap))
