@@ -36,6 +36,7 @@ setup(
             "kf-predict=klassterfork.cli.predict:main",
             "kf-gradcam=klassterfork.cli.gradcam:main",
             "kf-import-torch=klassterfork.cli.import_torch:main",
+            "kf-export=klassterfork.cli.export:main",
             "kf-plot-training=klassterfork.cli.plot_training:main",
             "kf-embed-classes=klassterfork.cli.embed:main",
             "kf-class-overlap=klassterfork.cli.class_overlap:main",
