@@ -127,6 +127,12 @@ def train_dataset(
     num_parallel_calls=AUTOTUNE,
     cycle_length=8,
     start_batch=0,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    mix_prob=1.0,
+    mix_switch_prob=0.5,
+    label_smoothing=0.0,
+    num_classes=None,
 ):
     """The training pipeline: random clips, one random crop per clip, flips.
 
@@ -178,6 +184,13 @@ def train_dataset(
         drop_remainder: bool. Defaults to True.
         num_parallel_calls: int. Parallel clip decoders. Defaults to AUTOTUNE.
         cycle_length: int. Shards read at once. Defaults to 8.
+        mixup_alpha, cutmix_alpha: float. Batch mixup / cutmix (VideoMAE:
+            0.8, 1.0; see `transforms.mix_batch`); labels become soft
+            (B, num_classes) float32. Defaults to 0.0 (off).
+        mix_prob, mix_switch_prob: float. Chance to mix a batch; chance of
+            cutmix when both are on. Defaults to 1.0, 0.5.
+        label_smoothing: float. Smoothing of the mixed one-hots. Defaults to 0.
+        num_classes: int. Required with mixup / cutmix.
         start_batch: int. Batches already consumed (resume): skipped before
             decoding, so batch `start_batch` is the one an uninterrupted
             iterator would give next. Defaults to 0.
@@ -309,6 +322,21 @@ def train_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
+    if mixup_alpha > 0 or cutmix_alpha > 0:
+        if not num_classes:
+            raise ValueError("mixup/cutmix needs `num_classes`. Received: "
+                             f"num_classes={num_classes!r}")
+
+        def mix(index, batch):
+            # Seeded by the global batch index, so a resumed run mixes alike.
+            key = tf.stack([tf.constant(seed + 2, tf.int64), index + int(start_batch)])
+            return transforms.mix_batch(
+                batch[0], batch[1], key, num_classes=num_classes,
+                mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                switch_prob=mix_switch_prob, prob=mix_prob,
+                label_smoothing=label_smoothing)
+
+        ds = ds.enumerate().map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(_options())
 

@@ -211,6 +211,9 @@ def make_train_dataset(block, info, source, key, *, seed):
         # The pipeline flips with labels unchanged by default; a motion dataset
         # (SSv2, the synthetic set) must not, so `flip: false` means none.
         extra["flip_prob"] = 0.0
+    if block.get("mixup_alpha") or block.get("cutmix_alpha"):
+        if info.label_names and "num_classes" not in block:
+            extra["num_classes"] = len(info.label_names)
     kwargs = _pipeline_kwargs(pipeline.train_dataset, block, source, key, extra)
     try:
         return pipeline.train_dataset(info.files, **kwargs)
@@ -313,8 +316,12 @@ def validate_stage(stage, source):
     train_loop_config(stage, source)
     metric_names(stage, source)
     split_component(stage.get("model"), source, "model", MODELS)
-    split_component(stage.get("loss") or {"SparseCategoricalCrossentropy": {}}, source,
-                    "loss", LOSSES)
+    loss_name, _ = split_component(stage.get("loss") or {"SparseCategoricalCrossentropy": {}},
+                                   source, "loss", LOSSES)
+    train = (stage.get("datasets") or {}).get("train") or {}
+    if (train.get("mixup_alpha") or train.get("cutmix_alpha")) and loss_name != "SoftTargetCrossentropy":
+        raise ConfigError(source, f"loss.{loss_name}", "mixup/cutmix makes soft (B, classes) "
+                          "labels: use loss {SoftTargetCrossentropy: {}}.")
     name, kwargs = split_component(stage.get("optimizer") or {"Adam": {}}, source,
                                    "optimizer", OPTIMIZERS)
     key, lr = f"optimizer.{name}.learning_rate", kwargs.get("learning_rate")

@@ -52,6 +52,8 @@ def stage_dirs(experiment_dir, stage_index):
 
 
 def _top_k_correct(labels, logits, k):
+    if labels.shape.rank == 2:  # mixup/cutmix soft labels: score the dominant class
+        labels = tf.argmax(labels, axis=-1)
     k = min(k, logits.shape[-1])
     hits = tf.math.in_top_k(tf.cast(labels, tf.int32), tf.cast(logits, tf.float32), k)
     return tf.reduce_sum(tf.cast(hits, tf.float32))

@@ -373,3 +373,63 @@ def test_baseline_policy_uniform_over_applicable(ssv2_maps):
     # A class in neither flip list never flips.
     never = ssv2_maps["flip_label_map"].index(-1)
     assert not any(o[0] for o in rates(never, with_reverse=False))
+
+
+# ---- mixup / cutmix -------------------------------------------------------------------
+
+
+def _mix_inputs():
+    clips = tf.reshape(tf.range(4 * 2 * 6 * 8 * 1, dtype=tf.float32), (4, 2, 6, 8, 1))
+    return clips, tf.constant([0, 1, 2, 1])
+
+
+def test_mixup_matches_the_formula():
+    from klassterfork.data.transforms import mix_batch, soft_labels
+
+    clips, labels = _mix_inputs()
+    out, y = mix_batch(clips, labels, tf.constant([3, 4], tf.int64), num_classes=3,
+                       mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.1)
+    x, xr = clips.numpy(), clips.numpy()[::-1]
+    # Recover lam from one pixel, then every pixel and label must obey it.
+    lam = (out.numpy()[0, 0, 0, 1, 0] - xr[0, 0, 0, 1, 0]) / (x[0, 0, 0, 1, 0] - xr[0, 0, 0, 1, 0])
+    assert 0.0 < lam < 1.0
+    np.testing.assert_allclose(out.numpy(), lam * x + (1 - lam) * xr, rtol=1e-5, atol=1e-3)
+    t = soft_labels(labels, 3, 0.1).numpy()
+    np.testing.assert_allclose(t[0], [1 - 0.1 + 0.1 / 3, 0.1 / 3, 0.1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(y.numpy(), lam * t + (1 - lam) * t[::-1], rtol=1e-5)
+    np.testing.assert_allclose(y.numpy().sum(-1), 1.0, rtol=1e-6)
+
+
+def test_cutmix_pastes_one_box_on_every_frame_and_weights_labels_by_area():
+    from klassterfork.data.transforms import mix_batch
+
+    clips, labels = _mix_inputs()
+    for s in range(6):
+        out, y = mix_batch(clips, labels, tf.constant([s, 9], tf.int64), num_classes=3,
+                           mixup_alpha=0.0, cutmix_alpha=1.0)
+        x, xr, o = clips.numpy(), clips.numpy()[::-1], out.numpy()
+        from_rev = (o == xr) & (x != xr)
+        box = from_rev[0, 0, :, :, 0]
+        for b in range(4):  # the same box in every clip and frame
+            for t in range(2):
+                differs = x[b, t, :, :, 0] != xr[b, t, :, :, 0]
+                np.testing.assert_array_equal(from_rev[b, t, :, :, 0], box & differs)
+        area = box.mean()
+        lam = 1.0 - area
+        one = np.eye(3)[labels.numpy()]
+        np.testing.assert_allclose(y.numpy(), lam * one + (1 - lam) * one[::-1], atol=1e-6)
+        if area:  # the box is a rectangle
+            rows, cols = np.nonzero(box)
+            assert box[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+
+
+def test_mixing_is_seeded_and_train_dataset_yields_soft_labels(tmp_path):
+    from klassterfork.data.transforms import mix_batch
+
+    clips, labels = _mix_inputs()
+    a = mix_batch(clips, labels, tf.constant([1, 2], tf.int64), num_classes=3)
+    b = mix_batch(clips, labels, tf.constant([1, 2], tf.int64), num_classes=3)
+    np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        mix_batch(clips, labels, tf.constant([1, 2], tf.int64), num_classes=3,
+                  mixup_alpha=0.0, cutmix_alpha=0.0)

@@ -188,3 +188,19 @@ def test_two_workers_equal_one_worker_with_the_same_global_batch(data_dir, tmp_p
         np.testing.assert_allclose(two[f"w{i}"], w, atol=1e-4, rtol=1e-3)
         moved += not np.allclose(initial[f"w{i}"], w)
     assert moved > 10
+
+
+def test_mixup_cutmix_training_with_soft_target_loss(data_dir, tmp_path):
+    config = json.loads(tiny_config(data_dir, tmp_path / "exp", epochs=2))
+    config["datasets"]["train"].update(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    config["loss"] = {"SparseCategoricalCrossentropy": {"from_logits": True}}
+    path = tmp_path / "c.hjson"
+    path.write_text(json.dumps(config))
+    assert main([str(path)]) == 2  # soft labels need a soft-target loss: config error
+    config["loss"] = {"SoftTargetCrossentropy": {"from_logits": True}}
+    path.write_text(json.dumps(config))
+    assert main([str(path)]) == 0
+    with open(tmp_path / "exp" / "stage0" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert 0.0 <= float(rows[-1]["top1"]) <= 1.0
