@@ -281,6 +281,13 @@ class Stage:
         return tf.function(lambda: self.strategy.run(sync_fn))
 
     def _predict_fn(self, *, zero_shot):
+        """The traced multi-view predict function, built once per mode."""
+        cache = self.__dict__.setdefault("_predict_fns", {})
+        if zero_shot not in cache:
+            cache[zero_shot] = self._make_predict_fn(zero_shot=zero_shot)
+        return cache[zero_shot]
+
+    def _make_predict_fn(self, *, zero_shot):
         model = self.model
 
         @tf.function(reduce_retracing=True)
