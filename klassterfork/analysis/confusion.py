@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from klassterfork.evaluation.predictions import atomic_write  # noqa: E402
+from klassterfork.files import atomic_write  # noqa: E402
 
 MAX_LABELLED_CLASSES = 200
 

@@ -27,12 +27,13 @@ all frames, so weak frames stay weak). `overlay` blends a JET colour map.
 """
 
 import io
-import os
 
 import cv2
 import keras
 import numpy as np
 import tensorflow as tf
+
+from klassterfork.files import write_bytes_atomic
 
 LAYOUTS = ("3d", "segments", "tokens")
 POOL_CLASSES = ("GlobalAveragePooling3D", "GlobalAveragePooling2D",
@@ -233,12 +234,6 @@ def overlay(frames, cam, *, alpha=0.5):
     return np.stack(out)
 
 
-def _atomic_bytes(path, data):
-    path = os.fspath(path)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def write_gif(path, frames, *, fps=4.0, scale=1):
@@ -252,7 +247,7 @@ def write_gif(path, frames, *, fps=4.0, scale=1):
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(round(1000 / fps)), loop=0)
-    _atomic_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_strip(path, frames, overlays, *, predictions, true_label=None, title=None,
@@ -296,4 +291,4 @@ def write_strip(path, frames, overlays, *, predictions, true_label=None, title=N
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    _atomic_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())

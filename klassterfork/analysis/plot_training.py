@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from klassterfork.evaluation.predictions import atomic_write  # noqa: E402
+from klassterfork.files import atomic_write  # noqa: E402
 
 ALIASES = {
     "top1": ("top1", "accuracy", "sparse_categorical_accuracy",

@@ -79,9 +79,10 @@ def dry_run(stages, source, args):
 
 
 def run(stages, source, args):
+    from klassterfork.files import write_json_atomic
     from klassterfork.training import builders
     from klassterfork.training import strategy as strategies
-    from klassterfork.training.trainer import Stage, stage_dirs, write_json_atomic
+    from klassterfork.training.trainer import Stage, stage_dirs
 
     for stage in stages:
         # Names and arguments first: a typo fails in a second, before any data is read.

@@ -37,6 +37,7 @@ import tqdm
 
 from klassterfork.data import records, video
 from klassterfork.data.sources import frame_list
+from klassterfork.files import write_text_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -124,11 +125,7 @@ def choose_num_shards(entries, *, short_side=128, fps=None, max_frames=None):
     return max(1, by_size, by_count)
 
 
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+_write_atomic = write_text_atomic
 
 
 def _write_json(path, data):

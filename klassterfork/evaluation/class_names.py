@@ -22,6 +22,8 @@ import json
 import pathlib
 import re
 
+from klassterfork.files import write_text_atomic
+
 # The authors' stopword list (their Kinetics/ActivityNet embedding code).
 STOPWORDS = frozenset(
     ["a", "an", "the", "of", "and", "or", "at", "on", "in", "do", "using", "with"]
@@ -153,9 +155,4 @@ def write_labels_txt(path, names):
     atomic_write_text(path, "".join(f"{i},{n}\n" for i, n in enumerate(names)))
 
 
-def atomic_write_text(path, text):
-    """Writes `text` to a temporary sibling, then renames it onto `path`."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+atomic_write_text = write_text_atomic  # the name the zero-shot tools import

@@ -15,45 +15,17 @@ top-5 classes with their scores, for people and other tools:
 Both files are written atomically (temporary name, then rename), npz first.
 """
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from klassterfork.files import atomic_write  # noqa: E402  (re-exported)
 
 FORMAT = "klassterfork.predictions/1"
 _SUFFIXES = (".npz", ".json")
 
 
-@contextlib.contextmanager
-def atomic_write(path, mode="w"):
-    """Opens a temporary file beside `path` and renames it onto `path`.
-
-    The rename happens only when the block exits without an exception, so a
-    reader never sees a half-written file.
-
-    Args:
-        path: str or Path. Final file.
-        mode: str. "w" (text, UTF-8) or "wb". Defaults to "w".
-
-    Yields:
-        The open temporary file object.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                               dir=path.parent)
-    try:
-        kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def video_id_str(video_id):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from klassterfork.evaluation.metrics import top_k_indices
-from klassterfork.evaluation.predictions import atomic_write, video_id_str
+from klassterfork.evaluation.predictions import video_id_str
+from klassterfork.files import atomic_write
 
 
 def write_submission(path, ids, scores, k=5):

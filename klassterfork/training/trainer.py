@@ -15,7 +15,6 @@ half-written checkpoint as the latest one.
 """
 
 import csv
-import json
 import os
 import time
 
@@ -29,6 +28,7 @@ from klassterfork.config.loader import ConfigError
 from klassterfork.evaluation.predictions import write_predictions
 from klassterfork.training import builders
 from klassterfork.training import strategy as strategies
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
@@ -528,10 +528,3 @@ def _format(metrics):
     for k, v in metrics.items():
         parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     return " ".join(parts)
-
-
-def write_json_atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)

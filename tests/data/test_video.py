@@ -1,7 +1,6 @@
 """PyAV decoding: frame counts, rotation, resize, fps by timestamps, errors."""
 
 import json
-import os
 import pathlib
 import wave
 
