@@ -63,27 +63,73 @@ def list_files(files):
     return paths
 
 
-def decode_frames(encoded, window=None):
+def decode_frames(encoded, window=None, channels=3):
     """Decodes JPEG frames, only inside `window` when one is given.
 
     Args:
         encoded: string [T]. With a static T the decodes are unrolled so that
             tf.data runs them in parallel.
         window: int32 [4] `[y, x, h, w]`, or None for full frames.
+        channels: int. 3 (RGB) or 1 (flow). Defaults to 3.
 
     Returns:
-        uint8 [T, h, w, 3].
+        uint8 [T, h, w, channels].
     """
 
     def one(contents):
         if window is None:
-            return tf.io.decode_jpeg(contents, channels=3)
-        return tf.image.decode_and_crop_jpeg(contents, window, channels=3)
+            return tf.io.decode_jpeg(contents, channels=channels)
+        return tf.image.decode_and_crop_jpeg(contents, window, channels=channels)
 
     length = encoded.shape[0]
     if length is not None:
         return tf.stack([one(c) for c in tf.unstack(encoded, num=length)])
     return tf.map_fn(one, encoded, fn_output_signature=tf.uint8)
+
+
+MODALITIES = ("rgb", "flow")
+
+
+def _encoded(example, indices, modality):
+    """RGB: string [T]. Flow: string [T, 2], the (x, y) JPEGs of each index."""
+    if modality == "rgb":
+        return tf.gather(example["frames"], indices)
+    return tf.stack([tf.gather(example["flow_x"], indices),
+                     tf.gather(example["flow_y"], indices)], axis=1)
+
+
+def _first_image(encoded, modality):
+    return encoded[0] if modality == "rgb" else encoded[0, 0]
+
+
+def _decode(encoded, window, modality):
+    """uint8 [T, h, w, 3] (RGB) or [T, h, w, 2] (flow x, y)."""
+    if modality == "rgb":
+        return decode_frames(encoded, window)
+    return tf.concat([decode_frames(encoded[:, 0], window, channels=1),
+                      decode_frames(encoded[:, 1], window, channels=1)], axis=-1)
+
+
+def _flip(clip, modality):
+    """Horizontal flip; for flow the x component also changes sign, which in
+    the 8-bit encoding q = (f + b) * 255 / 2b is q -> 255 - q."""
+    clip = tf.reverse(clip, axis=[-2])
+    if modality == "flow":
+        clip = tf.concat([255 - clip[..., :1], clip[..., 1:]], axis=-1)
+    return clip
+
+
+def stack_flow(clip):
+    """[..., T, S, S, 2] flow clip -> [..., 1, S, S, 2T], channels x1, y1, x2, ...
+
+    The stacked-flow input of two-stream networks (one "frame" of 2L channels).
+    """
+    rank = len(clip.shape)
+    perm = list(range(rank - 4)) + [rank - 3, rank - 2, rank - 4, rank - 1]
+    moved = tf.transpose(clip, perm)  # [..., S, S, T, 2]
+    shape = tf.shape(moved)
+    stacked = tf.reshape(moved, tf.concat([shape[:-2], [shape[-2] * shape[-1]]], 0))
+    return tf.expand_dims(stacked, axis=-4)
 
 
 def first_label(labels):
@@ -133,6 +179,7 @@ def train_dataset(
     mix_switch_prob=0.5,
     label_smoothing=0.0,
     num_classes=None,
+    modality="rgb",
 ):
     """The training pipeline: random clips, one random crop per clip, flips.
 
@@ -191,6 +238,9 @@ def train_dataset(
             cutmix when both are on. Defaults to 1.0, 0.5.
         label_smoothing: float. Smoothing of the mixed one-hots. Defaults to 0.
         num_classes: int. Required with mixup / cutmix.
+        modality: str. "rgb", or "flow": `clip_len` consecutive stored flow
+            pairs, one crop window, decoded and stacked into one (1, S, S,
+            2 * clip_len) step (two-stream flow input). Defaults to "rgb".
         start_batch: int. Batches already consumed (resume): skipped before
             decoding, so batch `start_batch` is the one an uninterrupted
             iterator would give next. Defaults to 0.
@@ -231,6 +281,7 @@ def train_dataset(
     # Fail now, not inside the graph, on bad options.
     transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
     transforms._check_choice(short_video, transforms.SHORT_VIDEO_MODES, "short_video")
+    transforms._check_choice(modality, MODALITIES, "modality")
     if crop_scale is not None:
         transforms._check_scale(crop_scale)
     for name, prob in (("flip_prob", flip_prob), ("reverse_prob", reverse_prob)):
@@ -262,7 +313,7 @@ def train_dataset(
         ds = ds.skip(int(start_batch) * batch_size)
 
     def make_clip(index, serialized):
-        example = records.parse(serialized)
+        example = records.parse(serialized, with_flow=modality == "flow")
         key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
         seed_clip, seed_crop, seed_aug, seed_step = tf.unstack(
             tf.random.experimental.stateless_split(key, num=4)
@@ -299,16 +350,18 @@ def train_dataset(
         )
         # Time reversal is free on indices: reverse them before decoding.
         indices = tf.where(reverse, tf.reverse(indices, [0]), indices)
-        encoded = tf.gather(example["frames"], indices)
+        encoded = _encoded(example, indices, modality)
         window = _train_window(
-            tf.image.extract_jpeg_shape(encoded[0]),
+            tf.image.extract_jpeg_shape(_first_image(encoded, modality)),
             seed_crop,
             crop=crop,
             crop_size=crop_size,
             crop_scale=crop_scale,
         )
-        clip = transforms.resize(decode_frames(encoded, window), crop_size=crop_size)
-        clip = tf.cond(flip, lambda: tf.reverse(clip, axis=[2]), lambda: clip)
+        clip = transforms.resize(_decode(encoded, window, modality), crop_size=crop_size)
+        clip = tf.cond(flip, lambda: _flip(clip, modality), lambda: clip)
+        if modality == "flow":
+            clip = stack_flow(clip)
         return clip, label
 
     ds = ds.map(
@@ -360,6 +413,7 @@ def eval_dataset(
     with_ids=False,
     flatten_views=False,
     num_parallel_calls=AUTOTUNE,
+    modality="rgb",
 ):
     """The evaluation pipeline: every video once, `num_clips * num_crops` views.
 
@@ -387,6 +441,9 @@ def eval_dataset(
         flatten_views: bool. Yield single views, (B, T, H, W, C), with the
             video's label (and id) repeated. Defaults to False.
 
+        modality: str. "rgb", or "flow" (views of stacked flow, (1, S, S,
+            2 * clip_len) each; see `train_dataset`). Defaults to "rgb".
+
     Returns:
         `tf.data.Dataset` of `(clips, labels[, ids])`: clips float32
         (B, V, T, H, W, 3), V = num_clips * num_crops (or (B, T, H, W, 3)
@@ -411,7 +468,7 @@ def eval_dataset(
     num_views = num_clips * num_crops
 
     def make_views(serialized):
-        example = records.parse(serialized)
+        example = records.parse(serialized, with_flow=modality == "flow")
         if num_segments is None:
             indices = transforms.even_clip_indices(
                 example["num_frames"],
@@ -434,29 +491,32 @@ def eval_dataset(
                 ]
             )
         unique, position = tf.unique(tf.reshape(indices, [-1]))
-        encoded = tf.gather(example["frames"], unique)
+        encoded = _encoded(example, unique, modality)
         windows = transforms.spatial_crop_windows(
-            tf.image.extract_jpeg_shape(encoded[0]),
+            tf.image.extract_jpeg_shape(_first_image(encoded, modality)),
             crop_size=crop_size,
             num_crops=num_crops,
             resize_short_side=resize_short_side,
         )
         if num_crops == 1:
             # One window: decode only it.
-            frames = decode_frames(encoded, windows[0])
+            frames = _decode(encoded, windows[0], modality)
             crops = [transforms.resize(frames, crop_size=crop_size)]
         else:
-            frames = decode_frames(encoded)
+            frames = _decode(encoded, None, modality)
             crops = [
                 transforms.crop_and_resize(frames, windows[j], crop_size=crop_size)
                 for j in range(num_crops)
             ]
         # crops[j]: [U, S, S, 3] -> views [num_clips, num_crops, T, S, S, 3].
-        shape = [num_clips, clip_len, crop_size, crop_size, 3]
+        channels = 3 if modality == "rgb" else 2
+        shape = [num_clips, clip_len, crop_size, crop_size, channels]
         per_crop = [tf.reshape(tf.gather(c, position), shape) for c in crops]
         views = tf.reshape(
-            tf.stack(per_crop, axis=1), [num_views, clip_len, crop_size, crop_size, 3]
+            tf.stack(per_crop, axis=1), [num_views, clip_len, crop_size, crop_size, channels]
         )
+        if modality == "flow":
+            views = stack_flow(views)  # [V, 1, S, S, 2 * clip_len]
         return views, first_label(example["labels"]), example["id"]
 
     ds = tf.data.TFRecordDataset(paths)

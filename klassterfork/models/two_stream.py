@@ -54,6 +54,7 @@ def TwoStream2D(
     dropout=None,
     head=None,
     imagenet_weights=None,
+    stream="both",
 ):
     """Two-stream frame classifier (see the module docstring).
 
@@ -69,15 +70,33 @@ def TwoStream2D(
         head: None, a head name or `{HeadName: {kwargs}}` (one per stream).
         imagenet_weights: str or None. Local `keras.applications` no-top
             weights file for both streams. Defaults to None (random init).
+        stream: str. "both" (the fused model), or "rgb" / "flow": one stream
+            trained on its own, as the two-stream recipes train them, taking
+            the clip pipelines' one-step clips (B, 1, H, W, C) with C = 3 or
+            2L. Defaults to "both".
 
     Returns:
         `keras.Model` with inputs {"rgb": (B, H, W, 3), "flow": (B, H, W, 2L)}
         and outputs {"rgb", "flow", "fused"}: (B, num_classes) logits each;
-        "fused" is their mean.
+        "fused" is their mean. With `stream` "rgb" / "flow": input
+        (B, 1, H, W, C), output (B, num_classes) logits.
     """
     choose(backbone, tuple(BACKBONES), "backbone")
+    choose(stream, ("both", "rgb", "flow"), "stream")
     if dropout is None:
         dropout = BACKBONES[backbone][1]
+    if stream != "both":
+        channels = 3 if stream == "rgb" else 2 * num_flow_frames
+        clip = keras.Input((1, image_size, image_size, channels), name="video")
+        net = _backbone(backbone, channels, image_size,
+                        imagenet_weights if stream == "rgb" else None, f"{stream}_backbone")
+        head_fn = resolve_head(head, num_classes=num_classes, dropout=dropout)
+        if head_fn is None:
+            raise ValueError("TwoStream2D needs `num_classes` or `head`. "
+                             f"Received: num_classes={num_classes!r}")
+        frame = layers.Reshape((image_size, image_size, channels), name="frame")(clip)
+        return keras.Model(clip, head_fn(net(frame), prefix=f"{stream}_"),
+                           name=f"{stream}_stream_{backbone}")
     rgb_in = keras.Input((image_size, image_size, 3), name="rgb")
     flow_in = keras.Input((image_size, image_size, 2 * num_flow_frames), name="flow")
     rgb_net = _backbone(backbone, 3, image_size, imagenet_weights, "rgb_backbone")
