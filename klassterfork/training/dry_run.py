@@ -42,7 +42,7 @@ def _frame_size(block):
     return short, short * 4 // 3
 
 
-def _write_split(out_dir, split, *, num_classes, height, width, seed):
+def _write_split(out_dir, split, *, num_classes, height, width, seed, flow=False):
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     path = os.path.join(out_dir, records.shard_name(split, 0, 1))
@@ -50,10 +50,15 @@ def _write_split(out_dir, split, *, num_classes, height, width, seed):
         for i in range(DRY_VIDEOS):
             frames = rng.integers(0, 256, size=(DRY_FRAMES, height, width, 3), dtype=np.uint8)
             jpegs = [tf.io.encode_jpeg(f, quality=80).numpy() for f in frames]
+            flows = {}
+            if flow:  # one grey JPEG per frame for x and for y
+                flows = {key: [tf.io.encode_jpeg(f[..., :1], quality=80).numpy()
+                               for f in frames] for key in ("flow_x", "flow_y")}
+                flows["flow_bound"] = 20.0
             label = i % min(num_classes, DRY_CLASSES)
             writer.write(records.write(
                 video_id=f"dry_{split}_{i}", frames=jpegs, labels=[label],
-                label_text=f"class_{label}", fps=12.0, height=height, width=width,
+                label_text=f"class_{label}", fps=12.0, height=height, width=width, **flows,
             ))
     manifest = {
         "split": split,
@@ -91,7 +96,7 @@ def tiny_stages(stages, workdir):
             classes = DRY_CLASSES if block.get("class_embeddings") else int(num_classes)
             height, width = _frame_size(block)
             _write_split(data_dir, split, num_classes=classes, height=height,
-                         width=width, seed=index)
+                         width=width, seed=index, flow=block.get("modality") == "flow")
             block.pop("files", None)
             block.pop("num_examples", None)
             block.update(dir=data_dir, split=split)

@@ -22,7 +22,8 @@ def test_the_issue_recipes_are_shipped():
         "smth_model3d_1.hjson", "smth_model3d_1_224.hjson", "tsn_r50_ssv2_8f.hjson",
         "tsm_r50_ssv2_8f.hjson", "tdn_r50_ssv2_8f.hjson", "tdn_r50_k400_8f.hjson",
         "videomae_vits_ssv2.hjson", "videomae_vitb_ssv2.hjson",
-        "vit_frozen_block_s_ssv2.hjson",
+        "vit_frozen_block_s_ssv2.hjson", "two_stream_inceptionv3_kinetics_rgb.hjson",
+        "two_stream_inceptionv3_kinetics_flow.hjson",
     }
     assert expected <= set(NAMES)
 
