@@ -124,11 +124,14 @@ def conv3d(x, filters, kernel_size, *, strides=1, padding=0, use_bias=False, nam
         strides=strides,
         padding="same" if same else "valid",
         use_bias=use_bias,
-        kernel_initializer=keras.initializers.VarianceScaling(
-            2.0, "fan_out", "untruncated_normal"
-        ),
+        kernel_initializer=he_fan_out(),
         name=name,
     )(x)
+
+
+def he_fan_out():
+    """torchvision's conv init: kaiming_normal_(mode="fan_out", relu)."""
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
 def batch_norm(x, name):

@@ -39,7 +39,9 @@ from klassterfork.models.layers import (
     BN_MOMENTUM,
     FoldClips,
     MeanOverClips,
+    batch_norm,
     choose,
+    he_fan_out,
 )
 from klassterfork.models.msn import ms_module
 from klassterfork.models.registry import MODELS
@@ -74,16 +76,8 @@ def conv2d(x, filters, kernel_size, *, strides=1, use_bias=False, name):
         strides=strides,
         padding="same" if strides == 1 else "valid",
         use_bias=use_bias,
-        kernel_initializer=keras.initializers.VarianceScaling(
-            2.0, "fan_out", "untruncated_normal"
-        ),
+        kernel_initializer=he_fan_out(),
         name=name,
-    )(x)
-
-
-def bn(x, name):
-    return layers.BatchNormalization(
-        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name
     )(x)
 
 
@@ -104,7 +98,7 @@ def mse_module(x, *, num_segments, name):
     """
     reduced = x.shape[-1] // MSE_REDUCTION
     y = layers.Conv2D(reduced, 1, use_bias=False, name=f"{name}_conv1")(x)
-    y = bn(y, f"{name}_bn1")
+    y = batch_norm(y, f"{name}_bn1")
     g = layers.DepthwiseConv2D(3, padding="same", use_bias=False,
                                name=f"{name}_conv2")(y)
     conv_s2 = layers.Conv2D(reduced, 3, padding="same", use_bias=False,
@@ -145,18 +139,18 @@ def bottleneck(x, planes, *, stride, use_bias, temporal, num_segments, name):
     if temporal in ("tsm", "msn"):
         x = TemporalShift(num_segments, name=f"{name}_shift")(x)
     y = conv2d(x, planes, 1, use_bias=use_bias, name=f"{name}_conv1")
-    y = layers.ReLU(name=f"{name}_relu1")(bn(y, f"{name}_bn1"))
+    y = layers.ReLU(name=f"{name}_relu1")(batch_norm(y, f"{name}_bn1"))
     if temporal == "tdn":
         y = mse_module(y, num_segments=num_segments, name=f"{name}_mse")
         y = LearnableShift(num_segments, name=f"{name}_shift")(y)
     y = conv2d(y, planes, 3, strides=stride, use_bias=use_bias, name=f"{name}_conv2")
-    y = layers.ReLU(name=f"{name}_relu2")(bn(y, f"{name}_bn2"))
+    y = layers.ReLU(name=f"{name}_relu2")(batch_norm(y, f"{name}_bn2"))
     y = conv2d(y, planes * 4, 1, use_bias=use_bias, name=f"{name}_conv3")
-    y = bn(y, f"{name}_bn3")
+    y = batch_norm(y, f"{name}_bn3")
     if stride != 1 or shortcut.shape[-1] != planes * 4:
         shortcut = conv2d(shortcut, planes * 4, 1, strides=stride, use_bias=use_bias,
                           name=f"{name}_downsample_conv")
-        shortcut = bn(shortcut, f"{name}_downsample_bn")
+        shortcut = batch_norm(shortcut, f"{name}_downsample_bn")
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 
@@ -241,10 +235,10 @@ def TSN(
         x = SegmentFrames("centre", name="centre_frame")(x)
         diff = layers.AveragePooling2D(2, name="diff_pool")(diff)
         diff = conv2d(diff, 64, 7, strides=2, name="diff_conv1")
-        diff = layers.ReLU(name="diff_relu1")(bn(diff, "diff_bn1"))
+        diff = layers.ReLU(name="diff_relu1")(batch_norm(diff, "diff_bn1"))
         diff = max_pool(diff, "diff_maxpool")
     x = conv2d(x, 64, 7, strides=2, use_bias=use_bias, name="conv1")
-    x = layers.ReLU(name="relu1")(bn(x, "bn1"))
+    x = layers.ReLU(name="relu1")(batch_norm(x, "bn1"))
     x = max_pool(x, "maxpool")
     kwargs = dict(use_bias=use_bias, num_segments=num_segments)
     if temporal == "tdn":
