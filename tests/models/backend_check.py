@@ -36,10 +36,11 @@ FAMILIES = {
                         input_shape=(10, 64, 64, 3))),
     "MSN": ("TSN", dict(temporal="msn", num_segments=3, depth=26,
                         input_shape=(3, 32, 32, 3))),
-    "VideoViT": ("VideoViT", dict(variant="S", depth=1, num_frames=2, image_size=16,
+    # 32^2 -> 4 tokens: with one token softmax is constant and q_bias has no gradient.
+    "VideoViT": ("VideoViT", dict(variant="S", depth=1, num_frames=2, image_size=32,
                                   drop_path=0.1)),
     "VideoViT_frozen": ("VideoViT", dict(variant="S", depth=1, num_frames=2,
-                                         image_size=16, frozen_block=True,
+                                         image_size=32, frozen_block=True,
                                          frozen_width=32, frozen_heads=2,
                                          frozen_hidden=48)),
     "TwoStream2D": ("TwoStream2D", dict(backbone="vgg16", image_size=32,
