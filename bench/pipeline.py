@@ -1,6 +1,6 @@
 """Input-pipeline throughput: our train/eval pipelines against baselines.
 
-    python bench/bench_pipeline.py [--files GLOB] [--videos DIR] [--seconds 10]
+    python bench/pipeline.py [--files GLOB] [--videos DIR] [--seconds 10]
 
 Records: `--files` (existing shards), else real videos (`--videos`, default
 ../shared/data/videos) decoded with PyAV, short side resized to 128 and stored

@@ -1,6 +1,6 @@
 """Forward + backward clips/s of every model family on this CPU.
 
-    python bench/bench_models.py [--batch 2] [--steps 3] [--models R2Plus1D18 ...]
+    python bench/models.py [--batch 2] [--steps 3] [--models R2Plus1D18 ...]
 
 Each model does one SGD `train_on_batch` (forward, backward, update) on random
 clips; the first step (tracing / compilation) is not timed, the next
