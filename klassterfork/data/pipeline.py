@@ -16,10 +16,23 @@ Randomness is stateless: example `i` of the (repeated) stream gets the key
 gives the same batches, and the iterator state (shuffle buffers, positions,
 the enumerate counter) is all there is to checkpoint:
 `tf.train.Checkpoint(iterator=iter(ds))` restores the exact data position.
+
+Distribution (`train_dataset(num_input_pipelines=P, input_pipeline_id=i)`,
+one call per input pipeline, e.g. from
+`strategy.distribute_datasets_from_function`): pipeline `i` reads either its
+own shard files (`shard_policy="file"`: files i, i + P, ...) or every record
+and keeps records i, i + P, ... of the shared interleaved stream before any
+parsing (`shard_policy="data"`), so no pipeline decodes another's examples.
+"auto" picks "file" when the files split evenly (see `shard_policy_for`).
+Local example `j` of pipeline `i` draws from the key `[seed, j * P + i]`, so
+no two pipelines share random draws, and with `shard_policy="data"` and no
+example shuffle that key is the example's position in the single-pipeline
+stream: P pipelines then produce exactly the clips of one.
 """
 
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from klassterfork.data import records, transforms
@@ -138,6 +151,64 @@ def first_label(labels):
     return tf.concat([labels, tf.constant([-1], tf.int32)], axis=0)[0]
 
 
+SHARD_POLICIES = ("auto", "file", "data")
+
+
+def shard_policy_for(num_files, num_input_pipelines, shard_policy="auto"):
+    """How `num_files` shard files are split over the input pipelines.
+
+    "auto" chooses "file" when every pipeline gets whole files and the split
+    is even enough: the file count divides evenly (`num_files % P == 0`), or
+    every pipeline gets at least 4 files (`num_files >= 4 * P`, so no
+    pipeline reads more than 5/4 of another's share of balanced shards).
+    Otherwise "data": every pipeline reads all records and keeps every P-th
+    one before parsing (reading is cheap next to JPEG decoding).
+
+    Args:
+        num_files: int. Shard files of the split.
+        num_input_pipelines: int. P.
+        shard_policy: str. "auto", "file" or "data". Defaults to "auto".
+
+    Returns:
+        str. "file" or "data" ("file" when P = 1: nothing to split).
+
+    Raises:
+        ValueError: on an unknown policy, or "file" with fewer files than
+            pipelines (a pipeline would get no data).
+    """
+    transforms._check_choice(shard_policy, SHARD_POLICIES, "shard_policy")
+    if num_input_pipelines == 1:
+        return "file"
+    if shard_policy == "file" and num_files < num_input_pipelines:
+        raise ValueError(
+            "`shard_policy`='file' needs at least one shard file per input "
+            f"pipeline. Received: {num_files} file(s) for "
+            f"num_input_pipelines={num_input_pipelines}; use 'data' or 'auto'"
+        )
+    if shard_policy != "auto":
+        return shard_policy
+    even = num_files % num_input_pipelines == 0
+    if even or num_files >= 4 * num_input_pipelines:
+        return "file"
+    return "data"
+
+
+def pipeline_seed(seed, input_pipeline_id):
+    """The shuffle seed of input pipeline `input_pipeline_id`.
+
+    Pipeline 0 keeps `seed` (a single pipeline shuffles as it always did);
+    the others get a seed mixed from (seed, id) by `np.random.SeedSequence`,
+    so two workers do not shuffle alike.
+
+    Returns:
+        int in [0, 2**31).
+    """
+    if input_pipeline_id == 0:
+        return int(seed)
+    state = np.random.SeedSequence([int(seed), int(input_pipeline_id)])
+    return int(state.generate_state(1, np.uint32)[0] >> 1)
+
+
 def _check_sizes(**sizes):
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -180,6 +251,10 @@ def train_dataset(
     label_smoothing=0.0,
     num_classes=None,
     modality="rgb",
+    repeated_views=1,
+    num_input_pipelines=1,
+    input_pipeline_id=0,
+    shard_policy="auto",
 ):
     """The training pipeline: random clips, one random crop per clip, flips.
 
@@ -241,9 +316,26 @@ def train_dataset(
         modality: str. "rgb", or "flow": `clip_len` consecutive stored flow
             pairs, one crop window, decoded and stacked into one (1, S, S,
             2 * clip_len) step (two-stream flow input). Defaults to "rgb".
-        start_batch: int. Batches already consumed (resume): skipped before
-            decoding, so batch `start_batch` is the one an uninterrupted
-            iterator would give next. Defaults to 0.
+        start_batch: int. Batches of THIS pipeline already consumed
+            (resume): skipped before decoding, so batch `start_batch` is the
+            one an uninterrupted iterator would give next. Defaults to 0.
+        repeated_views: int. Repeated augmentation (DeiT's RASampler,
+            VideoMAE's `num_sample`): each video is emitted k times in a row,
+            after the example shuffle and before the per-example keys, so a
+            batch holds groups of k differently augmented views of one video.
+            `batch_size` must be a multiple of k (groups never straddle two
+            batches). An epoch (one pass of `repeat=False`) is then
+            k x videos clips. Defaults to 1.
+        num_input_pipelines: int. Input pipelines of the job (P; workers
+            under MultiWorkerMirroredStrategy). `batch_size` is this
+            pipeline's (per-replica) batch. Defaults to 1.
+        input_pipeline_id: int in [0, P). Which pipeline this is.
+            Defaults to 0.
+        shard_policy: str. How the P pipelines split the data: "file",
+            "data" or "auto" (see `shard_policy_for`). Either way each
+            pipeline parses and decodes only its own examples, and each
+            epoch the pipelines' example sets are disjoint with the whole
+            split as their union. Defaults to "auto".
 
     Returns:
         `tf.data.Dataset` of `(clips, labels)`: float32 (B, T, H, W, 3)
@@ -255,7 +347,26 @@ def train_dataset(
         batch_size=batch_size,
         cycle_length=cycle_length,
         new_length=new_length,
+        repeated_views=repeated_views,
+        num_input_pipelines=num_input_pipelines,
     )
+    if batch_size % repeated_views:
+        raise ValueError(
+            "`batch_size` must be a multiple of `repeated_views` (each batch "
+            "holds whole groups of views). Received: "
+            f"batch_size={batch_size}, repeated_views={repeated_views}"
+        )
+    if (
+        not isinstance(input_pipeline_id, int)
+        or isinstance(input_pipeline_id, bool)
+        or not 0 <= input_pipeline_id < num_input_pipelines
+    ):
+        raise ValueError(
+            "`input_pipeline_id` must be an int in [0, num_input_pipelines). "
+            f"Received: input_pipeline_id={input_pipeline_id!r}, "
+            f"num_input_pipelines={num_input_pipelines}"
+        )
+    transforms._check_choice(shard_policy, SHARD_POLICIES, "shard_policy")
     step_choices = None
     if isinstance(frame_step, (list, tuple)):
         step_choices = tuple(frame_step)
@@ -291,9 +402,16 @@ def train_dataset(
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") >> 1
     seed = int(seed)
+    policy = shard_policy_for(len(paths), num_input_pipelines, shard_policy)
+    num_pipes, pipe_id = num_input_pipelines, input_pipeline_id
+    own_seed = pipeline_seed(seed, pipe_id)
+    if policy == "file":
+        paths = paths[pipe_id::num_pipes]  # = Dataset.shard on the file list
 
     ds = tf.data.Dataset.from_tensor_slices(paths)
-    ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    # "data": every pipeline must see the same stream, so the same file order.
+    file_seed = own_seed if policy == "file" else seed
+    ds = ds.shuffle(len(paths), seed=file_seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(cycle_length, len(paths)),
@@ -301,8 +419,17 @@ def train_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
+    if policy == "data" and num_pipes > 1:
+        # Still serialized records: the others' examples are never parsed.
+        ds = ds.shard(num_pipes, pipe_id)
     if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+        ds = ds.shuffle(
+            shuffle_buffer, seed=own_seed + 1, reshuffle_each_iteration=True
+        )
+    if repeated_views > 1:
+        # k copies of each record in a row; the enumerate below gives every
+        # copy its own key, hence its own clip, crop and flip.
+        ds = ds.map(lambda record: tf.fill([repeated_views], record)).unbatch()
     if repeat:
         ds = ds.repeat()
     ds = ds.enumerate()
@@ -314,7 +441,9 @@ def train_dataset(
 
     def make_clip(index, serialized):
         example = records.parse(serialized, with_flow=modality == "flow")
-        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+        # Local example j of pipeline i -> j * P + i: unique over pipelines.
+        unique = tf.cast(index, tf.int64) * num_pipes + pipe_id
+        key = tf.stack([tf.constant(seed, tf.int64), unique])
         seed_clip, seed_crop, seed_aug, seed_step = tf.unstack(
             tf.random.experimental.stateless_split(key, num=4)
         )
@@ -381,8 +510,10 @@ def train_dataset(
                              f"num_classes={num_classes!r}")
 
         def mix(index, batch):
-            # Seeded by the global batch index, so a resumed run mixes alike.
-            key = tf.stack([tf.constant(seed + 2, tf.int64), index + int(start_batch)])
+            # Seeded by the batch index (unique over pipelines as above), so
+            # a resumed run mixes alike.
+            batch_index = (index + int(start_batch)) * num_pipes + pipe_id
+            key = tf.stack([tf.constant(seed + 2, tf.int64), batch_index])
             return transforms.mix_batch(
                 batch[0], batch[1], key, num_classes=num_classes,
                 mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
@@ -414,6 +545,7 @@ def eval_dataset(
     flatten_views=False,
     num_parallel_calls=AUTOTUNE,
     modality="rgb",
+    views_per_chunk=None,
 ):
     """The evaluation pipeline: every video once, `num_clips * num_crops` views.
 
@@ -443,11 +575,34 @@ def eval_dataset(
 
         modality: str. "rgb", or "flow" (views of stacked flow, (1, S, S,
             2 * clip_len) each; see `train_dataset`). Defaults to "rgb".
+        views_per_chunk: int or None. Bounds memory: each video's V views
+            are cut into ceil(V / K) chunks of K = `views_per_chunk`
+            consecutive views (the last one padded with zero views), and a
+            batch holds B chunks, possibly of different videos, so a batch
+            is at most B * K views whatever V is. The unique frames are
+            still decoded once per video (the chunks are gathered from the
+            decoded, cropped frames) and standardized after batching. Each
+            video's chunks follow each other in the stream. Must be in
+            [1, V]; excludes `flatten_views`. Defaults to None (no chunks).
 
     Returns:
         `tf.data.Dataset` of `(clips, labels[, ids])`: clips float32
         (B, V, T, H, W, 3), V = num_clips * num_crops (or (B, T, H, W, 3)
         with `flatten_views`), labels int32 (B,), ids string (B,).
+
+        With `views_per_chunk = K`: `(clips, labels[, ids], chunks)`, one
+        row per chunk: clips float32 (B, K, T, H, W, 3), labels and ids of
+        the chunk's video, and `chunks` a dict of
+        `video_index` int64 (B,): the video's position in the files (0, 1,
+            ...; the same for all chunks of one video),
+        `view_offset` int32 (B,): the first view of the chunk, a multiple
+            of K, so chunk row k holds views `view_offset + k`,
+        `view_mask` bool (B, K): False for the padding views.
+        The video score is the mean over its V unmasked views (see
+        `aggregate.ViewAccumulator`), as without chunks.
+
+    Raises:
+        ValueError: on a bad size or option, naming the argument.
     """
     _check_sizes(
         clip_len=clip_len,
@@ -464,10 +619,27 @@ def eval_dataset(
             f"sampling. Received: clip_len={clip_len}, num_segments={num_segments}, "
             f"new_length={new_length}"
         )
-    paths = list_files(files)
     num_views = num_clips * num_crops
+    if views_per_chunk is not None:
+        _check_sizes(views_per_chunk=views_per_chunk)
+        if views_per_chunk > num_views:
+            raise ValueError(
+                "`views_per_chunk` must be at most num_clips * num_crops = "
+                f"{num_views} (more would only add padding views). Received: "
+                f"views_per_chunk={views_per_chunk}"
+            )
+        if flatten_views:
+            raise ValueError(
+                "`views_per_chunk` and `flatten_views` cannot be combined (single "
+                "views are already the smallest unit). Received: "
+                f"views_per_chunk={views_per_chunk}, flatten_views=True"
+            )
+    paths = list_files(files)
+    channels = 3 if modality == "rgb" else 2
 
-    def make_views(serialized):
+    def decode_video(serialized):
+        # -> crops [num_crops, U, S, S, ch] of the U unique frames, positions
+        # [num_clips, T] into U, label, id.
         example = records.parse(serialized, with_flow=modality == "flow")
         if num_segments is None:
             indices = transforms.even_clip_indices(
@@ -508,21 +680,41 @@ def eval_dataset(
                 transforms.crop_and_resize(frames, windows[j], crop_size=crop_size)
                 for j in range(num_crops)
             ]
-        # crops[j]: [U, S, S, 3] -> views [num_clips, num_crops, T, S, S, 3].
-        channels = 3 if modality == "rgb" else 2
-        shape = [num_clips, clip_len, crop_size, crop_size, channels]
-        per_crop = [tf.reshape(tf.gather(c, position), shape) for c in crops]
-        views = tf.reshape(
-            tf.stack(per_crop, axis=1), [num_views, clip_len, crop_size, crop_size, channels]
+        crops = tf.ensure_shape(
+            tf.stack(crops), [num_crops, None, crop_size, crop_size, channels]
         )
-        if modality == "flow":
-            views = stack_flow(views)  # [V, 1, S, S, 2 * clip_len]
-        return views, first_label(example["labels"]), example["id"]
+        position = tf.reshape(position, [num_clips, clip_len])
+        return crops, position, first_label(example["labels"]), example["id"]
+
+    def views_of(crops, position, view_ids):
+        views = _gather_views(crops, position, view_ids, num_crops=num_crops)
+        return stack_flow(views) if modality == "flow" else views
+
+    def make_views(serialized):
+        crops, position, label, vid = decode_video(serialized)
+        return views_of(crops, position, tf.range(num_views)), label, vid
 
     ds = tf.data.TFRecordDataset(paths)
-    ds = ds.map(
-        _graph_fn(make_views), num_parallel_calls=num_parallel_calls, deterministic=True
-    )
+    if views_per_chunk is None:
+        ds = ds.map(
+            _graph_fn(make_views), num_parallel_calls=num_parallel_calls,
+            deterministic=True,
+        )
+    else:
+        ds = ds.enumerate().map(
+            _graph_fn(lambda index, serialized: (*decode_video(serialized), index)),
+            num_parallel_calls=num_parallel_calls,
+            deterministic=True,
+        )
+        ds = ds.flat_map(
+            _graph_fn(
+                lambda crops, position, label, vid, index: _view_chunks(
+                    lambda ids: views_of(crops, position, ids),
+                    label, vid, index, num_views=num_views,
+                    views_per_chunk=views_per_chunk,
+                )
+            )
+        )
     if flatten_views:
         ds = ds.flat_map(
             lambda views, label, vid: tf.data.Dataset.from_tensor_slices(
@@ -530,7 +722,7 @@ def eval_dataset(
             )
         )
     if not with_ids:
-        ds = ds.map(lambda clips, labels, ids: (clips, labels))
+        ds = ds.map(lambda clips, labels, ids, *chunk: (clips, labels, *chunk))
     ds = ds.batch(batch_size, drop_remainder=False)
     ds = ds.map(
         _standardizer(standardize, mean, std),
@@ -539,6 +731,52 @@ def eval_dataset(
     )
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(_options())
+
+
+def _gather_views(crops, position, view_ids, *, num_crops):
+    """Views `view_ids` of one video from its cropped unique frames.
+
+    Args:
+        crops: uint8 [num_crops, U, S, S, C], crop j of the U unique frames.
+        position: int32 [num_clips, T]. Row k: clip k's frames as indices
+            into U.
+        view_ids: int32 [K]. View v is clip v // num_crops, crop
+            v % num_crops.
+
+    Returns:
+        uint8 [K, T, S, S, C].
+    """
+    frame = tf.gather(position, view_ids // num_crops)  # [K, T]
+    crop = tf.broadcast_to((view_ids % num_crops)[:, None], tf.shape(frame))
+    return tf.gather_nd(crops, tf.stack([crop, frame], axis=-1))
+
+
+def _view_chunks(views_of, label, vid, index, *, num_views, views_per_chunk):
+    """The chunks of one video's views as a dataset (see `eval_dataset`).
+
+    Args:
+        views_of: callable int32 [K] view ids -> uint8 [K, ...] views.
+        label, vid, index: the video's label, id and position in the files.
+        num_views, views_per_chunk: V and K.
+
+    Returns:
+        `tf.data.Dataset` of ceil(V / K) elements `(views [K, ...], label,
+        vid, {"video_index", "view_offset", "view_mask"})`; the views past
+        V are zeros.
+    """
+    num_chunks = -(-num_views // views_per_chunk)
+
+    def chunk(k):
+        offset = tf.cast(k, tf.int32) * views_per_chunk
+        view_ids = offset + tf.range(views_per_chunk)
+        mask = view_ids < num_views
+        views = views_of(tf.minimum(view_ids, num_views - 1))
+        shape = [views_per_chunk] + [1] * (len(views.shape) - 1)
+        views = tf.where(tf.reshape(mask, shape), views, tf.zeros_like(views))
+        info = {"video_index": index, "view_offset": offset, "view_mask": mask}
+        return views, label, vid, info
+
+    return tf.data.Dataset.range(num_chunks).map(_graph_fn(chunk))
 
 
 # crop name -> (image_size, seed, crop_size, crop_scale) -> window [y, x, h, w]
