@@ -6,6 +6,8 @@
   its k largest frame logits, k in {10, 30, 50}, clipped to the number of
   frames (Karpathy et al. / "top-k pooling").
 * Two-stream late fusion: weighted average of the streams' video scores.
+* Chunked views (`pipeline.eval_dataset(views_per_chunk=K)`): per-video
+  running sums over the unmasked views (`ViewAccumulator`).
 """
 
 import numpy as np
@@ -81,6 +83,107 @@ def average_views(scores, video_index=None, *, num_videos=None,
     sums = np.zeros((num_videos, scores.shape[1]))
     np.add.at(sums, video_index, probs)
     return sums / counts[:, None]
+
+
+class ViewAccumulator:
+    """Per-video mean of view scores that arrive in chunks (streaming).
+
+    The consumer of `pipeline.eval_dataset(..., views_per_chunk=K)`: each
+    batch row is a chunk of K views of one video, padding views masked out.
+    Only one running sum per video is kept, never the view scores, so the
+    memory is (N, C) whatever the number of views.
+
+    Args:
+        num_views: int or None. V; when given, `result` checks that every
+            video received exactly V views. Defaults to None.
+    """
+
+    def __init__(self, num_views=None):
+        self.num_views = num_views
+        self._sums, self._counts, self._labels, self._ids = {}, {}, {}, {}
+
+    def add(self, video_index, scores, view_mask, labels=None, ids=None):
+        """Adds one batch of chunks.
+
+        Args:
+            video_index: int (B,). The video of each chunk.
+            scores: float (B, K, C). Per-view scores (probabilities, or
+                features; averaged as given).
+            view_mask: bool (B, K). False for padding views (ignored, even
+                when their scores are NaN).
+            labels: int (B,) or None. The chunk's video label.
+            ids: sequence of B str/bytes or None. The chunk's video id.
+
+        Raises:
+            ValueError: on a shape mismatch, or a video whose chunks
+                disagree on its label or id.
+        """
+        scores = np.asarray(scores, dtype=np.float64)
+        mask = np.asarray(view_mask, dtype=bool)
+        video_index = np.asarray(video_index).reshape(-1)
+        if scores.ndim != 3 or mask.shape != scores.shape[:2] or (
+            video_index.shape != scores.shape[:1]
+        ):
+            raise ValueError(
+                "`scores` must be (B, K, C), `view_mask` (B, K) and "
+                "`video_index` (B,). Received: "
+                f"scores.shape={scores.shape}, view_mask.shape={mask.shape}, "
+                f"video_index.shape={video_index.shape}"
+            )
+        video_index = video_index.tolist()
+        # Check labels and ids first, so a bad batch adds nothing.
+        for store, values, name in ((self._labels, labels, "label"),
+                                    (self._ids, ids, "id")):
+            if values is None:
+                continue
+            seen = {}
+            for video, value in zip(video_index, values):
+                value = value.item() if hasattr(value, "item") else value
+                known = seen.setdefault(video, store.get(video, value))
+                if known != value:
+                    raise ValueError(
+                        f"The chunks of video {video} disagree on its {name}: "
+                        f"{known!r} and {value!r}"
+                    )
+            store.update(seen)
+        sums = np.where(mask[..., None], scores, 0.0).sum(axis=1)
+        counts = mask.sum(axis=1)
+        for b, video in enumerate(video_index):
+            if video in self._sums:
+                self._sums[video] += sums[b]
+                self._counts[video] += int(counts[b])
+            else:
+                self._sums[video] = sums[b].copy()
+                self._counts[video] = int(counts[b])
+
+    def result(self):
+        """The per-video means, in video-index order.
+
+        Returns:
+            (scores float64 (N, C), labels int64 (N,) or None, ids list or
+            None); labels / ids are None when `add` never got them.
+
+        Raises:
+            ValueError: when a video got a number of views other than
+                `num_views`, or none at all.
+        """
+        order = sorted(self._sums)
+        counts = np.array([self._counts[v] for v in order], dtype=np.int64)
+        wrong = [v for v, c in zip(order, counts)
+                 if c == 0 or (self.num_views is not None and c != self.num_views)]
+        if wrong:
+            raise ValueError(
+                f"Every video needs {self.num_views or '>= 1'} views. Received: "
+                f"videos {wrong[:10]} with {counts[order.index(wrong[0])]} "
+                "(first shown)"
+            )
+        if not order:
+            return np.zeros((0, 0)), None, None
+        scores = np.stack([self._sums[v] for v in order]) / counts[:, None]
+        labels = (np.array([self._labels[v] for v in order], dtype=np.int64)
+                  if self._labels else None)
+        ids = [self._ids[v] for v in order] if self._ids else None
+        return scores, labels, ids
 
 
 def top_k_frame_pooling(frame_logits, k):
