@@ -2,8 +2,10 @@
 
 Builds a registered model, copies a PyTorch state dict into it
 (`klassterfork.weights.torch_import`: torchvision video ResNets and
-ResNet-50, TSM checkpoints, VideoMAE ViTs) and saves it as `.keras`
-(written to a temporary name, then renamed).
+ResNet-50, TSM and TDN checkpoints, VideoMAE ViTs) and saves it as `.keras`
+(written to a temporary name, then renamed). The checkpoint layout follows
+the built model (`torch_import.infer_family`): a TDN checkpoint needs
+`--model TSN --arg temporal='"tdn"' --arg num_segments=8`.
 
 `--num-classes N` sets the head; without it the checkpoint's classifier size
 is used. When N differs from the checkpoint's, the backbone is imported and
@@ -20,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+# The layout of each model's classifier key (`fc` / `head`), read before the
+# model is built; the import itself infers the layout from the built model.
 FAMILY_OF_MODEL = {
     "R2Plus1D18": "resnet3d", "R3D18": "resnet3d", "MC3_18": "resnet3d",
     "R2Plus1D": "resnet3d", "TSN": "resnet2d", "VideoViT": "vit",
@@ -65,7 +69,7 @@ def main(argv=None):
         num_classes = args.num_classes or in_checkpoint
         model = models.build(args.model, num_classes=num_classes, **dict(args.arg))
         report = torch_import.import_state_dict(
-            model, state_dict, family=family,
+            model, state_dict,
             load_head=num_classes == in_checkpoint, source=args.checkpoint,
         )
     except (ImportError, KeyError, TypeError, ValueError) as err:

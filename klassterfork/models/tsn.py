@@ -22,9 +22,16 @@ explicit. Temporal modules (`temporal=`):
   alpha = beta = 0.5 for 8 segments (0.75 / 0.25 otherwise). The centre frame
   feeds the RGB stem. Long-term module (mSE) after conv1/BN/ReLU of every
   block of layers 2-4, followed by a learnable channel shift (`LearnableShift`).
-  The reference also registers `conv1_temp` (3->64 k7 with bias, 9,472
-  parameters) that its forward never uses; it is left out here, so the
-  trainable count is 24,420,046 - 9,472 = 24,410,574 at 174 classes.
+  The mSE follows the reference after its fix of MCG-NJU/TDN issue #6 (the
+  backward small-scale branch convolves the backward difference; the first
+  release fed it the forward branch's output).
+  `conv1_temp`: the reference registers a second stem conv (3->64 k7 with
+  bias, 9,472 parameters; also under the name `conv1_temp1`) that its
+  forward never uses. It is kept here as `UnusedConv2D` for checkpoint
+  parity; receives no gradient (`tape.gradient` gives None, which Keras
+  optimizers drop, so no update or weight decay touches it, as PyTorch skips
+  parameters whose `.grad` is None). Trainable count 24,420,046 at 174
+  classes, the reference's.
 - "msn": MSNet (Kwon et al., ECCV 2020): the TSM shifts plus the
   MotionSqueeze module after stage 2 (`models/msn.py`, which documents its
   deviation from the reference: no deformable / custom-kernel sampling).
@@ -165,6 +172,50 @@ def resnet_stage(x, s, num_blocks, *, use_bias, temporal, num_segments, prefix="
     return x
 
 
+@keras.saving.register_keras_serializable(package="klassterfork")
+class UnusedConv2D(layers.Layer):
+    """The kernel and bias of a Conv2D that no output depends on.
+
+    Kept for checkpoint parity; receives no gradient. TDN's reference
+    registers a conv its forward never calls (`conv1_temp`); holding its
+    weights keeps the trainable count and a checkpoint one-to-one. The call
+    returns its input unchanged, (B, H, W, C) -> same, and computes nothing.
+
+    Args:
+        filters: int. Output channels of the would-be conv.
+        kernel_size: int. Square kernel size.
+        use_bias: bool. Also hold a bias. Defaults to True.
+
+    Weights: `kernel` (kernel_size, kernel_size, C, filters), `bias`
+    (filters,).
+    """
+
+    def __init__(self, filters, kernel_size, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.use_bias = filters, kernel_size, use_bias
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        self.kernel = self.add_weight(
+            shape=(k, k, input_shape[-1], self.filters), initializer=he_fan_out(),
+            name="kernel",
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                shape=(self.filters,), initializer="zeros", name="bias"
+            )
+
+    def call(self, x):
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "use_bias": self.use_bias}
+
+
 def _fuse(x, diff, alpha, beta, name):
     diff = ResizeNearestLike(name=f"{name}_up")([diff, x])
     x = layers.Rescaling(alpha, name=f"{name}_alpha")(x)
@@ -204,7 +255,8 @@ def TSN(
     Returns:
         `keras.Model`: (B, S * F, H, W, 3) -> (B, num_classes) logits.
         Trainable parameters at 174 classes: 23,864,558 ("none", "tsm"),
-        24,410,574 ("tdn"), "tsm" + 70,785 MotionSqueeze ("msn").
+        24,420,046 ("tdn", with its unused `conv1_temp`), "tsm" + 70,785
+        MotionSqueeze ("msn").
 
     Raises:
         ValueError: unknown `temporal` / `depth`, or a frame count that is not
@@ -233,6 +285,7 @@ def TSN(
     if temporal == "tdn":
         diff = SegmentFrames("difference", name="frame_diff")(x)
         x = SegmentFrames("centre", name="centre_frame")(x)
+        x = UnusedConv2D(64, 7, name="conv1_temp")(x)  # identity (module doc)
         diff = layers.AveragePooling2D(2, name="diff_pool")(diff)
         diff = conv2d(diff, 64, 7, strides=2, name="diff_conv1")
         diff = layers.ReLU(name="diff_relu1")(batch_norm(diff, "diff_bn1"))

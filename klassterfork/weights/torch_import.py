@@ -1,6 +1,6 @@
 """PyTorch state dicts -> klassterfork Keras models.
 
-Three checkpoint layouts are understood (`FAMILIES`):
+Four checkpoint layouts are understood (`FAMILIES`):
 
 - "resnet3d": torchvision `r2plus1d_18` / `r3d_18` / `mc3_18`
   (`stem.0.weight`, `layer1.0.conv1.0.0.weight`, `layer1.0.conv1.1.*`,
@@ -12,6 +12,15 @@ Three checkpoint layouts are understood (`FAMILIES`):
   (`module.base_model.layer1.0.conv1.net.weight`, `module.new_fc.weight`)
   are the same layout once the prefixes and the shift wrapper's `.net` are
   dropped (`normalize_keys`).
+- "tdn": TDN checkpoints (MCG-NJU/TDN, `module.base_model.*`,
+  `module.new_fc.*`) -> `TSN(temporal="tdn")`. Keras layer -> torch module
+  (`_TDN_NAMES`, `_TDN_BLOCK`): `conv1`, `bn1`, `conv1_temp` (unused by the
+  reference's forward; the file holds it twice, also as `conv1_temp1`,
+  which must be equal: `DUPLICATES`), `diff_conv1` / `diff_bn1` ->
+  `conv1_5.0` / `conv1_5.1`, `diff_stage1_block{b}_*` ->
+  `resnext_layer1.{b-1}.*`, `stage{s}_block{b}_*` -> `layer{s}_bak.{b-1}.*`
+  with `_mse_{conv1,bn1,conv2,conv3,bn3,conv3_smallscale2,...}` ->
+  `.mse.*` and `_shift` -> `.shift.conv`, `logits` -> `new_fc`.
 - "vit": VideoMAE ViT (`patch_embed.proj.weight`, `blocks.N.norm1.*`,
   `blocks.N.attn.qkv.weight`, `blocks.N.attn.q_bias`, `blocks.N.attn.v_bias`,
   `blocks.N.attn.proj.*`, `blocks.N.mlp.fc1.*`, `fc_norm.*`, `head.*`) ->
@@ -19,7 +28,8 @@ Three checkpoint layouts are understood (`FAMILIES`):
   weights, in both.
 
 Conversions: conv kernels (out, in, *k) -> channels-last (*k, in, out);
-Linear (out, in) -> Dense (in, out); BatchNorm weight / bias / running_mean /
+depthwise (C, 1, kh, kw) -> (kh, kw, C, 1); TDN's shift Conv1d (C, 1, 3) ->
+`LearnableShift.kernel` (3, C); Linear (out, in) -> Dense (in, out); BatchNorm weight / bias / running_mean /
 running_var -> gamma / beta / moving_mean / moving_variance (both models use
 epsilon 1e-5; `num_batches_tracked` is ignored); the VideoMAE qkv weight is
 kept fused (`QVBiasAttention.qkv_kernel` = `qkv.weight.T`). The models pad
@@ -32,7 +42,7 @@ import re
 
 import numpy as np
 
-FAMILIES = ("resnet3d", "resnet2d", "vit")
+FAMILIES = ("resnet3d", "resnet2d", "tdn", "vit")
 HEAD_LAYERS = ("logits", "embedding_dense")
 # Prefixes of wrapped checkpoints: DataParallel, TSM/TDN's TSN wrapper,
 # VideoMAE's pre-training encoder.
@@ -58,10 +68,22 @@ _RESNET2D_BLOCK = {
     r"downsample_conv": "downsample.0",
     r"downsample_bn": "downsample.1",
 }
+_TDN_NAMES = {
+    "conv1": "conv1", "bn1": "bn1", "conv1_temp": "conv1_temp",
+    "diff_conv1": "conv1_5.0", "diff_bn1": "conv1_5.1",
+}
+_TDN_BLOCK = {
+    **_RESNET2D_BLOCK,
+    r"mse_(conv\d|bn\d|conv3_smallscale\d|bn3_smallscale\d)": r"mse.\1",
+    r"shift": "shift.conv",
+}
+# Keys a reference registers twice (one module under two names): the copy
+# must equal the key that is loaded, and then counts as used.
+DUPLICATES = {"conv1_temp1.": "conv1_temp."}
 _VIT_BLOCK = re.compile(r"block(\d+)_(norm1|norm2|attn|fc1|fc2)")
 
 
-def _block_name(name, table):
+def _block_name(name, table, stage_format="layer{}"):
     match = _BLOCK.fullmatch(name)
     if not match:
         return None
@@ -69,7 +91,7 @@ def _block_name(name, table):
     for pattern, template in table.items():
         if re.fullmatch(pattern, rest):
             suffix = re.sub(pattern, template, rest)
-            return f"layer{stage}.{int(block) - 1}.{suffix}"
+            return f"{stage_format.format(stage)}.{int(block) - 1}.{suffix}"
     return None
 
 
@@ -77,7 +99,9 @@ def torch_prefix(family, layer_name):
     """The torch module prefix of a Keras layer, or None if it has none.
 
     E.g. ("resnet3d", "stage2_block1_conv1_temporal") -> "layer2.0.conv1.0.3",
-    ("vit", "block3_attn") -> "blocks.3.attn", ("resnet2d", "logits") -> "fc".
+    ("vit", "block3_attn") -> "blocks.3.attn", ("resnet2d", "logits") -> "fc",
+    ("tdn", "stage2_block1_mse_conv3_smallscale2") ->
+    "layer2_bak.0.mse.conv3_smallscale2".
 
     Args:
         family: str. One of `FAMILIES`.
@@ -97,6 +121,13 @@ def torch_prefix(family, layer_name):
         if layer_name in ("conv1", "bn1"):
             return layer_name
         return _block_name(layer_name, _RESNET2D_BLOCK)
+    if family == "tdn":
+        if layer_name in _TDN_NAMES:
+            return _TDN_NAMES[layer_name]
+        if layer_name.startswith("diff_"):
+            return _block_name(layer_name[len("diff_"):], _RESNET2D_BLOCK,
+                               "resnext_layer{}")
+        return _block_name(layer_name, _TDN_BLOCK, "layer{}_bak")
     if family == "vit":
         if layer_name in ("patch_embed", "fc_norm"):
             return {"patch_embed": "patch_embed.proj", "fc_norm": "fc_norm"}[layer_name]
@@ -181,17 +212,19 @@ def load_state_dict(path):
 
 
 def infer_family(model):
-    """"vit", "resnet3d" or "resnet2d" from the model's layer names."""
+    """"vit", "resnet3d", "tdn" or "resnet2d" from the model's layer names."""
     names = {layer.name for layer in model.layers}
     if "patch_embed" in names:
         return "vit"
     if "stem_conv1" in names:
         return "resnet3d"
+    if "conv1_temp" in names:
+        return "tdn"
     if "conv1" in names and "stage1_block1_conv3" in names:
         return "resnet2d"
     raise ValueError(
         f"Model '{model.name}' has no known PyTorch layout (accepted: R2Plus1D / "
-        "R3D / MC3, TSN none/tsm, VideoViT)."
+        "R3D / MC3, TSN none/tsm/tdn, VideoViT)."
     )
 
 
@@ -199,8 +232,10 @@ def _to_keras(layer, prefix, sd):
     """The torch tensors of one layer, converted to `layer.get_weights()`
     order and layout. Returns (arrays, used keys)."""
     kind = type(layer).__name__
-    if kind in ("Conv2D", "Conv3D", "Dense"):
+    if kind in ("Conv2D", "Conv3D", "Dense", "DepthwiseConv2D", "UnusedConv2D"):
         keys = [f"{prefix}.weight"] + ([f"{prefix}.bias"] if layer.use_bias else [])
+    elif kind == "LearnableShift":
+        keys = [f"{prefix}.weight"]
     elif kind == "BatchNormalization":
         stats = ("weight", "bias", "running_mean", "running_var")
         keys = [f"{prefix}.{k}" for k in stats]
@@ -220,8 +255,12 @@ def _to_keras(layer, prefix, sd):
         )
     arrays = [np.asarray(sd[k]) for k in keys]
     w = arrays[0]
-    if kind in ("Conv2D", "Conv3D"):
+    if kind in ("Conv2D", "Conv3D", "UnusedConv2D"):
         arrays[0] = np.transpose(w, tuple(range(2, w.ndim)) + (1, 0))
+    elif kind == "DepthwiseConv2D":  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+        arrays[0] = np.transpose(w, (2, 3, 0, 1))
+    elif kind == "LearnableShift":  # Conv1d (C, 1, 3) -> (3, C)
+        arrays[0] = w[:, 0, :].T
     elif kind == "Dense":
         arrays[0] = w.T
     elif kind == "QVBiasAttention":
@@ -247,7 +286,8 @@ def import_state_dict(
 
     Returns:
         dict with "loaded" (Keras layer names), "skipped" (head layers left
-        as they were) and "unused" (checkpoint keys nothing read).
+        as they were) and "unused" (checkpoint keys nothing read; a
+        `DUPLICATES` copy equal to a loaded key counts as read).
 
     Raises:
         ValueError: a layer without a PyTorch name, a shape mismatch (naming
@@ -283,6 +323,12 @@ def import_state_dict(
         layer.set_weights(arrays)
         used.update(keys)
         loaded.append(layer.name)
+    for key in set(sd) - used:
+        for copy, original in DUPLICATES.items():
+            twin = original + key[len(copy):]
+            if (key.startswith(copy) and twin in used
+                    and np.array_equal(sd[key], sd[twin])):
+                used.add(key)
     head_keys = {f"{torch_prefix(family, 'logits')}.{k}" for k in ("weight", "bias")}
     unused = sorted(k for k in set(sd) - used if load_head or k not in head_keys)
     return {"loaded": loaded, "skipped": skipped, "unused": unused}

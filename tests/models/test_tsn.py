@@ -30,11 +30,13 @@ def test_backbone_and_head_counts():
     assert model.get_layer("stage2_block1_conv2").strides == (2, 2)  # on the 3x3
 
 
-def test_tdn_count_matches_reference_minus_its_unused_conv():
+def test_tdn_count_matches_reference_with_its_unused_conv():
     model = models.build("TSN", num_classes=174, temporal="tdn")
     # TDN's tdn_net.py registers `conv1_temp` (Conv2d 3->64 k7 + bias: 9,472)
-    # that forward() never uses; the reference total is 24,420,046.
-    assert trainable_count(model) + 3 * 64 * 49 + 64 == 24_420_046
+    # that forward() never uses; kept, so the count is the reference's.
+    assert trainable_count(model) == 24_420_046
+    unused = model.get_layer("conv1_temp")
+    assert [tuple(w.shape) for w in unused.trainable_weights] == [(7, 7, 3, 64), (64,)]
     assert model.input_shape == (None, 40, 224, 224, 3)
     assert model.get_layer("stage2_block1_mse_conv1").filters == 8  # 128 / 16
 
