@@ -123,10 +123,22 @@ def _decode(encoded, window, modality):
                       decode_frames(encoded[:, 1], window, channels=1)], axis=-1)
 
 
+def flip_left_right(clip):
+    """[T, H, W, C] -> the same, each frame mirrored left-right.
+
+    Reverses a [T * H, W, C] view: TF's reverse has a fast path for the
+    middle axis of a 3-D tensor with C <= 4 (row copies), ~3x faster than
+    reversing axis 2 of the 4-D clip (Eigen's generic per-element loop).
+    """
+    shape = tf.shape(clip)
+    rows = tf.reshape(clip, tf.stack([shape[0] * shape[1], shape[2], shape[3]]))
+    return tf.reshape(tf.reverse(rows, axis=[1]), shape)
+
+
 def _flip(clip, modality):
     """Horizontal flip; for flow the x component also changes sign, which in
     the 8-bit encoding q = (f + b) * 255 / 2b is q -> 255 - q."""
-    clip = tf.reverse(clip, axis=[-2])
+    clip = tf.ensure_shape(flip_left_right(clip), clip.shape)
     if modality == "flow":
         clip = tf.concat([255 - clip[..., :1], clip[..., 1:]], axis=-1)
     return clip
