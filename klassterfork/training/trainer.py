@@ -25,6 +25,7 @@ import tqdm
 
 from klassterfork.analysis.plot_training import plot_training
 from klassterfork.config.loader import ConfigError
+from klassterfork.evaluation import aggregate
 from klassterfork.evaluation.predictions import write_predictions
 from klassterfork.training import builders
 from klassterfork.training import strategy as strategies
@@ -280,30 +281,43 @@ class Stage:
 
         return tf.function(lambda: self.strategy.run(sync_fn))
 
-    def _predict_fn(self, *, zero_shot):
-        """The traced multi-view predict function, built once per mode."""
-        cache = self.__dict__.setdefault("_predict_fns", {})
-        if zero_shot not in cache:
-            cache[zero_shot] = self._make_predict_fn(zero_shot=zero_shot)
-        return cache[zero_shot]
+    def _predict_fn(self, *, zero_shot, chunked=False):
+        """The traced predict function, built once per mode.
 
-    def _make_predict_fn(self, *, zero_shot):
+        Unchunked: (B, V, T, H, W, C) -> (B, D), the views' mean. Chunked
+        (`views_per_chunk`): (B, K, T, H, W, C) -> (B, K, D) per-view
+        outputs, averaged per video by `aggregate.ViewAccumulator`; the
+        model then sees at most B * K clips per call. D: class
+        probabilities, or raw features for a zero-shot (embedding) model.
+        """
+        cache = self.__dict__.setdefault("_predict_fns", {})
+        if (zero_shot, chunked) not in cache:
+            cache[zero_shot, chunked] = self._make_predict_fn(
+                zero_shot=zero_shot, chunked=chunked
+            )
+        return cache[zero_shot, chunked]
+
+    def _make_predict_fn(self, *, zero_shot, chunked):
         model = self.model
 
-        @tf.function(reduce_retracing=True)
-        def predict(clips):
-            # (B, V, T, H, W, C): views folded into the batch, then averaged:
-            # softmax scores for a classifier, L2-normalized features for an
-            # embedding model (the zero-shot recipe's clip averaging).
+        def view_outputs(clips):
+            # Views folded into the batch: softmax scores for a classifier,
+            # raw features for an embedding model -> (B, V, D).
             shape = tf.shape(clips)
             flat = tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0))
             outputs = tf.cast(model(flat, training=False), tf.float32)
             if not zero_shot:
                 outputs = tf.nn.softmax(outputs, axis=-1)
-            mean = tf.reduce_mean(tf.reshape(outputs, [shape[0], shape[1], -1]), axis=1)
+            return tf.reshape(outputs, [shape[0], shape[1], -1])
+
+        @tf.function(reduce_retracing=True)
+        def predict(clips):
+            # Averaged over views; L2-normalized features for an embedding
+            # model (the zero-shot recipe's clip averaging).
+            mean = tf.reduce_mean(view_outputs(clips), axis=1)
             return tf.math.l2_normalize(mean, axis=-1) if zero_shot else mean
 
-        return predict
+        return tf.function(view_outputs, reduce_retracing=True) if chunked else predict
 
     # ---- evaluation ----------------------------------------------------------
     def evaluate(self, predictions_dir=None):
@@ -312,7 +326,9 @@ class Stage:
         `datasets.val` reports `val_loss`, `val_top1`, `val_top5`; a set named
         `val_<name>` reports `val_<name>/top1` etc. A set with
         `class_embeddings` is scored zero-shot: cosine between the
-        clip-averaged, normalized features and its own class matrix.
+        clip-averaged, normalized features and its own class matrix. A set
+        with `views_per_chunk` is read in chunks of views (bounded memory)
+        and averaged per video; the scores equal the unchunked ones.
         """
         if not self.val_sets:
             raise ConfigError(self.source, "datasets", "evaluation needs a `val` dataset.")
@@ -326,15 +342,18 @@ class Stage:
 
     def _evaluate_set(self, key, block, info, matrix, predictions_path):
         dataset = builders.make_eval_dataset(block, info, self.source, f"datasets.{key}")
-        predict = self._predict_fn(zero_shot=matrix is not None)
-        ids, scores, labels = [], [], []
-        for clips, batch_labels, batch_ids in dataset:
-            out = predict(clips).numpy()
-            scores.append(out if matrix is None else out @ matrix.T)
-            labels.append(batch_labels.numpy())
-            ids.extend(x.decode("utf-8") for x in batch_ids.numpy())
-        scores = np.concatenate(scores)
-        labels = np.concatenate(labels).astype(np.int64)
+        if block.get("views_per_chunk") is not None:
+            ids, scores, labels = self._predict_chunked(dataset, block, matrix)
+        else:
+            predict = self._predict_fn(zero_shot=matrix is not None)
+            ids, scores, labels = [], [], []
+            for clips, batch_labels, batch_ids in dataset:
+                out = predict(clips).numpy()
+                scores.append(out if matrix is None else out @ matrix.T)
+                labels.append(batch_labels.numpy())
+                ids.extend(x.decode("utf-8") for x in batch_ids.numpy())
+            scores = np.concatenate(scores)
+            labels = np.concatenate(labels).astype(np.int64)
         labelled = labels >= 0
         s, y = scores[labelled], labels[labelled]
         order = np.argsort(-s, axis=1, kind="stable")
@@ -351,6 +370,25 @@ class Stage:
             names = info.label_names or [str(i) for i in range(scores.shape[1])]
             write_predictions(predictions_path, ids, scores, labels, names)
         return metrics
+
+    def _predict_chunked(self, dataset, block, matrix):
+        """(ids, scores (N, C), labels (N,)) of a chunked eval dataset."""
+        predict = self._predict_fn(zero_shot=matrix is not None, chunked=True)
+        num_views = int(block["num_clips"]) * int(block["num_crops"])
+        accumulator = aggregate.ViewAccumulator(num_views)
+        for clips, batch_labels, batch_ids, chunks in dataset:
+            accumulator.add(
+                chunks["video_index"].numpy(), predict(clips).numpy(),
+                chunks["view_mask"].numpy(), batch_labels.numpy(),
+                [x.decode("utf-8") for x in batch_ids.numpy()],
+            )
+        scores, labels, ids = accumulator.result()
+        if labels is None:  # no videos
+            return [], np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        if matrix is not None:  # as tf.math.l2_normalize, then cosines
+            sum_sq = np.sum(scores * scores, axis=-1, keepdims=True)
+            scores = (scores / np.sqrt(np.maximum(sum_sq, 1e-12))) @ matrix.T
+        return ids, scores.astype(np.float32), labels
 
     # ---- training ------------------------------------------------------------
     def restore(self, checkpoint_dir, *, model_only=False):
