@@ -8,7 +8,9 @@ to the converter's `short_side`, resampled to its `fps`, cut at its
 spaced clips x `num_crops` spatial crops are taken with the same pure
 functions the record pipeline uses (`data/transforms.even_clip_indices`,
 `spatial_crop_windows`, `crop_and_resize`, `standardize`), and the softmax
-of every view is averaged.
+of every view is averaged. Views go through the model `--batch-size` at a
+time (default: the config's `datasets.val.views_per_chunk`, else 8) and are
+standardized per batch, so memory is bounded whatever the number of views.
 
 One difference from `pipeline.eval_dataset` remains: training records hold
 JPEG-compressed frames, here the decoded frames go to the model directly
@@ -45,6 +47,8 @@ import numpy as np
 VIEW_KEYS = ("clip_len", "crop_size", "num_clips", "num_crops", "frame_step",
              "resize_short_side", "short_video")
 NORM_KEYS = ("standardize", "mean", "std")
+# Views per forward pass (the default of --batch-size): bounds memory.
+CHUNK_KEYS = ("views_per_chunk",)
 DECODE_KEYS = ("short_side", "fps", "max_frames")
 # Keys of a val block that do not change what one video's views look like.
 IGNORED_KEYS = ("dir", "split", "files", "flip", "num_examples", "batch_size",
@@ -126,7 +130,8 @@ def eval_transform(stage):
         dict with `view` (kwargs of `video_views`), `norm` (kwargs of
         `transforms.standardize`: mode, mean, std), `decode` (short_side,
         fps, max_frames of the converter, from the split's manifest; None
-        where unknown) and `label_names` (list or None, from the manifest).
+        where unknown), `label_names` (list or None, from the manifest) and
+        `views_per_chunk` (int or None: views per forward pass).
 
     Raises:
         PredictError: the stage has no val/test dataset.
@@ -148,13 +153,13 @@ def eval_transform(stage):
     missing = [k for k in ("clip_len", "crop_size") if k not in block]
     if missing:
         raise PredictError(f"datasets.val: `{missing[0]}` is required.")
-    unknown = sorted(set(block) - set(VIEW_KEYS + NORM_KEYS + IGNORED_KEYS))
+    unknown = sorted(set(block) - set(VIEW_KEYS + NORM_KEYS + CHUNK_KEYS + IGNORED_KEYS))
     if unknown:
         # A transform option kf-predict does not reproduce must not be
         # dropped silently: predictions would not match evaluation.
         raise PredictError(
             f"datasets.val.{unknown[0]}: kf-predict does not apply this option of "
-            f"the eval pipeline. It applies: {', '.join(VIEW_KEYS + NORM_KEYS)}")
+            f"the eval pipeline. It applies: {', '.join(VIEW_KEYS + NORM_KEYS + CHUNK_KEYS)}")
     view = {k: block.get(k, defaults.get(k)) for k in VIEW_KEYS}
     view["num_clips"] = view["num_clips"] or 1
     view["num_crops"] = view["num_crops"] or 1
@@ -167,6 +172,7 @@ def eval_transform(stage):
         "norm": {"mode": norm["standardize"], "mean": norm["mean"], "std": norm["std"]},
         "decode": {k: settings.get(k) for k in DECODE_KEYS},
         "label_names": list(names) if isinstance(names, list) else None,
+        "views_per_chunk": block.get("views_per_chunk"),
     }
 
 
@@ -224,18 +230,31 @@ def softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def predict_views(model, inputs, *, batch_size=8):
+def predict_views(model, inputs, *, batch_size=8, norm=None):
     """Averaged softmax over the views of one video.
 
     Args:
         model: `keras.Model`, (B, T, H, W, C) -> (B, num_classes) logits.
-        inputs: float32 (V, T, H, W, C), standardized views.
+        inputs: float32 (V, T, H, W, C), standardized views; or uint8
+            views with `norm`.
         batch_size: int. Views per forward pass. Defaults to 8.
+        norm: dict or None. With `norm` (as from `eval_transform`), each
+            batch of views is standardized just before its forward pass, so
+            only `batch_size` float views exist at a time (standardization
+            is per view, so the result is the same). Defaults to None.
 
     Returns:
         float64 (num_classes,), sums to 1.
     """
-    logits = [np.asarray(model(inputs[i:i + batch_size], training=False))
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+
+    def batch(i):
+        views = inputs[i:i + batch_size]
+        return views if norm is None else model_input(views, norm)
+
+    logits = [np.asarray(model(batch(i), training=False))
               for i in range(0, len(inputs), batch_size)]
     return softmax(np.concatenate(logits)).mean(axis=0)
 
@@ -317,8 +336,8 @@ def load_setup(model_path, *, config=None, labels=None, short_side=None, fps=Non
     return model, transform, names
 
 
-def video_inputs(path, transform):
-    """Decodes a video file and returns (uint8 views, model inputs, frames).
+def decode_views(path, transform):
+    """Decodes a video file and returns (uint8 views (V, T, H, W, C), frames).
 
     Raises:
         VideoDecodeError: the file cannot be decoded (names the file).
@@ -326,8 +345,17 @@ def video_inputs(path, transform):
     from klassterfork.data.video import decode_video
 
     decoded = decode_video(path, **transform["decode"])
-    views = video_views(decoded.frames, **transform["view"])
-    return views, model_input(views, transform["norm"]), len(decoded.frames)
+    return video_views(decoded.frames, **transform["view"]), len(decoded.frames)
+
+
+def video_inputs(path, transform):
+    """Decodes a video file and returns (uint8 views, model inputs, frames).
+
+    Raises:
+        VideoDecodeError: the file cannot be decoded (names the file).
+    """
+    views, num_frames = decode_views(path, transform)
+    return views, model_input(views, transform["norm"]), num_frames
 
 
 def top_k(probs, names, k):
@@ -354,7 +382,8 @@ def parse_args(argv):
                    "converter's)")
     p.add_argument("--max-frames", type=int, help="keep at most this many frames "
                    "(default: the converter's)")
-    p.add_argument("--batch-size", type=int, default=8, help="views per forward pass")
+    p.add_argument("--batch-size", type=int, default=None, help="views per forward "
+                   "pass (default: the config's datasets.val.views_per_chunk, else 8)")
     return p.parse_args(argv)
 
 
@@ -374,17 +403,26 @@ def main(argv=None):
         return 2
     from klassterfork.data.video import VideoDecodeError
 
+    batch_size = args.batch_size
+    if batch_size is None:
+        batch_size = transform["views_per_chunk"] or 8
+    if not isinstance(batch_size, int) or batch_size < 1:
+        print(f"kf-predict: --batch-size / datasets.val.views_per_chunk must be a "
+              f"positive int. Received: {batch_size!r}", file=sys.stderr)
+        return 2
     results, failed = [], 0
     for path in args.videos:
         try:
-            views, inputs, num_frames = video_inputs(path, transform)
+            views, num_frames = decode_views(path, transform)
         except (VideoDecodeError, ValueError) as err:
             reason = err.reason if isinstance(err, VideoDecodeError) else str(err)
             print(f"kf-predict: {path}: {reason}", file=sys.stderr)
             results.append({"video": path, "ok": False, "error": reason})
             failed += 1
             continue
-        probs = predict_views(model, inputs, batch_size=args.batch_size)
+        # Standardized per batch: at most `batch_size` float views at a time.
+        probs = predict_views(model, views, batch_size=batch_size,
+                              norm=transform["norm"])
         best = top_k(probs, names, args.top_k)
         results.append({
             "video": path, "ok": True, "num_frames": num_frames,
