@@ -52,25 +52,28 @@ def _to_uint8(x):
 # --- Pixel-wise and histogram ops (PIL.ImageOps) -----------------------------
 
 
-def _apply_lut(clip, lut):
-    """uint8 (T, H, W, C), int (T, C, 256) -> uint8 (T, H, W, C): per-frame,
-    per-channel lookup table, as PIL's `Image.point`."""
+def _lut_index(clip):
+    """uint8 (T, H, W, C) -> int32 (T, H, W, C): (t C + c) 256 + value, the
+    position of each pixel in a flat per-frame, per-channel table of 256."""
     shape = tf.shape(clip)
     t = tf.range(shape[0])[:, None, None, None]
     c = tf.range(shape[3])[None, None, None, :]
-    index = (t * shape[3] + c) * 256 + tf.cast(clip, tf.int32)
-    lut = tf.clip_by_value(tf.reshape(lut, [-1]), 0, 255)
-    return tf.cast(tf.gather(lut, index), tf.uint8)
+    return (t * shape[3] + c) * 256 + tf.cast(clip, tf.int32)
 
 
-def _histogram(clip):
-    """uint8 (T, H, W, C) -> int32 (T, C, 256) per frame and channel."""
-    shape = tf.shape(clip)
-    rows = tf.reshape(tf.transpose(clip, [0, 3, 1, 2]), [shape[0] * shape[3], -1])
-    counts = tf.math.bincount(
-        tf.cast(rows, tf.int32), minlength=256, maxlength=256, axis=-1
-    )
+def _histogram(index):
+    """`_lut_index` (T, H, W, C) -> int32 (T, C, 256) per frame and channel."""
+    shape = tf.shape(index)
+    size = shape[0] * shape[3] * 256
+    counts = tf.math.bincount(tf.reshape(index, [-1]), minlength=size, maxlength=size)
     return tf.reshape(counts, [shape[0], shape[3], 256])
+
+
+def _apply_lut(index, lut):
+    """`_lut_index` (T, H, W, C), int (T, C, 256) -> uint8 (T, H, W, C), as
+    PIL's `Image.point`."""
+    lut = tf.cast(tf.clip_by_value(tf.reshape(lut, [-1]), 0, 255), tf.uint8)
+    return tf.gather(lut, index)
 
 
 def auto_contrast(clip):
@@ -86,14 +89,15 @@ def auto_contrast(clip):
     Returns:
         uint8 (T, H, W, C).
     """
-    present = _histogram(clip) > 0
+    index = _lut_index(clip)
+    present = _histogram(index) > 0
     values = tf.range(256, dtype=tf.float64)
     lo = tf.reduce_min(tf.where(present, values, 256.0), axis=-1, keepdims=True)
     hi = tf.reduce_max(tf.where(present, values, -1.0), axis=-1, keepdims=True)
     scale = 255.0 / tf.maximum(hi - lo, 1.0)
     lut = tf.cast(values * scale + (-lo * scale), tf.int32)  # int() truncates
     lut = tf.where(hi > lo, lut, tf.range(256))
-    return _apply_lut(clip, lut)
+    return _apply_lut(index, lut)
 
 
 def equalize(clip):
@@ -108,7 +112,8 @@ def equalize(clip):
     Returns:
         uint8 (T, H, W, C).
     """
-    hist = _histogram(clip)
+    index = _lut_index(clip)
+    hist = _histogram(index)
     present = hist > 0
     last = 255 - tf.argmax(tf.reverse(tf.cast(present, tf.int32), [-1]), axis=-1)
     last_count = tf.gather(hist, last[..., None], batch_dims=2)
@@ -118,7 +123,7 @@ def equalize(clip):
     keep = tf.logical_or(
         step == 0, tf.reduce_sum(tf.cast(present, tf.int32), -1, keepdims=True) <= 1
     )
-    return _apply_lut(clip, tf.where(keep, tf.range(256), lut))
+    return _apply_lut(index, tf.where(keep, tf.range(256), lut))
 
 
 def invert(clip):
@@ -137,8 +142,15 @@ def posterize(clip, bits):
         uint8 (T, H, W, C).
     """
     bits = tf.clip_by_value(tf.cast(bits, tf.int32), 0, 8)
-    mask = 256 - tf.bitwise.left_shift(1, 8 - bits)
-    return tf.cast(tf.bitwise.bitwise_and(tf.cast(clip, tf.int32), mask), tf.uint8)
+    mask = tf.cast(256 - tf.bitwise.left_shift(1, 8 - bits), tf.uint8)
+    return tf.bitwise.bitwise_and(clip, mask)
+
+
+def _at_least(clip, threshold):
+    """clip >= threshold for an int threshold in [0, 256], without leaving uint8."""
+    threshold = tf.cast(threshold, tf.int32)
+    low = tf.cast(tf.clip_by_value(threshold, 0, 255), tf.uint8)
+    return tf.logical_and(clip >= low, threshold < 256)
 
 
 def solarize(clip, threshold):
@@ -151,8 +163,7 @@ def solarize(clip, threshold):
     Returns:
         uint8 (T, H, W, C).
     """
-    above = tf.cast(clip, tf.int32) >= tf.cast(threshold, tf.int32)
-    return tf.where(above, 255 - clip, clip)
+    return tf.where(_at_least(clip, threshold), 255 - clip, clip)
 
 
 def solarize_add(clip, addition, threshold=128):
@@ -166,9 +177,9 @@ def solarize_add(clip, addition, threshold=128):
     Returns:
         uint8 (T, H, W, C).
     """
-    v = tf.cast(clip, tf.int32)
-    added = tf.minimum(v + tf.cast(addition, tf.int32), 255)
-    return tf.cast(tf.where(v < tf.cast(threshold, tf.int32), added, v), tf.uint8)
+    addition = tf.cast(tf.clip_by_value(tf.cast(addition, tf.int32), 0, 255), tf.uint8)
+    added = clip + tf.minimum(addition, 255 - clip)  # saturates, no overflow
+    return tf.where(_at_least(clip, threshold), clip, added)
 
 
 # --- Enhancers (PIL.ImageEnhance): blend with a degenerate image -------------

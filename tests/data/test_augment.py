@@ -297,15 +297,21 @@ def apply_params(clip, params, ops=aug.DEFAULT_OPS):
     return np.stack(frames)
 
 
-def test_rand_augment_is_the_drawn_ops_applied_to_each_frame():
+@pytest.mark.parametrize(
+    "ops,kw",
+    [
+        (aug.DEFAULT_OPS, dict(num_layers=3, magnitude=9, magnitude_std=0.5)),
+        (aug.INCREASING_OPS, dict(num_layers=4, magnitude=7, magnitude_std=0.5)),
+    ],
+)
+def test_rand_augment_is_the_drawn_ops_applied_to_each_frame(ops, kw):
     changed = 0
-    for i in range(16):
-        kw = dict(num_layers=3, magnitude=9, magnitude_std=0.5)
+    for i in range(12):
         params = aug.rand_augment_params(seed(i), num_ops=15, **kw)
-        got = aug.rand_augment(CLIP, seed(i), **kw).numpy()
-        np.testing.assert_array_equal(got, apply_params(CLIP, params))
+        got = aug.rand_augment(CLIP, seed(i), ops=ops, **kw).numpy()
+        np.testing.assert_array_equal(got, apply_params(CLIP, params, ops))
         changed += int((got != CLIP).any())
-    assert changed >= 8
+    assert changed >= 6
 
 
 def test_rand_augment_same_frames_give_same_frames():
@@ -333,13 +339,13 @@ def test_rand_augment_runs_in_tf_data_graph_like_eager():
             clip,
             tf.stack([i, tf.constant(17, tf.int64)]),
             ops=aug.INCREASING_OPS,
-            num_layers=4,
+            num_layers=2,
             magnitude=7,
         )
     )
     for i, got in enumerate(ds):
         ref = aug.rand_augment(
-            CLIP, seed(i), ops=aug.INCREASING_OPS, num_layers=4, magnitude=7
+            CLIP, seed(i), ops=aug.INCREASING_OPS, num_layers=2, magnitude=7
         )
         np.testing.assert_array_equal(got.numpy(), ref.numpy())
 
