@@ -29,9 +29,10 @@ explicit. Temporal modules (`temporal=`):
   bias, 9,472 parameters; also under the name `conv1_temp1`) that its
   forward never uses. It is kept here as `UnusedConv2D` for checkpoint
   parity; receives no gradient (`tape.gradient` gives None, which Keras
-  optimizers drop, so no update or weight decay touches it, as PyTorch skips
-  parameters whose `.grad` is None). Trainable count 24,420,046 at 174
-  classes, the reference's.
+  optimizers drop with a warning, so no update and no weight decay touches
+  it, as PyTorch skips parameters whose `.grad` is None; on the JAX backend
+  `jax.grad` gives zeros instead, so decoupled weight decay shrinks it
+  there). Trainable count 24,420,046 at 174 classes, the reference's.
 - "msn": MSNet (Kwon et al., ECCV 2020): the TSM shifts plus the
   MotionSqueeze module after stage 2 (`models/msn.py`, which documents its
   deviation from the reference: no deformable / custom-kernel sampling).

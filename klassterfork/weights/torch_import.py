@@ -28,13 +28,14 @@ Four checkpoint layouts are understood (`FAMILIES`):
   weights, in both.
 
 Conversions: conv kernels (out, in, *k) -> channels-last (*k, in, out);
-depthwise (C, 1, kh, kw) -> (kh, kw, C, 1); TDN's shift Conv1d (C, 1, 3) ->
-`LearnableShift.kernel` (3, C); Linear (out, in) -> Dense (in, out); BatchNorm weight / bias / running_mean /
-running_var -> gamma / beta / moving_mean / moving_variance (both models use
-epsilon 1e-5; `num_batches_tracked` is ignored); the VideoMAE qkv weight is
-kept fused (`QVBiasAttention.qkv_kernel` = `qkv.weight.T`). The models pad
-strided convs explicitly as torch does, so the outputs agree (the tests
-compare logits with independently written PyTorch models within 1e-4).
+depthwise (C, 1, kh, kw) -> (kh, kw, C, 1); TDN's shift Conv1d (C, 1, 3)
+-> `LearnableShift.kernel` (3, C); Linear (out, in) -> Dense (in, out);
+BatchNorm weight / bias / running_mean / running_var -> gamma / beta /
+moving_mean / moving_variance (both models use epsilon 1e-5;
+`num_batches_tracked` is ignored); the VideoMAE qkv weight is kept fused
+(`QVBiasAttention.qkv_kernel` = `qkv.weight.T`). The models pad strided
+convs explicitly as torch does, so the outputs agree (the tests compare
+logits with independently written PyTorch models within 1e-4).
 """
 
 import difflib

@@ -29,7 +29,8 @@ def test_tdn_torch_names_by_hand():
     assert p("tdn", "diff_conv1") == "conv1_5.0"
     assert p("tdn", "diff_bn1") == "conv1_5.1"
     assert p("tdn", "diff_stage1_block3_conv2") == "resnext_layer1.2.conv2"
-    assert p("tdn", "diff_stage1_block1_downsample_bn") == "resnext_layer1.0.downsample.1"
+    assert (p("tdn", "diff_stage1_block1_downsample_bn")
+            == "resnext_layer1.0.downsample.1")
     assert p("tdn", "stage1_block2_bn3") == "layer1_bak.1.bn3"
     assert p("tdn", "stage4_block1_downsample_conv") == "layer4_bak.0.downsample.0"
     assert p("tdn", "stage3_block6_mse_conv2") == "layer3_bak.5.mse.conv2"
@@ -74,7 +75,8 @@ def test_tdn_cli_import_matches_torch(segments, tmp_path):
         "--model", "TSN", "--checkpoint", str(tmp_path / "tdn.pth.tar"),
         "--output", str(tmp_path / "tdn.keras"),
         "--arg", 'temporal="tdn"', "--arg", f"num_segments={segments}",
-        "--arg", "depth=26", "--arg", f"input_shape=[{5 * segments}, {size}, {size}, 3]",
+        "--arg", "depth=26",
+        "--arg", f"input_shape=[{5 * segments}, {size}, {size}, 3]",
     ])
     assert rc == 0
     model = keras.saving.load_model(tmp_path / "tdn.keras", safe_mode=True)
@@ -88,8 +90,9 @@ def test_tdn_cli_import_matches_torch(segments, tmp_path):
     assert got.shape == (1, 5) and np.abs(want).max() > 0.1
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
     kernel = model.get_layer("conv1_temp").get_weights()[0]
-    np.testing.assert_array_equal(  # the unused conv is carried over too
-        kernel, state["module.base_model.conv1_temp.weight"].numpy().transpose(2, 3, 1, 0))
+    want_kernel = state["module.base_model.conv1_temp.weight"].numpy()
+    # The unused conv is carried over too.
+    np.testing.assert_array_equal(kernel, want_kernel.transpose(2, 3, 1, 0))
 
 
 def test_tdn_import_report_and_errors():

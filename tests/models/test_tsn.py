@@ -7,9 +7,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from klassterfork import models  # noqa: E402
 from klassterfork.models import temporal  # noqa: E402
+from klassterfork.training.optimizers import SGD, AdamW  # noqa: E402
 
 
 def trainable_count(model):
@@ -39,6 +41,30 @@ def test_tdn_count_matches_reference_with_its_unused_conv():
     assert [tuple(w.shape) for w in unused.trainable_weights] == [(7, 7, 3, 64), (64,)]
     assert model.input_shape == (None, 40, 224, 224, 3)
     assert model.get_layer("stage2_block1_mse_conv1").filters == 8  # 128 / 16
+
+
+def test_tdn_unused_conv_gets_no_gradient_and_stays_put():
+    """conv1_temp is the only weight without a gradient (None, not zeros);
+    Keras optimizers drop it, so neither SGD nor AdamW's decoupled decay
+    (which shrinks every variable it updates) changes it; the rest trains."""
+    model = models.build("TSN", num_classes=3, temporal="tdn", num_segments=2,
+                         depth=26, input_shape=(10, 64, 64, 3))
+    x = np.random.default_rng(0).normal(size=(1, 10, 64, 64, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x, training=True) ** 2)
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    assert sorted(v.path for v, g in zip(variables, grads) if g is None) == [
+        "conv1_temp/bias", "conv1_temp/kernel"]
+    unused = [w.numpy() for w in model.get_layer("conv1_temp").weights]
+    logits = model.get_layer("logits").kernel.numpy()
+    for optimizer in (SGD(learning_rate=0.1, momentum=0.9, weight_decay=0.1),
+                      AdamW(learning_rate=0.1, weight_decay=0.1, global_clipnorm=1.0)):
+        with pytest.warns(UserWarning, match="conv1_temp/kernel"):
+            optimizer.apply_gradients(zip(grads, variables))
+    for before, w in zip(unused, model.get_layer("conv1_temp").weights):
+        np.testing.assert_array_equal(w.numpy(), before)
+    assert np.abs(model.get_layer("logits").kernel.numpy() - logits).max() > 1e-3
 
 
 def test_temporal_shift_by_hand():
