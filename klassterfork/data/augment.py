@@ -641,23 +641,46 @@ def random_erasing(
     top = tf.cast(u_top * tf.cast(h_img - h + 1, tf.float32), tf.int32)
     left = tf.cast(u_left * tf.cast(w_img - w + 1, tf.float32), tf.int32)
 
-    rows = tf.range(h_img)[None, :]
-    cols = tf.range(w_img)[None, :]
-    noise_seeds = tf.random.experimental.stateless_split(seeds[6], num=max_count)
-    for k in range(max_count):
-        in_rows = (rows >= top[:, k : k + 1]) & (rows < (top + h)[:, k : k + 1])
-        in_cols = (cols >= left[:, k : k + 1]) & (cols < (left + w)[:, k : k + 1])
-        box = in_rows[:, :, None] & in_cols[:, None, :] & enabled[:, k, None, None]
-        box = box[:, None, :, :, None]  # (B, 1, H, W, 1): every frame
-        if mode == "pixel":
-            values = tf.random.stateless_normal(
-                shape, noise_seeds[k], dtype=clips.dtype
+    boxes = tf.stack([top, left, h, w, tf.cast(enabled, tf.int32)], -1)  # (B, K, 5)
+
+    def erase_clip(args):
+        # Noise only for the box pixels (a few % of the batch), not (B, T, H, W, C).
+        clip, clip_boxes, index = args
+        for k in range(max_count):
+            box = clip_boxes[k]
+            key = tf.random.experimental.stateless_fold_in(
+                seeds[6], index * max_count + k
             )
-        elif mode == "rand":
-            values = tf.random.stateless_normal(
-                [b, shape[1], 1, 1, shape[4]], noise_seeds[k], dtype=clips.dtype
+            clip = tf.cond(
+                box[4] > 0, lambda: _fill_box(clip, box, key, mode), lambda: clip
             )
-        else:
-            values = tf.zeros([], clips.dtype)
-        clips = tf.where(box, values, clips)
-    return clips
+        return clip
+
+    return tf.map_fn(
+        erase_clip,
+        (clips, boxes, tf.range(b)),
+        fn_output_signature=tf.TensorSpec(clips.shape[1:], clips.dtype),
+    )
+
+
+def _fill_box(clip, box, key, mode):
+    """Fills box (top, left, h, w, _) of every frame of clip (T, H, W, C)."""
+    top, left, h, w = box[0], box[1], box[2], box[3]
+    shape = tf.shape(clip)
+    size = [shape[0], h, w, shape[3]]
+    if mode == "pixel":
+        values = tf.random.stateless_normal(size, key, dtype=clip.dtype)
+    elif mode == "rand":
+        values = tf.random.stateless_normal(
+            [shape[0], 1, 1, shape[3]], key, dtype=clip.dtype
+        )
+        values = tf.broadcast_to(values, size)
+    else:
+        values = tf.zeros(size, clip.dtype)
+    padding = [[0, 0], [top, shape[1] - top - h], [left, shape[2] - left - w], [0, 0]]
+    rows = tf.range(shape[1])
+    cols = tf.range(shape[2])
+    inside = ((rows >= top) & (rows < top + h))[:, None] & (
+        (cols >= left) & (cols < left + w)
+    )[None, :]
+    return tf.where(inside[None, :, :, None], tf.pad(values, padding), clip)

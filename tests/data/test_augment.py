@@ -350,40 +350,32 @@ def test_rand_augment_runs_in_tf_data_graph_like_eager():
         np.testing.assert_array_equal(got.numpy(), ref.numpy())
 
 
+def draw_params(n, **kwargs):
+    fn = tf.function(lambda s: aug.rand_augment_params(s, num_ops=15, **kwargs))
+    draws = [fn(seed(i)) for i in range(n)]
+    return {k: np.concatenate([d[k].numpy() for d in draws]) for k in draws[0]}
+
+
 def test_rand_augment_params_statistics():
     n, layers = 1500, 2
-    draws = [
-        aug.rand_augment_params(seed(i), num_ops=15, num_layers=layers)
-        for i in range(n)
-    ]
-    index = np.concatenate([d["op_index"].numpy() for d in draws])
-    apply = np.concatenate([d["apply"].numpy() for d in draws])
-    level = np.concatenate([d["level"].numpy() for d in draws])
-    counts = np.bincount(index, minlength=15)
+    draws = draw_params(n, num_layers=layers)
+    counts = np.bincount(draws["op_index"], minlength=15)
     expected = n * layers / 15
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < 36.1, counts  # chi2(14) 99.9% quantile
-    assert abs(apply.mean() - 0.5) < 0.04
-    assert abs((level < 0).mean() - 0.5) < 0.04
-    mag = np.abs(level)
-    assert (
-        mag.max() <= 10 and abs(mag.mean() - 9.0) < 0.05 and abs(mag.std() - 0.5) < 0.05
-    )
-    uniform = np.concatenate(
-        [
-            np.abs(
-                aug.rand_augment_params(
-                    seed(i),
-                    num_ops=15,
-                    num_layers=10,
-                    magnitude=6,
-                    magnitude_std=float("inf"),
-                )["level"].numpy()
-            )
-            for i in range(100)
+    assert abs(draws["apply"].mean() - 0.5) < 0.04
+    assert abs((draws["level"] < 0).mean() - 0.5) < 0.04
+    mag = np.abs(draws["level"])  # N(9, 0.5) clipped to [0, 10]
+    assert mag.max() <= 10 and abs(mag.mean() - 9.0) < 0.05
+    assert abs(mag.std() - 0.5) < 0.05
+    uniform = np.abs(
+        draw_params(100, num_layers=10, magnitude=6, magnitude_std=float("inf"))[
+            "level"
         ]
     )
     assert uniform.max() <= 6 and abs(uniform.mean() - 3) < 0.2
+    fixed = draw_params(5, num_layers=4, magnitude=7, magnitude_std=0.0)["level"]
+    np.testing.assert_array_equal(np.abs(fixed), 7.0)
 
 
 def test_rand_augment_rejects_bad_input():
@@ -398,9 +390,10 @@ def test_rand_augment_rejects_bad_input():
 # --- random erasing -----------------------------------------------------------
 
 
-def erased(clips, **kwargs):
-    x = tf.constant(clips, tf.float32)
-    return aug.random_erasing(x, kwargs.pop("seed", seed(0)), **kwargs).numpy()
+def erased(clips, seed=seed(0), **kwargs):
+    # As in the pipeline: inside a graph (eager map_fn is slow for big batches).
+    fn = tf.function(lambda x, s: aug.random_erasing(x, s, **kwargs))
+    return fn(tf.constant(clips, tf.float32), seed).numpy()
 
 
 def boxes(before, after):
