@@ -153,13 +153,14 @@ def eval_transform(stage):
     missing = [k for k in ("clip_len", "crop_size") if k not in block]
     if missing:
         raise PredictError(f"datasets.val: `{missing[0]}` is required.")
-    unknown = sorted(set(block) - set(VIEW_KEYS + NORM_KEYS + CHUNK_KEYS + IGNORED_KEYS))
+    applied = VIEW_KEYS + NORM_KEYS + CHUNK_KEYS
+    unknown = sorted(set(block) - set(applied + IGNORED_KEYS))
     if unknown:
         # A transform option kf-predict does not reproduce must not be
         # dropped silently: predictions would not match evaluation.
         raise PredictError(
             f"datasets.val.{unknown[0]}: kf-predict does not apply this option of "
-            f"the eval pipeline. It applies: {', '.join(VIEW_KEYS + NORM_KEYS + CHUNK_KEYS)}")
+            f"the eval pipeline. It applies: {', '.join(applied)}")
     view = {k: block.get(k, defaults.get(k)) for k in VIEW_KEYS}
     view["num_clips"] = view["num_clips"] or 1
     view["num_crops"] = view["num_crops"] or 1
@@ -246,9 +247,11 @@ def predict_views(model, inputs, *, batch_size=8, norm=None):
     Returns:
         float64 (num_classes,), sums to 1.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
+        batch_size < 1
+    ):
+        raise ValueError("`batch_size` must be a positive int. Received: "
+                         f"batch_size={batch_size!r}")
 
     def batch(i):
         views = inputs[i:i + batch_size]

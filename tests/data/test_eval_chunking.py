@@ -67,7 +67,8 @@ def reassemble(ds, num_views):
             assert (label, vid) == (int(labels[b]), ids[b])
             slots = offset + np.nonzero(mask)[0]
             # Valid views first, then padding; padding only past V.
-            np.testing.assert_array_equal(mask, np.arange(len(mask)) < num_views - offset)
+            valid = np.arange(len(mask)) < num_views - offset
+            np.testing.assert_array_equal(mask, valid)
             assert not filled[slots].any()
             filled[slots] = True
             views[slots] = clips[b][mask]
@@ -93,7 +94,8 @@ def test_chunks_reassemble_bitwise_to_the_unchunked_views(
     paths, num_clips, num_crops, views_per_chunk, standardize
 ):
     num_views = num_clips * num_crops
-    clips, labels, ids = unchunked(make(paths, num_clips, num_crops, standardize=standardize))
+    clips, labels, ids = unchunked(
+        make(paths, num_clips, num_crops, standardize=standardize))
     assert clips.shape == (len(VIDEOS), num_views, CLIP_LEN, CROP, CROP, 3)
     got = reassemble(make(paths, num_clips, num_crops, views_per_chunk,
                           standardize=standardize), num_views)
@@ -130,7 +132,8 @@ def reference_unique_count(num_frames, num_clips, clip_len=CLIP_LEN, step=2):
 
 
 @pytest.mark.parametrize("num_clips,num_crops", [(10, 3), (25, 1)])
-def test_each_unique_frame_decoded_once_per_video(paths, monkeypatch, num_clips, num_crops):
+def test_each_unique_frame_decoded_once_per_video(paths, monkeypatch, num_clips,
+                                                  num_crops):
     calls = []
     original = pipeline.decode_frames
 
@@ -174,7 +177,8 @@ def tiny_model(num_classes=5):
     return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
 
 
-@pytest.mark.parametrize("num_clips,num_crops,views_per_chunk", [(10, 3, 7), (25, 1, 10)])
+@pytest.mark.parametrize("num_clips,num_crops,views_per_chunk",
+                         [(10, 3, 7), (25, 1, 10)])
 def test_averaged_scores_equal_the_unchunked_ones(paths, num_clips, num_crops,
                                                   views_per_chunk):
     model = tiny_model()
@@ -228,3 +232,28 @@ def test_accumulator_by_hand_masks_padding_and_checks_counts():
     np.testing.assert_allclose(acc.result()[0], scores)  # nothing was added
     with pytest.raises(ValueError, match=r"scores.shape=\(2, 2\)"):
         acc.add([0], [[1, 2], [3, 4]], [[True, True]])
+
+
+def test_flow_chunks_reassemble_bitwise(tmp_path):
+    rng = np.random.default_rng(1)
+    path = str(tmp_path / records.shard_name("validation", 0, 1))
+
+    def gray(image):
+        return tf.io.encode_jpeg(image[..., None], quality=90).numpy()
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for i, num_frames in enumerate((5, 12)):
+            noise = rng.integers(0, 256, size=(3, num_frames, H, W), dtype=np.uint8)
+            writer.write(records.write(
+                video_id=f"f{i}", frames=[tf.io.encode_jpeg(f).numpy() for f in
+                                          np.stack([noise[0]] * 3, axis=-1)],
+                labels=[i], fps=12.0, height=H, width=W,
+                flow_x=[gray(f) for f in noise[1]], flow_y=[gray(f) for f in noise[2]],
+                flow_bound=20.0,
+            ))
+    clips, _, _ = unchunked(make([path], 2, 3, modality="flow", standardize="none"))
+    assert clips.shape == (2, 6, 1, CROP, CROP, 2 * CLIP_LEN)
+    got = reassemble(make([path], 2, 3, 4, modality="flow", standardize="none"), 6)
+    for n, (views, label, _) in enumerate(got):
+        assert label == n
+        np.testing.assert_array_equal(views, clips[n])

@@ -58,7 +58,8 @@ def test_cli_takes_views_per_chunk_from_the_config(tmp_path, monkeypatch, capsys
     model_path = tmp_path / "stage0" / "model.keras"
     tiny_model().save(model_path)
     block = {**VIEW, "batch_size": 2, "standardize": "unit", "views_per_chunk": 12}
-    (tmp_path / "config.resolved.json").write_text(json.dumps([{"datasets": {"val": block}}]))
+    config = [{"datasets": {"val": block}}]
+    (tmp_path / "config.resolved.json").write_text(json.dumps(config))
     video = str(tmp_path / "v.mp4")
     frames = np.random.default_rng(1).integers(0, 256, (12, 32, 48, 3), dtype=np.uint8)
     write_video(video, frames, fps=12)

@@ -75,8 +75,8 @@ def test_chunked_evaluation_equals_unchunked(setup):
         np.testing.assert_array_equal(a["labels"], b["labels"])
         np.testing.assert_allclose(b["scores"], a["scores"], atol=1e-6, rtol=0)
         assert np.ptp(a["scores"][:, 0]) > 1e-5  # the videos score differently
-    np.testing.assert_allclose(read_predictions(str(setup / "predictions_val"))["scores"]
-                               .sum(axis=1), 1.0, atol=1e-5)  # probabilities
+    probs = read_predictions(str(setup / "predictions_val"))["scores"]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     for name in ("top1", "top5", "loss", "videos"):
         assert metrics[f"val_chunked/{name}"] == pytest.approx(metrics[f"val_{name}"],
                                                                abs=1e-6)
