@@ -9,7 +9,9 @@ with a label map -> standardize -> batch -> prefetch.
 
 eval: records in file order -> parse -> `num_clips` evenly spaced clips x
 `num_crops` spatial crops -> (B, V, T, H, W, C), no shuffling, no repeat, the
-last partial batch kept.
+last partial batch kept; with `views_per_chunk=K`, chunks of K views of a
+video (B, K, T, H, W, C) plus the video index and a view mask, so memory per
+batch does not grow with V.
 
 Randomness is stateless: example `i` of the (repeated) stream gets the key
 `[seed, i]`, split into one seed per random decision, so the same `seed`
