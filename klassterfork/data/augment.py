@@ -20,10 +20,13 @@ Choices, each where timm/VideoMAE leave one open:
   neighbours; TF blends the fill into a one-pixel band at the edge instead.
 - The magnitude noise, the clip to [0, 10] and the 50% sign flip of Rotate,
   Shear*, Translate* and the *Increasing enhancers follow timm's `AugmentOp`.
+- Posterize to 0 bits (Posterize below level 2.5) gives black, as Pillow < 9
+  did; Pillow >= 9 raises on 0 bits.
 
 `random_erasing` is timm's `RandomErasing` in SlowFast/VideoMAE's "cube" form
 (one box for every frame of a clip, 100 attempts to fit a box, fresh noise for
-each frame), on standardized float batches.
+each frame), on standardized float batches. It draws noise only for the box
+pixels, so it costs little more than the copy of the batch.
 """
 
 import math
