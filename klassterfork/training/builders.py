@@ -202,8 +202,40 @@ def flip_map(block, info, source, key):
     )
 
 
-def make_train_dataset(block, info, source, key, *, seed):
-    extra = {"seed": block.get("seed", seed)}
+# Train-pipeline arguments the trainer sets from the strategy and the step.
+PLACEMENT_KEYS = ("start_batch", "num_input_pipelines", "input_pipeline_id")
+
+
+def make_train_dataset(block, info, source, key, *, seed, placement=None):
+    """`pipeline.train_dataset` from a `datasets.train` block.
+
+    Every block key other than `DATASET_KEYS` is an argument of
+    `pipeline.train_dataset` under the same name, e.g. `shard_policy`
+    ("auto" | "file" | "data": how workers split the data) and
+    `repeated_views` (k augmented views of each video per batch).
+
+    Args:
+        block: dict. The dataset block; `batch_size` is the global batch.
+        info: `DatasetInfo`.
+        source, key: for located `ConfigError`s.
+        seed: int. Used unless the block sets `seed`.
+        placement: dict or None. Set by the trainer, not the config: this
+            input pipeline's `batch_size` (per replica), `start_batch`,
+            `num_input_pipelines`, `input_pipeline_id`. Defaults to None.
+
+    Returns:
+        `tf.data.Dataset` of (clips, labels) batches.
+
+    Raises:
+        ConfigError: on a bad option, or a block that sets a placement key.
+    """
+    for name in PLACEMENT_KEYS:
+        if name in block:
+            raise ConfigError(
+                source, f"{key}.{name}", "is set by the trainer (from the strategy "
+                "and the checkpoint step); remove it from the config."
+            )
+    extra = {"seed": block.get("seed", seed), **(placement or {})}
     fmap = flip_map(block, info, source, key)
     if fmap is not None:
         extra["flip_label_map"] = fmap

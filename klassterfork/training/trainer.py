@@ -80,6 +80,38 @@ def save_keras_atomic(model, path):
     os.replace(tmp, path)
 
 
+def train_input_fn(block, info, source, key, *, global_batch, seed, start_step):
+    """The `dataset_fn` of `strategy.distribute_datasets_from_function`.
+
+    Called once per input pipeline (one per worker) with its
+    `tf.distribute.InputContext`, it builds that pipeline's share of the
+    train set (`pipeline.train_dataset` with `num_input_pipelines`,
+    `input_pipeline_id` and `shard_policy`, config key
+    `datasets.train.shard_policy`), batched per replica. A global step takes
+    one batch per replica, i.e. `num_replicas_in_sync / num_input_pipelines`
+    batches from every pipeline, so resuming at `start_step` skips
+    `start_step` times that many batches of each pipeline.
+
+    Returns:
+        callable `InputContext -> tf.data.Dataset` of (B / replicas, ...)
+        batches.
+    """
+
+    def dataset_fn(context):
+        batches_per_step = context.num_replicas_in_sync // context.num_input_pipelines
+        placement = {
+            "batch_size": context.get_per_replica_batch_size(global_batch),
+            "start_batch": start_step * batches_per_step,
+            "num_input_pipelines": context.num_input_pipelines,
+            "input_pipeline_id": context.input_pipeline_id,
+        }
+        return builders.make_train_dataset(
+            block, info, source, key, seed=seed, placement=placement
+        )
+
+    return dataset_fn
+
+
 class Stage:
     """One training stage: built from a resolved stage dict.
 
@@ -173,38 +205,49 @@ class Stage:
         self.seed = seed
 
     def _train_iterator(self, *, start_batch):
-        """A distributed iterator positioned after `start_batch` batches.
+        """A distributed iterator positioned after `start_batch` global steps.
 
         The data position is not stored in the checkpoint: the pipeline draws
         every random number from the example's index, so skipping the consumed
         examples before decoding resumes exactly. (TF 2.21's DistributedIterator
         cannot be checkpointed, and a plain iterator's checkpoint would hold
-        the whole shuffle buffer of encoded videos.)
+        the whole shuffle buffer of encoded videos.) Each input pipeline (one
+        per worker) builds its own per-replica-batch dataset from its share of
+        the data; see `train_input_fn`.
         """
-        block = {**self.train_block, "start_batch": start_batch}
-        dataset = builders.make_train_dataset(
-            block, self.train_info, self.source, "datasets.train", seed=self.seed
+        replicas = self.strategy.num_replicas_in_sync
+        if self.global_batch % replicas:
+            raise ConfigError(
+                self.source, "datasets.train.batch_size",
+                f"the global batch {self.global_batch} must divide evenly over the "
+                f"{replicas} replicas.",
+            )
+        fn = train_input_fn(
+            self.train_block, self.train_info, self.source, "datasets.train",
+            global_batch=self.global_batch, seed=self.seed, start_step=start_batch,
         )
-        options = tf.data.Options()
-        # Few shards per worker is common: shard by element, not by file.
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA
-        )
-        dataset = dataset.with_options(options)
-        return iter(self.strategy.experimental_distribute_dataset(dataset))
+        return iter(self.strategy.distribute_datasets_from_function(fn))
 
     def _steps_from_manifest(self):
+        """Steps per epoch: every video once, with all its repeated views.
+
+        With `datasets.train.repeated_views: k` an epoch is k x videos clips
+        (VideoMAE's `num_sample`: each video, k views per visit), so
+        steps = videos * k // global batch.
+        """
         count = self.train_info.num_examples
         if count is None:
             raise ConfigError(
                 self.source, "datasets.train", "the manifest gives no video count: set "
                 "train_loop.steps_per_epoch or datasets.train.num_examples."
             )
-        steps = count // self.global_batch
+        views = int(self.stage["datasets"]["train"].get("repeated_views", 1))
+        steps = count * views // self.global_batch
         if steps < 1:
             raise ConfigError(
                 self.source, "datasets.train.batch_size",
-                f"batch_size {self.global_batch} is larger than the {count} training videos.",
+                f"batch_size {self.global_batch} is larger than the {count} training "
+                f"videos x {views} view(s).",
             )
         return steps
 

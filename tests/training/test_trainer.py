@@ -156,6 +156,13 @@ def test_two_workers_equal_one_worker_with_the_same_global_batch(data_dir, tmp_p
         config = json.loads(tiny_config(data_dir, folder / "exp", epochs=1, strategy=strategy,
                                         sync_batchnorm=True, deterministic=True))
         config["model"]["R2Plus1D"]["dropout"] = 0.0
+        # Each worker builds its own input pipeline (per-replica batch 2). By
+        # default 2 shard files would go one per worker, a different global
+        # batch than the single run's. Data sharding without the example
+        # shuffle gives worker i stream positions i, i + 2, ..., with the
+        # random draws keyed by that position, so every global batch holds
+        # exactly the single run's 4 clips (in another order).
+        config["datasets"]["train"].update(shard_policy="data", shuffle_buffer=0)
         # SGD: its update is linear in the gradient, so summation-order noise
         # stays at float precision (Adam's normalised step amplifies it).
         config["optimizer"] = {"SGD": {"learning_rate": 0.05, "momentum": 0.9}}
