@@ -90,7 +90,9 @@ def train_input_fn(block, info, source, key, *, global_batch, seed, start_step):
     `datasets.train.shard_policy`), batched per replica. A global step takes
     one batch per replica, i.e. `num_replicas_in_sync / num_input_pipelines`
     batches from every pipeline, so resuming at `start_step` skips
-    `start_step` times that many batches of each pipeline.
+    `start_step` times that many batches of each pipeline. Batch-level
+    mixup / cutmix therefore mixes within a per-replica batch (as timm and
+    VideoMAE do per GPU).
 
     Returns:
         callable `InputContext -> tf.data.Dataset` of (B / replicas, ...)
