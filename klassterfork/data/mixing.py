@@ -32,13 +32,14 @@ def mix_batch(clips, labels, seed, *, num_classes, mixup_alpha=0.8, cutmix_alpha
     one-hots.
 
     Args:
-        clips: float (B, T, H, W, C).
+        clips: float or uint8 (B, T, H, W, C).
         labels: int (B,).
         seed: int [2]. Stateless: the same seed mixes the same way.
         num_classes: int.
 
     Returns:
-        (clips float (B, T, H, W, C), soft labels float32 (B, num_classes)).
+        (clips (B, T, H, W, C) of the input dtype, soft labels float32
+        (B, num_classes)). uint8 clips are mixed in float and rounded.
     """
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         raise ValueError("mix_batch needs `mixup_alpha` or `cutmix_alpha` > 0. Received: "
@@ -70,7 +71,9 @@ def mix_batch(clips, labels, seed, *, num_classes, mixup_alpha=0.8, cutmix_alpha
     box_lam = 1.0 - tf.cast((y1 - y0) * (x1 - x0), tf.float32) / tf.cast(h * w, tf.float32)
 
     cut = tf.where(box, rev_clips, clips)
-    mixed = lam * clips + (1.0 - lam) * rev_clips
+    mixed = lam * tf.cast(clips, tf.float32) + (1.0 - lam) * tf.cast(rev_clips, tf.float32)
+    if clips.dtype.is_integer:  # uint8 clips for a model that standardizes
+        mixed = tf.round(mixed)
     lam = tf.where(use_cutmix, box_lam, lam)
     out_clips = tf.where(use_cutmix, cut, tf.cast(mixed, clips.dtype))
     out_targets = lam * targets + (1.0 - lam) * rev_targets

@@ -433,3 +433,17 @@ def test_mixing_is_seeded_and_train_dataset_yields_soft_labels(tmp_path):
     with pytest.raises(ValueError, match="mixup_alpha"):
         mix_batch(clips, labels, tf.constant([1, 2], tf.int64), num_classes=3,
                   mixup_alpha=0.0, cutmix_alpha=0.0)
+
+
+def test_mixup_of_uint8_clips_rounds_the_float_blend():
+    from klassterfork.data.transforms import mix_batch
+
+    clips, labels = _mix_inputs()
+    clips8 = tf.cast(clips % 256, tf.uint8)
+    key = tf.constant([3, 4], tf.int64)
+    out8, y8 = mix_batch(clips8, labels, key, num_classes=3, mixup_alpha=0.8, cutmix_alpha=0.0)
+    out, y = mix_batch(tf.cast(clips8, tf.float32), labels, key, num_classes=3,
+                       mixup_alpha=0.8, cutmix_alpha=0.0)
+    assert out8.dtype == tf.uint8
+    np.testing.assert_array_equal(out8.numpy(), np.round(out.numpy()).astype(np.uint8))
+    np.testing.assert_allclose(y8.numpy(), y.numpy())
