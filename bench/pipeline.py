@@ -18,12 +18,13 @@ as JPEG (quality 90), else generated textured frames. Train clips are
                   nothing else.
   (3) garden      Model-Garden style: parse, gather 16 frames, decode full
                   frames, random crop 112, flip, to float.
-  (4) all-frames  naive: decode every frame of the video, then sample, crop.
-  (5) pyav        decode the clip from the video file with PyAV (the
+      all_frames  naive: decode every frame of the video, then sample, crop.
+  (4) pyav        decode the clip from the video file with PyAV (the
                   mmaction2 / VideoMAE way), 2 worker processes (only with
                   videos).
 Eval: videos/s of `pipeline.eval_dataset` for 25x1 and 10x3 views against
-the bound of decoding each needed unique frame once.
+the bound of decoding each needed unique frame once: float views, uint8
+views, and uint8 views in chunks of 10 (`views_per_chunk`).
 
 The last line is a one-line summary with the machine.
 """
@@ -427,23 +428,33 @@ def main(argv=None):
     eval_line = ""
     if not args.no_eval:
         for num_clips, num_crops in ((25, 1), (10, 3)):
-            ds = pipeline.eval_dataset(
-                paths,
-                clip_len=CLIP_LEN,
-                crop_size=CROP,
-                num_clips=num_clips,
-                num_crops=num_crops,
-                batch_size=1,
-            )
-            rate = measure(batches(ds), args.seconds, 2)
             bound = measure(
                 batches(eval_bound_dataset(paths, num_clips)), args.seconds, 2
             )
-            print(
-                f"eval {num_clips}x{num_crops}: {rate:6.2f} videos/s, unique-frame "
-                f"decode bound {bound:6.2f} videos/s, ratio {rate / bound:.2f}"
-            )
-            eval_line += f" eval{num_clips}x{num_crops} {rate:.2f}/{bound:.2f} v/s"
+            # float views (per-frame standardized on the CPU) and uint8 views
+            # (the model standardizes), each whole and in chunks of 10 views.
+            for mode, chunk in (("per_frame", None), ("none", None), ("none", 10)):
+                ds = pipeline.eval_dataset(
+                    paths,
+                    clip_len=CLIP_LEN,
+                    crop_size=CROP,
+                    num_clips=num_clips,
+                    num_crops=num_crops,
+                    batch_size=1,
+                    standardize=mode,
+                    views_per_chunk=chunk,
+                )
+                rate = measure(batches(ds), args.seconds, 2)
+                if chunk:  # batches are chunks: videos = chunks / chunks per video
+                    rate /= -(-num_clips * num_crops // chunk)
+                name = f"{mode}" + (f" chunks of {chunk}" if chunk else "")
+                print(
+                    f"eval {num_clips}x{num_crops} {name:>20}: {rate:6.2f} videos/s, "
+                    f"unique-frame decode bound {bound:6.2f} videos/s, ratio "
+                    f"{rate / bound:.2f}"
+                )
+                eval_line += (f" eval{num_clips}x{num_crops}[{name}] "
+                              f"{rate:.2f}/{bound:.2f} v/s")
     summary = (
         f"SUMMARY train 16x112^2 b8 (best of {args.rounds} x "
         f"{args.seconds:g} s): ours {results['ours']:.1f} clips/s; "
