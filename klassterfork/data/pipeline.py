@@ -572,48 +572,41 @@ def train_dataset(
 RAND_AUGMENT_OPS = {"default": augment.DEFAULT_OPS, "increasing": augment.INCREASING_OPS}
 
 
-def _rand_augment_kwargs(options, modality):
-    """Checks `rand_augment` options once, eagerly, on a tiny clip."""
+def _augment_options(name, options, fn, example):
+    """`options` (dict, True = defaults, None / False = off) checked once by
+    calling `fn(example, seed, **options)` eagerly; -> dict or None."""
     if options is None or options is False:
         return None
     if options is True:
         options = {}
     if not isinstance(options, dict):
-        raise ValueError("`rand_augment` must be a dict of `augment.rand_augment` "
-                         f"arguments or None. Received: rand_augment={options!r}")
-    if modality != "rgb":
-        raise ValueError("`rand_augment` applies to RGB clips only. Received: "
-                         f"modality={modality!r}")
-    options = dict(options)
-    ops = options.get("ops", "default")
-    if isinstance(ops, str):
-        transforms._check_choice(ops, tuple(RAND_AUGMENT_OPS), "rand_augment.ops")
-        options["ops"] = RAND_AUGMENT_OPS[ops]
+        raise ValueError(f"`{name}` must be a dict of `augment.{fn.__name__}` arguments "
+                         f"or None. Received: {name}={options!r}")
     try:
-        augment.rand_augment(tf.zeros([1, 4, 4, 3], tf.uint8), tf.constant([0, 0]), **options)
+        fn(example, tf.constant([0, 0]), **options)
     except TypeError as err:
-        raise ValueError(f"`rand_augment`: {err}. Received: rand_augment={options!r}") from None
+        raise ValueError(f"`{name}`: {err}. Received: {name}={options!r}") from None
     return options
 
 
+def _rand_augment_kwargs(options, modality):
+    if options not in (None, False) and modality != "rgb":
+        raise ValueError("`rand_augment` applies to RGB clips only. Received: "
+                         f"modality={modality!r}")
+    if isinstance(options, dict) and isinstance(options.get("ops"), str):
+        transforms._check_choice(options["ops"], tuple(RAND_AUGMENT_OPS), "rand_augment.ops")
+        options = {**options, "ops": RAND_AUGMENT_OPS[options["ops"]]}
+    return _augment_options("rand_augment", options, augment.rand_augment,
+                            tf.zeros([1, 4, 4, 3], tf.uint8))
+
+
 def _random_erasing_kwargs(options, standardize):
-    """Checks `random_erasing` options once, eagerly, on a tiny batch."""
-    if options is None or options is False:
-        return None
-    if options is True:
-        options = {}
-    if not isinstance(options, dict):
-        raise ValueError("`random_erasing` must be a dict of `augment.random_erasing` "
-                         f"arguments or None. Received: random_erasing={options!r}")
-    if standardize == "none":
+    if options not in (None, False) and standardize == "none":
         raise ValueError("`random_erasing` fills boxes with standardized noise and needs "
                          "float output; it cannot run with standardize='none'. Received: "
                          f"random_erasing={options!r}, standardize='none'")
-    try:
-        augment.random_erasing(tf.zeros([1, 1, 4, 4, 3]), tf.constant([0, 0]), **options)
-    except TypeError as err:
-        raise ValueError(f"`random_erasing`: {err}. Received: random_erasing={options!r}") from None
-    return dict(options)
+    return _augment_options("random_erasing", options, augment.random_erasing,
+                            tf.zeros([1, 1, 4, 4, 3]))
 
 
 def eval_dataset(

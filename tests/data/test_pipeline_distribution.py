@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from klassterfork.data import pipeline, records
+from tests.data.test_pipeline import write_shards
 
 H, W, T = 24, 32, 10
 
@@ -30,17 +31,6 @@ def record(label, *, bad=False):
     return records.write(
         video_id=f"v{label}", frames=frames, labels=[label], fps=12.0, height=H, width=W
     )
-
-
-def write_shards(directory, videos, num_shards):
-    paths = []
-    for s in range(num_shards):
-        path = str(directory / records.shard_name("train", s, num_shards))
-        with tf.io.TFRecordWriter(path) as writer:
-            for v in videos[s::num_shards]:
-                writer.write(v)
-        paths.append(path)
-    return paths
 
 
 def make(paths, **kwargs):
