@@ -469,6 +469,11 @@ def train_dataset(
         # reproduces exactly the batches an uninterrupted run would see.
         ds = ds.skip(int(start_batch) * batch_size)
 
+    # Known before tracing: skip the ops of augmentations that cannot happen.
+    may_flip = augment_policy == "uniform" or flip_prob > 0
+    may_reverse = (reverse_label_map is not None if augment_policy == "uniform"
+                   else reverse_prob > 0)
+
     def make_clip(index, serialized):
         example = records.parse(serialized, with_flow=modality == "flow")
         # Local example j of pipeline i -> j * P + i: unique over pipelines.
@@ -507,8 +512,9 @@ def train_dataset(
             reverse_prob=reverse_prob,
             policy=augment_policy,
         )
-        # Time reversal is free on indices: reverse them before decoding.
-        indices = tf.where(reverse, tf.reverse(indices, [0]), indices)
+        if may_reverse:
+            # Time reversal is free on indices: reverse them before decoding.
+            indices = tf.where(reverse, tf.reverse(indices, [0]), indices)
         encoded = _encoded(example, indices, modality)
         window = _train_window(
             tf.image.extract_jpeg_shape(_first_image(encoded, modality)),
@@ -518,7 +524,8 @@ def train_dataset(
             crop_scale=crop_scale,
         )
         clip = transforms.resize(_decode(encoded, window, modality), crop_size=crop_size)
-        clip = tf.cond(flip, lambda: _flip(clip, modality), lambda: clip)
+        if may_flip:
+            clip = tf.cond(flip, lambda: _flip(clip, modality), lambda: clip)
         if rand_augment is not None:
             # fold_in: a new stream, so the clip / crop / flip draws stay as
             # they are without RandAugment.
@@ -534,11 +541,12 @@ def train_dataset(
     # Clips stay uint8 until batched: 4x less to copy, and the float work
     # runs on whole batches.
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(
-        _standardizer(standardize, mean, std),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
+    if standardize != "none":  # "none": uint8 clips as they are
+        ds = ds.map(
+            _standardizer(standardize, mean, std),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
     if random_erasing is not None:
 
         def erase(index, batch):
