@@ -816,11 +816,12 @@ def eval_dataset(
     if not with_ids:
         ds = ds.map(lambda clips, labels, ids, *chunk: (clips, labels, *chunk))
     ds = ds.batch(batch_size, drop_remainder=False)
-    ds = ds.map(
-        _standardizer(standardize, mean, std),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
+    if standardize != "none":  # "none": uint8 views as they are
+        ds = ds.map(
+            _standardizer(standardize, mean, std),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(_options())
 
