@@ -85,11 +85,13 @@ class TemporalShift(_SegmentLayer):
     def call(self, x):
         fold = x.shape[-1] // self.shift_div
         v = _split(x, self.num_segments)
-        previous, following = _neighbours(v)
-        v = ops.concatenate(
-            [following[..., :fold], previous[..., fold : 2 * fold], v[..., 2 * fold :]],
-            axis=-1,
-        )
+        # Shift only the 2 * fold moving channels (not whole neighbour
+        # tensors): one copy of the activations instead of four.
+        back, forward = v[..., :fold], v[..., fold : 2 * fold]
+        zeros = ops.zeros_like(back[:, :1])
+        following = ops.concatenate([back[:, 1:], zeros], axis=1)  # x[t + 1]
+        previous = ops.concatenate([zeros, forward[:, :-1]], axis=1)  # x[t - 1]
+        v = ops.concatenate([following, previous, v[..., 2 * fold :]], axis=-1)
         return _merge(v)
 
     def get_config(self):
