@@ -104,7 +104,7 @@ def standardize(clip, mode="per_frame", *, mean=None, std=None):
         )
     clip = tf.cast(clip, tf.float32)
     if mode == "per_frame":
-        return _per_frame_standardization(clip)
+        return tf.image.per_image_standardization(clip)
     if mode == "per_clip":
         axes = [-4, -3, -2, -1]
         centred = clip - tf.reduce_mean(clip, axis=axes, keepdims=True)
@@ -126,16 +126,3 @@ def standardize(clip, mode="per_frame", *, mean=None, std=None):
     mean = tf.constant(mean, tf.float32)
     std = tf.constant(std, tf.float32)
     return (clip / 255.0 - mean) / std
-
-
-
-def _per_frame_standardization(clip):
-    """`tf.image.per_image_standardization` over the last three axes in fewer
-    passes over memory: the centred frames are computed once and reused for
-    the variance (TF's version recomputes the mean and the difference inside
-    `reduce_std`), then scaled by a multiply instead of a divide."""
-    axes = [-3, -2, -1]
-    centred = clip - tf.reduce_mean(clip, axes, keepdims=True)
-    variance = tf.reduce_mean(tf.square(centred), axes, keepdims=True)
-    count = tf.cast(tf.reduce_prod(tf.shape(clip)[-3:]), tf.float32)
-    return centred * tf.math.rsqrt(tf.maximum(variance, 1.0 / count))
