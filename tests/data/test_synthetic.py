@@ -183,7 +183,7 @@ def test_motion_direction_is_in_the_decoded_videos(dataset):
         frames = video.decode_video(entry.path).frames
         name = annotation.label_names[entry.labels[0]]
         # Growth is slow per frame: 4-frame steps keep Farneback's divergence
-        # well above its noise (the demo recipe samples every 4th frame too).
+        # well above its noise (the demo recipe samples every 3rd frame).
         step = 4 if ("growing" in name or "shrinking" in name) else 2
         vx, vy, curl, div = motion_statistics(frames, step=step)
         checks = {
