@@ -38,6 +38,8 @@ import numpy as np
 import tensorflow as tf
 
 from klassterfork.data import augment, records, transforms
+from klassterfork.data.checks import check_choice, check_positive
+from klassterfork.data.crops import check_scale
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -190,7 +192,7 @@ def shard_policy_for(num_files, num_input_pipelines, shard_policy="auto"):
         ValueError: on an unknown policy, or "file" with fewer files than
             pipelines (a pipeline would get no data).
     """
-    transforms._check_choice(shard_policy, SHARD_POLICIES, "shard_policy")
+    check_choice(shard_policy, SHARD_POLICIES, "shard_policy")
     if num_input_pipelines == 1:
         return "file"
     if shard_policy == "file" and num_files < num_input_pipelines:
@@ -225,10 +227,7 @@ def pipeline_seed(seed, input_pipeline_id):
 
 def _check_sizes(**sizes):
     for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(
-                f"`{name}` must be a positive int. Received: {name}={value!r}"
-            )
+        check_positive(value, name)
 
 
 def train_dataset(
@@ -394,15 +393,15 @@ def train_dataset(
             f"Received: input_pipeline_id={input_pipeline_id!r}, "
             f"num_input_pipelines={num_input_pipelines}"
         )
-    transforms._check_choice(shard_policy, SHARD_POLICIES, "shard_policy")
+    check_choice(shard_policy, SHARD_POLICIES, "shard_policy")
     step_choices = None
     if isinstance(frame_step, (list, tuple)):
         step_choices = tuple(frame_step)
         transforms.random_frame_step(tf.constant([0, 0], tf.int64), step_choices)
     else:
         _check_sizes(frame_step=frame_step)
-    transforms._check_choice(crop, CROPS, "crop")
-    transforms._check_choice(
+    check_choice(crop, CROPS, "crop")
+    check_choice(
         augment_policy, transforms.AUGMENT_POLICIES, "augment_policy"
     )
     if num_segments is not None:
@@ -419,10 +418,10 @@ def train_dataset(
         )
     # Fail now, not inside the graph, on bad options.
     transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
-    transforms._check_choice(short_video, transforms.SHORT_VIDEO_MODES, "short_video")
-    transforms._check_choice(modality, MODALITIES, "modality")
+    check_choice(short_video, transforms.SHORT_VIDEO_MODES, "short_video")
+    check_choice(modality, MODALITIES, "modality")
     if crop_scale is not None:
-        transforms._check_scale(crop_scale)
+        check_scale(crop_scale)
     for name, prob in (("flip_prob", flip_prob), ("reverse_prob", reverse_prob)):
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={prob!r}")
@@ -602,7 +601,7 @@ def _rand_augment_kwargs(options, modality):
         raise ValueError("`rand_augment` applies to RGB clips only. Received: "
                          f"modality={modality!r}")
     if isinstance(options, dict) and isinstance(options.get("ops"), str):
-        transforms._check_choice(options["ops"], tuple(RAND_AUGMENT_OPS), "rand_augment.ops")
+        check_choice(options["ops"], tuple(RAND_AUGMENT_OPS), "rand_augment.ops")
         options = {**options, "ops": RAND_AUGMENT_OPS[options["ops"]]}
     return _augment_options("rand_augment", options, augment.rand_augment,
                             tf.zeros([1, 4, 4, 3], tf.uint8))
@@ -703,7 +702,7 @@ def eval_dataset(
         frame_step=frame_step,
         num_clips=num_clips,
     )
-    transforms._check_choice(num_crops, (1, 3), "num_crops")
+    check_choice(num_crops, (1, 3), "num_crops")
     transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
     if num_segments is not None and num_segments * new_length != clip_len:
         raise ValueError(

@@ -22,7 +22,7 @@ one clip, `T` frames in time order.
 
 import tensorflow as tf
 
-from klassterfork.data.checks import check_choice, check_positive
+from klassterfork.data.checks import check_choice
 from klassterfork.data.crops import (  # noqa: F401
     FIXED_OFFSETS,
     MULTI_SCALES,
@@ -52,11 +52,6 @@ from klassterfork.data.sampling import (  # noqa: F401
     segment_indices,
     stepped_clip_indices,
 )
-
-# The pipeline's argument checks (kept under their old private names).
-_check_choice = check_choice
-_check_positive = check_positive
-_check_scale = check_scale
 
 STANDARDIZE_MODES = ("per_frame", "per_clip", "mean_std", "unit", "symmetric", "none")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

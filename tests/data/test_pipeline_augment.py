@@ -4,7 +4,6 @@ flip draws stay those of the plain pipeline, and the augmentation is the one
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from klassterfork.data import pipeline
 from tests.data.test_pipeline import shards  # noqa: F401  (fixture)
