@@ -9,7 +9,6 @@ import argparse
 import logging
 import sys
 
-from klassterfork.data import convert as convert_lib
 from klassterfork.data.sources import SOURCES
 
 
@@ -109,6 +108,8 @@ def main(argv=None):
     --strict, 2 usage errors)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from klassterfork.data import convert as convert_lib
+
     logging.basicConfig(format="%(levelname)s: %(message)s")
     try:
         options = _reader_args(args.reader_arg)

@@ -17,9 +17,7 @@ or `--arg variant=S --arg num_frames=16`.
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 # The layout of each model's classifier key (`fc` / `head`), read before the
@@ -75,16 +73,10 @@ def main(argv=None):
     except (ImportError, KeyError, TypeError, ValueError) as err:
         print(f"kf-import-torch: {err}", file=sys.stderr)
         return 1
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".keras")
-    os.close(fd)
-    try:
+    from klassterfork.files import atomic_path
+
+    with atomic_path(args.output) as tmp:
         model.save(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f"{args.output}: {len(report['loaded'])} layers from {args.checkpoint}"
           + (f"; head left initialised ({', '.join(report['skipped'])}: "
              f"{num_classes} classes, checkpoint {in_checkpoint})"

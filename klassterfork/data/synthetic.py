@@ -25,7 +25,6 @@ Output (SSv2 style):
 """
 
 import dataclasses
-import json
 import math
 import multiprocessing
 import os
@@ -35,6 +34,8 @@ import av
 import cv2
 import numpy as np
 import tqdm
+
+from klassterfork.files import write_json_atomic, write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,11 +303,7 @@ def _balanced_labels(rng, count):
 
 
 def _write_json(path, data):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)
 
 
 def generate(
@@ -384,9 +381,7 @@ def generate(
     _write_json(os.path.join(out, "labels.json"),
                 {name: str(i) for i, name in enumerate(LABEL_NAMES)})
     lines = "".join(f"{i},{name}\n" for i, name in enumerate(LABEL_NAMES))
-    with open(os.path.join(out, "labels.txt.tmp"), "w") as f:
-        f.write(lines)
-    os.replace(os.path.join(out, "labels.txt.tmp"), os.path.join(out, "labels.txt"))
+    write_text_atomic(os.path.join(out, "labels.txt"), lines)
     swaps = {a: b for a, b in FLIP_PAIRS} | {b: a for a, b in FLIP_PAIRS}
     _write_json(os.path.join(out, "flip_map.json"), {
         # The first two keys follow SSv2's augmentation_mappings.json.

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
+from klassterfork import files
 from klassterfork.analysis.plot_training import plot_training
 from klassterfork.config.loader import ConfigError
 from klassterfork.evaluation import aggregate
@@ -75,9 +76,8 @@ def seed_generator_states(model):
 
 def save_keras_atomic(model, path):
     """`model.save` to a temporary name, then rename (no half-written model)."""
-    tmp = path[: -len(".keras")] + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def train_input_fn(block, info, source, key, *, global_batch, seed, start_step):
