@@ -236,3 +236,92 @@ def test_encode_jpeg_is_rgb_and_close_to_the_frame():
     assert len(video.encode_jpeg(frame, quality=30)) < len(data)
     with pytest.raises(ValueError, match="uint8"):
         video.encode_jpeg(frame.astype(np.float32))
+
+
+def cut_copy(src, dst, fraction=0.4):
+    """The first `fraction` of `src`'s bytes, written to `dst`."""
+    data = pathlib.Path(src).read_bytes()
+    pathlib.Path(dst).write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def faststart_copy(src, dst):
+    """`src` remuxed (no re-encoding) with its index (`moov`) first."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w",
+                                           options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return dst
+
+
+@needs_shared
+def test_cut_webm_is_truncated_not_a_short_clip(tmp_path):
+    # VP9 in WebM: no count in the header; the cut file decodes cleanly.
+    cut = cut_copy(VIDEOS / "ssv2" / "166766.webm", tmp_path / "166766.webm")
+    with pytest.raises(video.VideoDecodeError) as info:
+        video.decode_video(cut, short_side=32)
+    reason = info.value.reason
+    assert reason.startswith("truncated: decoded ") and reason.endswith(
+        " of about 49 frames"), reason
+    kept = video.decode_video(cut, short_side=32, keep_truncated=True)
+    assert kept.truncated == reason
+    assert 0 < len(kept.frames) < 45
+    full = video.decode_video(VIDEOS / "ssv2" / "166766.webm", short_side=32)
+    assert full.truncated is None
+    for a, b in zip(kept.frames, full.frames):
+        np.testing.assert_array_equal(a, b)  # the cut keeps the first frames
+
+
+@needs_shared
+def test_cut_mp4_is_truncated_with_the_index_last_or_first(tmp_path):
+    src = VIDEOS / "mmaction2" / "test.mp4"  # 300 frames, `moov` after `mdat`
+    with pytest.raises(video.VideoDecodeError) as info:
+        video.decode_video(cut_copy(src, tmp_path / "cut.mp4"))
+    assert info.value.reason.startswith(
+        "truncated: decoded 0 frames; the file ends inside its 'mdat' box ")
+    fast = faststart_copy(src, tmp_path / "fast.mp4")
+    assert len(video.decode_video(fast, short_side=32).frames) == 300
+    cut = cut_copy(fast, tmp_path / "fast_cut.mp4")
+    with pytest.raises(video.VideoDecodeError) as info:
+        video.decode_video(cut, short_side=32)
+    assert info.value.reason.startswith("truncated: decoded ")
+    assert " of about 300 frames; the file ends inside its 'mdat' box" in (
+        info.value.reason)
+    kept = video.decode_video(cut, short_side=32, keep_truncated=True)
+    assert 0 < len(kept.frames) < 150 and kept.truncated.startswith("truncated")
+
+
+@needs_shared
+def test_files_without_a_duration_are_not_checked():
+    path = VIDEOS / "moviepy" / "no_duration.webm"
+    with av.open(str(path)) as container:
+        assert video.declared_frames(container, container.streams.video[0]) is None
+    decoded = video.decode_video(path, short_side=32)
+    assert len(decoded.frames) == 74 and decoded.truncated is None
+
+
+def test_truncation_tolerance_and_box_walk_by_hand(tmp_path):
+    assert not video.is_short(47, 49.0)  # 2 frames short: rounding
+    assert video.is_short(46, 49.0)
+    assert not video.is_short(303, 311.4)  # 3 % of 311.4 = 9.3 frames
+    assert video.is_short(302, 311.4)
+    assert not video.is_short(1, None)
+    box = lambda kind, payload: (8 + len(payload)).to_bytes(4, "big") + kind + payload  # noqa: E731
+    whole = box(b"ftyp", b"isom") + box(b"mdat", b"x" * 100) + box(b"moov", b"y" * 8)
+    (tmp_path / "whole.mp4").write_bytes(whole)
+    (tmp_path / "cut.mp4").write_bytes(whole[:60])
+    (tmp_path / "other.bin").write_bytes(b"\x00\x00\x01\x00RIFF" + b"z" * 10)
+    assert video.cut_box(tmp_path / "whole.mp4") is None
+    assert video.cut_box(tmp_path / "cut.mp4") == (
+        "the file ends inside its 'mdat' box (48 of 108 bytes present)")  # 60 - 12
+    assert video.cut_box(tmp_path / "other.bin") is None
+
+
+def test_a_directory_named_like_a_video_gets_its_own_reason(tmp_path):
+    (tmp_path / "x.mp4").mkdir()
+    with pytest.raises(video.VideoDecodeError) as info:
+        video.decode_video(tmp_path / "x.mp4")
+    assert info.value.reason == "is a directory, not a video file"
