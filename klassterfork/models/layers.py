@@ -101,6 +101,21 @@ def _triple(v):
 def conv3d(x, filters, kernel_size, *, strides=1, padding=0, use_bias=False, name):
     """Conv3D (bias-free by default) with torch's symmetric zero padding.
 
+    A stride-1 conv whose padding is `kernel // 2` convolves `same`; any
+    other padding is an explicit `ZeroPadding3D` + `valid` conv (Keras
+    `same` pads asymmetrically when strided). So is a `same` conv whose
+    kernel is larger than its input along an axis (e.g. the 3x1x1 temporal
+    conv of R(2+1)D-18's last stage at 16 frames, T = 2), or whose extent
+    is unknown there: TensorFlow 2.21's oneDNN `Conv3DBackpropFilterV2` in
+    bfloat16 with `SAME` padding returns garbage (1e37 or NaN, differing per
+    call) for the kernel taps when the kernel overhangs both ends of the
+    input (T=2, k=3 wrong on every call; T=3 or 4, k=5 too), so
+    `mixed_bfloat16` training turned to NaN on CPUs with native bfloat16
+    (avx512_bf16; issue 16). Padding explicitly and convolving `valid` is
+    the same function (same outputs, same weights) and never reaches that
+    kernel path; float32 and `TF_ENABLE_ONEDNN_OPTS=0` are unaffected by
+    the bug. `tests/models/test_layers_bf16.py` checks the op and the route.
+
     Args:
         x: (B, T, H, W, C) tensor.
         filters: int. Output channels.
@@ -115,7 +130,7 @@ def conv3d(x, filters, kernel_size, *, strides=1, padding=0, use_bias=False, nam
     kernel_size, strides, padding = map(_triple, (kernel_size, strides, padding))
     same = all(s == 1 for s in strides) and all(
         p == k // 2 and k % 2 for p, k in zip(padding, kernel_size)
-    )
+    ) and not kernel_overhangs(x.shape[1:4], kernel_size)
     if not same and any(padding):
         x = layers.ZeroPadding3D(padding, name=f"{name}_pad")(x)
     return layers.Conv3D(
@@ -127,6 +142,24 @@ def conv3d(x, filters, kernel_size, *, strides=1, padding=0, use_bias=False, nam
         kernel_initializer=he_fan_out(),
         name=name,
     )(x)
+
+
+def kernel_overhangs(extents, kernel_size):
+    """Whether a kernel is larger than the input along some axis.
+
+    Args:
+        extents: tuple of int or None. The input's (T, H, W); None when
+            unknown at build time.
+        kernel_size: 3-tuple of int.
+
+    Returns:
+        bool. True when an axis with kernel > 1 has an unknown extent or
+        one smaller than the kernel (see `conv3d`: oneDNN's bfloat16
+        filter gradient is wrong there with `same` padding).
+    """
+    return any(
+        k > 1 and (n is None or n < k) for n, k in zip(extents, kernel_size)
+    )
 
 
 def he_fan_out():
