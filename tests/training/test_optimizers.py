@@ -275,6 +275,52 @@ def test_bad_arguments_are_rejected():
         AdamW(no_decay=["[bias"])
 
 
+# ---- global_clipnorm against numpy (issue 15) --------------------------------
+def clipped_step(grad_scale, **kwargs):
+    """One single-device SGD step (lr .1) on random gradients; returns
+    (weights before, gradients, weights after), each {path: array}."""
+    model = two_layer_model()
+    variables = model.trainable_variables
+    rng = np.random.default_rng(7)
+    grads = {v.path: grad_scale * rng.normal(size=v.shape).astype("float32") for v in variables}
+    before = {v.path: v.numpy() for v in variables}
+    optimizer = SGD(learning_rate=0.1, **kwargs)
+    optimizer.build(variables)
+    optimizer.apply_gradients([(grads[v.path], v) for v in variables])
+    return before, grads, {v.path: v.numpy() for v in variables}
+
+
+def numpy_clipped_step(before, grads, mults):
+    """w - lr * mult * g / max(|g|, 1), |g| the norm over ALL variables."""
+    norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+    return {p: before[p] - 0.1 * mults[p] * grads[p] / max(norm, 1.0) for p in before}, norm
+
+
+@pytest.mark.parametrize("rules", [None, RULES], ids=["plain", "multipliers"])
+def test_global_clipnorm_single_device_equals_numpy(rules):
+    before, grads, got = clipped_step(1.0, global_clipnorm=1.0, lr_multipliers=rules)
+    mults = multipliers.variable_multipliers(list(before), lr_multipliers=rules)
+    want, norm = numpy_clipped_step(before, grads, mults)
+    assert norm > 3.0  # the clip is active: the step shrinks by 1 / norm
+    for p in before:
+        np.testing.assert_allclose(got[p], want[p], rtol=0, atol=1e-6)
+    # The unclipped step is a different one (clipping is not a no-op).
+    _, _, unclipped = clipped_step(1.0, lr_multipliers=rules)
+    assert max(np.abs(unclipped[p] - got[p]).max() for p in before) > 0.05
+    for p in before:
+        np.testing.assert_allclose(unclipped[p], before[p] - 0.1 * mults[p] * grads[p],
+                                   rtol=0, atol=1e-6)
+
+
+def test_global_clipnorm_leaves_a_small_gradient_alone():
+    # |g| < 1: max(|g|, 1) = 1, the step is the unclipped one (not normalized up).
+    before, grads, got = clipped_step(0.05, global_clipnorm=1.0)
+    want, norm = numpy_clipped_step(before, grads, dict.fromkeys(before, 1.0))
+    assert norm < 1.0
+    for p in before:
+        np.testing.assert_allclose(got[p], want[p], rtol=0, atol=1e-7)
+
+
 # ---- tf.distribute -----------------------------------------------------------
 def test_mirrored_two_cpus_multipliers_clipping_and_accumulation():
     """2 logical CPUs (a subprocess: they must be set before TF starts)."""
