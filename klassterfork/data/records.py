@@ -20,9 +20,17 @@ Feature lists:
 
 TF Model Garden's video SequenceExample shares `image/encoded` and stores the
 label as `clip/label/index`; `parse` accepts that alias.
+
+Writing needs no TensorFlow: `write` encodes the protobuf wire format by hand
+and `RecordWriter` frames records as TFRecord files (both byte-identical to
+`tf.train.SequenceExample.SerializeToString(deterministic=True)` and
+`tf.io.TFRecordWriter`, tested), so converter processes never pay
+TensorFlow's 4 s import. `parse` imports TensorFlow when first called.
 """
 
-import tensorflow as tf
+import struct
+
+import google_crc32c
 
 VIDEO_ID = "video/id"
 LABEL = "video/label"
@@ -44,16 +52,60 @@ def shard_name(split, index, count):
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
+# Protobuf wire format (https://protobuf.dev/programming-guides/encoding/):
+# a field is a varint tag (number << 3 | wire type) then its payload; type 2
+# is length-delimited (bytes, messages, packed numbers). The messages, from
+# tensorflow/core/example/{feature,example}.proto:
+#   Feature {bytes_list = 1; float_list = 2; int64_list = 3}, each list a
+#   `repeated value = 1` (floats and ints packed); FeatureList {feature = 1};
+#   Features {map<string, Feature> feature = 1}; FeatureLists
+#   {map<string, FeatureList> feature_list = 1}; a map entry is a message
+#   {key = 1; value = 2}; SequenceExample {context = 1; feature_lists = 2}.
+
+
+def _varint(value):
+    value &= 0xFFFFFFFFFFFFFFFF  # negative int64: ten-byte two's complement
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number, payload):
+    """A length-delimited field: tag, length, payload."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
 def _bytes(values):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+    return _field(1, b"".join(_field(1, v) for v in values))
 
 
 def _ints(values):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    return _field(3, _field(1, b"".join(_varint(int(v)) for v in values))
+                  if values else b"")
 
 
 def _floats(values):
-    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    return _field(2, _field(1, struct.pack(f"<{len(values)}f", *values))
+                  if values else b"")
+
+
+def _map(entries):
+    """A proto map field (number 1), in the key order of Python protobuf's
+    `deterministic=True` (byte order; of two keys where one is a prefix of
+    the other, the longer first), so records compare byte for byte."""
+    keys = sorted((key.encode("utf-8") for key in entries), key=_map_order)
+    return b"".join(
+        _field(1, _field(1, key) + _field(2, entries[key.decode("utf-8")]))
+        for key in keys
+    )
+
+
+def _map_order(key):
+    # Bytes + 0x100 sorts a prefix after every key that extends it.
+    return [*key, 0x100]
 
 
 def _text(value):
@@ -104,32 +156,69 @@ def write(
         WIDTH: _ints([int(width)]),
         SOURCE: _bytes([_text(source)]),
     }
-    lists = {IMAGE: tf.train.FeatureList(feature=[_bytes([f]) for f in frames])}
+    lists = {IMAGE: _feature_list(frames)}
     if flow_x is not None:
         if flow_bound is None:
             raise ValueError("`flow_bound` is required when flow is written.")
         context[FLOW_BOUND] = _floats([float(flow_bound)])
-        lists[FLOW_X] = tf.train.FeatureList(feature=[_bytes([f]) for f in flow_x])
-        lists[FLOW_Y] = tf.train.FeatureList(feature=[_bytes([f]) for f in flow_y])
-    example = tf.train.SequenceExample(
-        context=tf.train.Features(feature=context),
-        feature_lists=tf.train.FeatureLists(feature_list=lists),
-    )
-    return example.SerializeToString()
+        lists[FLOW_X] = _feature_list(flow_x)
+        lists[FLOW_Y] = _feature_list(flow_y)
+    return _field(1, _map(context)) + _field(2, _map(lists))
 
 
-_CONTEXT_SPEC = {
-    VIDEO_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    LABEL: tf.io.VarLenFeature(tf.int64),
-    LABEL_ALIAS: tf.io.VarLenFeature(tf.int64),
-    LABEL_TEXT: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    NUM_FRAMES: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-    FPS: tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
-    HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    FLOW_BOUND: tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
-}
+def _feature_list(images):
+    return b"".join(_field(1, _bytes([bytes(f)])) for f in images)
+
+
+def _masked_crc(data):
+    """TFRecord's checksum: CRC-32C, rotated right 15 bits, plus a constant."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame(record):
+    """One TFRecord file entry: length, its checksum, the data, its checksum.
+
+    Args:
+        record: bytes.
+
+    Returns:
+        bytes, what `tf.io.TFRecordWriter.write(record)` appends.
+    """
+    length = struct.pack("<Q", len(record))
+    return (length + struct.pack("<I", _masked_crc(length)) + record
+            + struct.pack("<I", _masked_crc(record)))
+
+
+class RecordWriter:
+    """Appends framed records to a binary file object (a TFRecord file).
+
+    Args:
+        f: file object opened for binary writing (e.g. `files.atomic_write`).
+    """
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, record):
+        self.f.write(frame(record))
+
+
+def _context_spec():
+    import tensorflow as tf
+
+    return {
+        VIDEO_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        LABEL: tf.io.VarLenFeature(tf.int64),
+        LABEL_ALIAS: tf.io.VarLenFeature(tf.int64),
+        LABEL_TEXT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        NUM_FRAMES: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+        FPS: tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
+        HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        FLOW_BOUND: tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
+    }
 
 
 def parse(serialized, *, with_flow=False):
@@ -146,6 +235,8 @@ def parse(serialized, *, with_flow=False):
         encoded JPEGs), and with `with_flow` also `flow_x`, `flow_y`
         (string [T]) and `flow_bound` (float32).
     """
+    import tensorflow as tf
+
     sequence_spec = {IMAGE: tf.io.FixedLenSequenceFeature([], tf.string)}
     if with_flow:
         for key in (FLOW_X, FLOW_Y):
@@ -153,7 +244,7 @@ def parse(serialized, *, with_flow=False):
                 [], tf.string, allow_missing=True
             )
     context, sequence = tf.io.parse_single_sequence_example(
-        serialized, context_features=_CONTEXT_SPEC, sequence_features=sequence_spec
+        serialized, context_features=_context_spec(), sequence_features=sequence_spec
     )
     labels = tf.concat(
         [tf.sparse.to_dense(context[LABEL]), tf.sparse.to_dense(context[LABEL_ALIAS])],

@@ -320,8 +320,7 @@ def decode_video(path, *, short_side=None, fps=None, max_frames=None,
             for frame in container.decode(stream):
                 if not frames:
                     rotation = int(round(frame.rotation or 0))
-                image = rotate(frame.to_ndarray(format="rgb24"), rotation)
-                frames.append(resize_short_side(image, short_side))
+                frames.append(_to_rgb(frame, rotation, short_side))
                 raw_pts.append(frame.pts)
                 if max_frames is not None and _enough(
                     raw_pts, stream.time_base, max_frames, fps
@@ -373,6 +372,27 @@ def decode_video(path, *, short_side=None, fps=None, max_frames=None,
         num_decoded=num_decoded,
         truncated=truncated,
     )
+
+
+def _to_rgb(frame, rotation, short_side):
+    """A decoded frame as uint8 RGB, rotated for display, short side resized.
+
+    When shrinking, swscale converts from YUV and shrinks with area averaging
+    in one pass (what ffmpeg's CLI does): converting the full-size frame to
+    RGB and then resizing with OpenCV took 3x the CPU on 1080p input.
+    Enlarging keeps OpenCV's bilinear `resize_short_side`.
+    """
+    sideways = round(rotation / 90) % 2 == 1
+    height, width = (frame.width, frame.height) if sideways else (frame.height,
+                                                                  frame.width)
+    new_h, new_w = short_side_size(height, width, short_side)
+    if new_h * new_w < height * width:
+        size = dict(width=new_h, height=new_w) if sideways else dict(width=new_w,
+                                                                    height=new_h)
+        image = frame.reformat(format="rgb24", interpolation="AREA", **size)
+        return rotate(image.to_ndarray(), rotation)
+    return resize_short_side(rotate(frame.to_ndarray(format="rgb24"), rotation),
+                             short_side)
 
 
 def _about(declared):

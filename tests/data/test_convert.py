@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def test_synthetic_records_round_trip(synthetic_dir, tmp_path):
                                workers=1, num_shards=3, progress=False)
     assert manifest["counts"] == {"videos": 8, "written": 8, "frames": sum(
         len(video.decode_video(e.path).frames) for e in annotation.entries),
-        "failed": 0, "missing": 0}
+        "failed": 0, "missing": 0, "skipped": 0, "truncated": 0}
     assert manifest["flip_label_map"] == [1, 0, 2, 3, 5, 4, 6, 7]
     assert manifest["label_names"] == list(synthetic.LABEL_NAMES)
     assert [s["videos"] for s in manifest["shards"]] == [3, 3, 2]
@@ -131,7 +132,8 @@ def test_failures_reported_and_strict_exit_code(synthetic_dir, tmp_path):
     manifest = json.loads((out / "test.manifest.json").read_text())
     assert manifest["counts"] == {"videos": 4, "written": 2,
                                   "frames": manifest["counts"]["frames"],
-                                  "failed": 2, "missing": 1}
+                                  "failed": 2, "missing": 1, "skipped": 0,
+                                  "truncated": 0}
     reasons = {os.path.basename(f["path"]): f["reason"] for f in manifest["failed"]}
     assert reasons["empty.mp4"] == "empty file (0 bytes)"
     assert reasons["notes.mp4"].startswith("cannot open as a video")
@@ -151,7 +153,8 @@ def test_csv_reader(tmp_path):
     ann = SOURCES["csv"](annotations=str(tmp_path / "list.csv"))
     assert ann.label_names == ["cat", "dog"]
     assert [(e.video_id, e.labels) for e in ann.entries] == [
-        ("v/a", (1,)), ("v/b", (0,)), ("v/c", ())]
+        ("v/a.mp4", (1,)), ("v/b.mp4", (0,)), ("v/c.mp4", ())]
+    assert ann.classes_from == "sorted names"
     assert ann.entries[0].path == str(tmp_path / "v" / "a.mp4")
     (tmp_path / "idx.csv").write_text("a.mp4,2\nb.mp4,0\n")
     ann = SOURCES["csv"](annotations=str(tmp_path / "idx.csv"), videos=str(tmp_path / "v"))
@@ -228,3 +231,117 @@ def test_fps_and_max_frames_through_the_cli(tmp_path):
     assert psnr(last, reference.frames[19]) > 30
     manifest = json.loads((out / "train.manifest.json").read_text())
     assert manifest["settings"]["fps"] == 10.0 and manifest["settings"]["max_frames"] == 20
+
+
+def test_mixed_labels_are_an_error_naming_the_first_other_row(tmp_path, capsys):
+    (tmp_path / "list.csv").write_text("path,label\na.mp4,2\nb.mp4,10\nc.mp4,cat\n")
+    with pytest.raises(ValueError, match=(
+            r"list.csv:4: label 'cat' is a class name but .*list.csv:2 has a "
+            r"class index \('2'\)")):
+        SOURCES["csv"](annotations=str(tmp_path / "list.csv"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--csv", str(tmp_path / "list.csv"), "--out", str(tmp_path / "o")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "list.csv:4: label 'cat'" in err and "Traceback" not in err
+    (tmp_path / "list.json").write_text('[{"path": "a.mp4", "label": "cat"}, '
+                                        '{"path": "b.mp4", "label": [1]}]')
+    with pytest.raises(ValueError, match=r"list.json: item 1: label 1 is a class index"):
+        SOURCES["json"](annotations=str(tmp_path / "list.json"), videos=None,
+                        split="x")
+
+
+def test_integer_labels_keep_their_value_and_a_labels_file_sets_the_order(
+        synthetic_dir, tmp_path, capsys):
+    a, b, c = sorted((synthetic_dir / "videos").glob("*.mp4"))[:3]
+    (tmp_path / "ints.csv").write_text(f"{a},2\n{b},10\n{c},\n")
+    out = tmp_path / "ints"
+    argv = ["--workers", "1", "--quiet", "--short-side", "32"]
+    assert cli.main(["--csv", str(tmp_path / "ints.csv"), "--out", str(out), *argv]) == 0
+    labels = {p["source"].numpy().decode(): p["labels"].numpy().tolist()
+              for p in read_records(out, "train")}
+    assert labels == {str(a): [2], str(b): [10], str(c): []}
+    manifest = json.loads((out / "train.manifest.json").read_text())
+    assert manifest["label_names"] == [str(i) for i in range(11)]
+    assert "classes:" not in capsys.readouterr().out  # indices: nothing chosen
+    (tmp_path / "names.csv").write_text(f"{a},dog\n{b},cat\n")
+    assert cli.main(["--csv", str(tmp_path / "names.csv"), "--out",
+                     str(tmp_path / "sorted"), *argv]) == 0
+    assert "classes: 2 names sorted (--labels FILE sets the order): 0=cat, 1=dog" in (
+        capsys.readouterr().out)
+    (tmp_path / "classes.txt").write_text("zebra\ndog\ncat\n")
+    out = tmp_path / "ordered"
+    assert cli.main(["--csv", str(tmp_path / "names.csv"), "--labels",
+                     str(tmp_path / "classes.txt"), "--out", str(out), *argv]) == 0
+    assert "classes:" not in capsys.readouterr().out
+    labels = {p["source"].numpy().decode(): p["labels"].numpy().tolist()
+              for p in read_records(out, "train")}
+    assert labels == {str(a): [1], str(b): [2]}
+    assert (out / "labels.txt").read_text() == "0,zebra\n1,dog\n2,cat\n"
+
+
+@needs_shared
+def test_ids_keep_the_extension_and_duplicates_are_reported(synthetic_dir, tmp_path,
+                                                            capsys):
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "test.avi").write_bytes((VIDEOS / "mmaction2" / "test.avi").read_bytes())
+    first = sorted((synthetic_dir / "videos").glob("*.mp4"))[0]
+    (clip / "test.mp4").write_bytes(first.read_bytes())
+    (tmp_path / "list.csv").write_text(
+        "clip/test.avi,a\nclip/test.mp4,b\nclip/test.avi,a\n")
+    out = tmp_path / "out"
+    assert cli.main(["--csv", str(tmp_path / "list.csv"), "--out", str(out),
+                     "--workers", "1", "--quiet", "--short-side", "32"]) == 0
+    ids = sorted(p["id"].numpy().decode() for p in read_records(out, "train"))
+    assert ids == ["clip/test.avi", "clip/test.mp4"]
+    manifest = json.loads((out / "train.manifest.json").read_text())
+    assert manifest["counts"]["skipped"] == 1 and manifest["counts"]["written"] == 2
+    (skipped,) = manifest["skipped"]
+    assert skipped["id"] == "clip/test.avi"
+    assert skipped["reason"] == ("duplicate id 'clip/test.avi' (the same file); "
+                                 "the first row is kept")
+    assert f"  {clip / 'test.avi'}: duplicate id" in capsys.readouterr().err
+
+
+def test_strict_fails_on_a_missing_file_and_lists_every_path(synthetic_dir, tmp_path,
+                                                             capsys):
+    good = sorted((synthetic_dir / "videos").glob("*.mp4"))[0]
+    (tmp_path / "x.mp4").mkdir()  # a folder named like a video
+    (tmp_path / "list.csv").write_text(f"{good},a\nabsent.mp4,a\nx.mp4,b\n")
+    argv = ["--csv", str(tmp_path / "list.csv"), "--out", str(tmp_path / "out"),
+            "--workers", "1", "--quiet", "--short-side", "32"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"  {tmp_path / 'absent.mp4'}: video file not found" in err
+    assert f"  {tmp_path / 'x.mp4'}: is a directory, not a video file" in err
+    assert cli.main(argv + ["--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "2 video(s) not converted" in err
+    assert f"  {tmp_path / 'absent.mp4'}: video file not found" in err
+    assert f"  {tmp_path / 'x.mp4'}: is a directory, not a video file" in err
+    # Only missing: strict still fails (it used to exit 0).
+    (tmp_path / "missing.csv").write_text(f"{good},a\nabsent.mp4,a\n")
+    argv[1] = str(tmp_path / "missing.csv")
+    assert cli.main(argv + ["--strict"]) == 1
+    assert f"{tmp_path / 'absent.mp4'}: video file not found" in capsys.readouterr().err
+
+
+@needs_shared
+def test_truncated_videos_fail_or_are_kept_and_marked(tmp_path):
+    data = (VIDEOS / "ssv2" / "166766.webm").read_bytes()
+    (tmp_path / "cut.webm").write_bytes(data[: len(data) * 4 // 10])
+    (tmp_path / "list.csv").write_text(
+        f"cut.webm,a\n{VIDEOS / 'moviepy' / 'no_duration.webm'},a\n")
+    ann = SOURCES["csv"](annotations=str(tmp_path / "list.csv"))
+    manifest = convert.convert(ann, tmp_path / "out", split="s", workers=1,
+                               short_side=32, progress=False)
+    (failed,) = manifest["failed"]
+    assert failed["id"] == "cut.webm"
+    assert re.fullmatch(r"truncated: decoded \d+ of about 49 frames", failed["reason"])
+    assert [p["id"].numpy().decode() for p in read_records(tmp_path / "out", "s")] == [
+        str(VIDEOS / "moviepy" / "no_duration.webm")]
+    kept = convert.convert(ann, tmp_path / "kept", split="s", workers=1,
+                           short_side=32, progress=False, keep_truncated=True)
+    assert kept["failed"] == [] and kept["counts"]["written"] == 2
+    assert kept["truncated"] == [dict(failed, path=str(tmp_path / "cut.webm"))]

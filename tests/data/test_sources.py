@@ -469,9 +469,9 @@ def test_json_list_names_indices_multi_and_missing(tmp_path):
     )
     assert ann.label_names == ["cat", "dog"]
     assert [(e.video_id, e.labels, e.label_text) for e in ann.entries] == [
-        ("a", (1,), "dog"),
+        ("a.mp4", (1,), "dog"),  # the path as written: a.avi would differ
         ("bee", (0, 1), "cat;dog"),
-        ("c", (), ""),
+        ("c.mp4", (), ""),
     ]
     assert ann.missing == [(str(tmp_path / "v" / "gone.mp4"), "video file not found")]
     (tmp_path / "ints.json").write_text('[{"path": "d.mp4", "label": 2}]')

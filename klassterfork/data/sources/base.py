@@ -40,9 +40,13 @@ class Annotation:
         missing: list of (path, reason) for annotated videos not found.
         flip_label_map: list of int or None. Label after a horizontal flip,
             per class; -1 means the class is never flipped.
+        classes_from: str or None. Where `label_names` came from when the
+            reader chose it ("sorted names", "indices", or the label map
+            file); `kf-convert` prints the map for "sorted names".
     """
 
     entries: list
     label_names: list
     missing: list = dataclasses.field(default_factory=list)
     flip_label_map: list | None = None
+    classes_from: str | None = None

@@ -5,18 +5,26 @@
     dogs/clip7.mp4,dog
     clip9.mp4,                  <- empty label: an unlabelled video
 
-Labels are class names, or class indices when a label map is given (or when
-every label is an integer). Without a label map, names sorted alphabetically
-are the classes; integer labels give classes "0".."N-1". Paths are relative
-to `videos` when given, else to the CSV's folder. The id is the path without
-its extension (unique even when two folders hold `clip1.mp4`).
+Labels are all class names or all class indices (integers); a file that
+mixes them (`2`, `10`, `cat`) is an error naming the first row that differs,
+because sorting "10" before "2" as names would renumber classes silently.
+Names index the label map (`label_map`, its line order), or without one the
+names sorted alphabetically (`classes_from` says which). Indices keep their
+value: classes "0".."max" without a label map, checked against it with one.
+Paths are relative to `videos` when given, else to the CSV's folder. The id
+is the path as written, extension included (unique even when two folders
+hold `clip1.mp4`, or one folder `clip1.avi` and `clip1.mp4`).
 """
 
 import csv
 import os
 
 from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
-from klassterfork.data.sources.json_list import load_label_names, split_existing
+from klassterfork.data.sources.json_list import (
+    check_label_kinds,
+    load_label_names,
+    split_existing,
+)
 
 _HEADER = ("path", "label")
 
@@ -68,10 +76,13 @@ def read(*, annotations, videos=None, split=None, label_map=None):
     del split
     rows = _rows(annotations)
     base = videos if videos is not None else os.path.dirname(os.path.abspath(annotations))
-    labels = [label for _, _, label in rows if label]
+    labelled = [(n, label) for n, _, label in rows if label]
+    indices = check_label_kinds(
+        [(f"{annotations}:{n}", label) for n, label in labelled], _is_int)
+    labels = [label for _, label in labelled]
     if label_map is not None:
         names = load_label_names(label_map)
-    elif labels and all(_is_int(v) for v in labels):
+    elif indices:
         names = [str(i) for i in range(max(int(v) for v in labels) + 1)]
     else:
         names = sorted(set(labels))
@@ -83,22 +94,25 @@ def read(*, annotations, videos=None, split=None, label_map=None):
             raise ValueError(f"{where}: the path is empty.")
         if not label:
             ids = ()
-        elif label in index:
-            ids = (index[label],)
-        elif _is_int(label) and 0 <= int(label) < len(names):
+        elif indices and 0 <= int(label) < len(names):
             ids = (int(label),)
+        elif not indices and label in index:
+            ids = (index[label],)
         else:
             raise ValueError(
-                f"{where}: unknown label {label!r}. Accepted: a class name of "
-                f"the {len(names)} classes, or an index in [0, {len(names)})."
+                f"{where}: unknown label {label!r}. Accepted: "
+                + (f"an index in [0, {len(names)})" if indices else
+                   f"a class name of the {len(names)} classes")
+                + (f" of {label_map}." if label_map else ".")
             )
         entries.append(
             VideoEntry(
-                video_id=os.path.splitext(path)[0],
+                video_id=path,
                 path=path if os.path.isabs(path) else os.path.join(base, path),
                 labels=ids,
                 label_text=";".join(names[i] for i in ids),
             )
         )
     found, missing = split_existing(entries)
-    return Annotation(entries=found, label_names=names, missing=missing)
+    return Annotation(entries=found, label_names=names, missing=missing,
+                      classes_from=label_map or ("indices" if indices else "sorted names"))

@@ -9,8 +9,10 @@ The file is a JSON array of objects, one per video:
 
 `path` (alias `filename`, the mmaction2 key) is relative to `videos` unless
 absolute; `label` (alias `labels`) is a class index, a class name, or a list
-of either (multi-label); a missing label means an unlabelled video. `id`
-defaults to the file stem. `num_frames` (alias `total_frames`) is optional.
+of either (multi-label), all of one kind in a file (see `check_label_kinds`);
+a missing label means an unlabelled video. `id` defaults to `path` as
+written, extension included (`a.avi` and `a.mp4` stay two ids).
+`num_frames` (alias `total_frames`) is optional.
 """
 
 import json
@@ -60,6 +62,36 @@ def load_label_names(path):
             raise ValueError(f"{path}: class {name!r} appears twice (line {i + 1}).")
         seen.add(name)
     return names
+
+
+def check_label_kinds(labels, is_index):
+    """Whether labels are class indices; raises if indices and names mix.
+
+    Args:
+        labels: list of (where, label), in file order, unlabelled left out.
+        is_index: callable label -> bool.
+
+    Returns:
+        bool: True when every label is an index (False for none).
+
+    Raises:
+        ValueError: naming the first label whose kind differs from the first
+            label's.
+    """
+    if not labels:
+        return False
+    first_where, first = labels[0]
+    kind = bool(is_index(first))
+    for where, label in labels[1:]:
+        if bool(is_index(label)) != kind:
+            what = ("a class name", "a class index")
+            raise ValueError(
+                f"{where}: label {label!r} is {what[not kind]} but {first_where} "
+                f"has {what[kind]} ({first!r}). Labels must be all class indices "
+                "or all class names (names are looked up in --labels FILE, or "
+                "sorted when there is none)."
+            )
+    return kind
 
 
 def split_existing(entries, what="video file"):
@@ -152,15 +184,17 @@ def read(*, annotations, videos, split, label_map=None):
             )
         raw = item.get("label", item.get("labels"))
         raws.append((where, path, raw, item))
+    flat = [
+        (where, v)
+        for where, _, raw, _ in raws
+        if raw is not None
+        for v in (raw if isinstance(raw, list) else [raw])
+    ]
+    check_label_kinds(flat, lambda v: isinstance(v, int) and not isinstance(v, bool))
+    flat = [v for _, v in flat]
     if label_map is not None:
         names = load_label_names(label_map)
     else:
-        flat = [
-            v
-            for _, _, raw, _ in raws
-            if raw is not None
-            for v in (raw if isinstance(raw, list) else [raw])
-        ]
         if all(isinstance(v, str) for v in flat):
             names = sorted(set(flat))
         else:
@@ -169,11 +203,10 @@ def read(*, annotations, videos, split, label_map=None):
     entries = []
     for where, path, raw, item in raws:
         labels = () if raw is None else _label_indices(raw, names, where)
-        stem = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
         num_frames = item.get("num_frames", item.get("total_frames"))
         entries.append(
             VideoEntry(
-                video_id=str(item.get("id", stem)),
+                video_id=str(item.get("id", path)),
                 path=join_video_path(videos, path),
                 labels=labels,
                 label_text=";".join(names[i] for i in labels),
