@@ -79,6 +79,9 @@ def test_bfloat16_kernel_gradient_matches_numpy(frames):
     want_out, want_grad = reference(rounded(x), rounded(kernel.value), rounded(dy))
     got = grad.numpy()
     assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, want_grad, rtol=0, atol=2e-2 * np.abs(want_grad).max())
+    # 5 % of the largest value: oneDNN accumulates in float32 (<= 0.5 % off
+    # here), Eigen's bfloat16 kernels (TF_ENABLE_ONEDNN_OPTS=0) round the
+    # sums too (2.4 %); the broken kernel is 60 % to 1e37 off, or NaN.
+    np.testing.assert_allclose(got, want_grad, rtol=0, atol=5e-2 * np.abs(want_grad).max())
     np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), want_out, rtol=0,
-                               atol=2e-2 * np.abs(want_out).max())
+                               atol=5e-2 * np.abs(want_out).max())

@@ -6,13 +6,16 @@ The reference is the same run in float32: three SGD steps from the same
 initial weights on the same clips (dropout off, deterministic ops). SGD's
 update is linear in the gradient, so a gradient left scaled by the loss scale
 (x32768), a loss not divided by the batch (x4) or a NaN shows up in the
-weights' moves; Adam's normalised step would hide the first two. Measured on
-the project's 2-core x86_64 VM (avx512_bf16): the moves of all trainable
-weights differ from float32 by 1.2 % (float16) and 1.4 % (bfloat16) of their
-norm, BN moving-statistic moves by <= 0.7 %; the tolerance is 5 %. Before the
-issue-16 fix the bfloat16 run's second step already put NaN into a kernel on
-such CPUs (oneDNN's bf16 filter gradient, see `models/layers.conv3d`).
-Nothing is skipped by CPU flag.
+weights' moves (100 % off or more); Adam's normalised step would hide the
+first two. Measured on the project's 2-core x86_64 VM (avx512_bf16), the
+moves of all trainable weights differ from float32's by 2.4 % (float16) and
+3.6 % (bfloat16) of their norm, BN moving-statistic moves by <= 0.7 %; with
+`TF_ENABLE_ONEDNN_OPTS=0` (Eigen kernels, as on CPUs where oneDNN has no
+bfloat16) by 2.4 % and 5.9 %, BN statistics 3.3 %. Tolerances: 5 % for
+float16, 15 % for bfloat16, 10 % for BN statistics. Before the issue-16 fix
+the bfloat16 run's second step put NaN into a kernel on avx512_bf16 CPUs
+(oneDNN's bf16 filter gradient, see `models/layers.conv3d`). Nothing is
+skipped by CPU flag.
 """
 
 import json
@@ -27,7 +30,9 @@ from klassterfork.training.builders import train_loop_config
 from klassterfork.training.trainer import Stage
 from tests.training.tiny_data import tiny_config, write_split
 
-MOVE_RTOL = 0.05  # |move_mixed - move_float32| <= 5 % of |move_float32|
+# |move_mixed - move_float32| <= rtol * |move_float32| (see the docstring).
+MOVE_RTOL = {"mixed_float16": 0.05, "mixed_bfloat16": 0.15}
+STATS_RTOL = 0.10
 STEPS = 3
 LR = 0.01
 
@@ -80,8 +85,8 @@ def test_sgd_steps_match_float32(runs, policy):
     stats = [p for p in reference[1] if p.endswith(("moving_mean", "moving_variance"))]
     assert len(trainable) > 30 and len(stats) > 20
     assert all(not np.array_equal(reference[2][p], reference[1][p]) for p in trainable)
-    assert relative_move_error(run, reference, trainable) <= MOVE_RTOL
-    assert relative_move_error(run, reference, stats) <= MOVE_RTOL
+    assert relative_move_error(run, reference, trainable) <= MOVE_RTOL[policy]
+    assert relative_move_error(run, reference, stats) <= STATS_RTOL
 
 
 def test_float16_scales_the_loss_and_bfloat16_does_not(runs):
