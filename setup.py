@@ -46,6 +46,7 @@ setup(
             "kf-plot-training=klassterfork.cli.plot_training:main",
             "kf-embed-classes=klassterfork.cli.embed:main",
             "kf-class-overlap=klassterfork.cli.class_overlap:main",
+            "kf-data-service=klassterfork.cli.data_service:main",
         ]
     },
 )

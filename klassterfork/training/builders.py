@@ -40,11 +40,14 @@ TRAIN_LOOP_DEFAULTS = {
     "freeze": [],
     "best_metric": "val_top1",
     "plot": True,
+    # multi_worker only: where the cluster comes from (training/cluster.py).
+    "cluster": "tf_config",
 }
 PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
 METRICS = ("top1", "top5")
 # Keys of a dataset block that the trainer consumes; the rest go to the pipeline.
-DATASET_KEYS = ("dir", "split", "files", "flip", "num_examples", "class_embeddings")
+DATASET_KEYS = ("dir", "split", "files", "flip", "num_examples", "class_embeddings",
+                "service")
 
 
 def train_loop_config(stage, source):
@@ -361,6 +364,9 @@ def validate_stage(stage, source):
         sname, skwargs = split_component(lr, source, key, SCHEDULES)
         key, lr = f"{key}.{sname}.schedule", skwargs.get("schedule")
     for role, block in (stage.get("datasets") or {}).items():
+        if role != "train" and "service" in block:
+            raise ConfigError(source, f"datasets.{role}.service", "only datasets.train "
+                              "reads through the tf.data service; remove it here.")
         fn = pipeline.train_dataset if role == "train" else pipeline.eval_dataset
         extra = {"with_ids": True} if role != "train" else {}
         _pipeline_kwargs(fn, block, source, f"datasets.{role}", extra)

@@ -224,10 +224,21 @@ class Stage:
                 f"the global batch {self.global_batch} must divide evenly over the "
                 f"{replicas} replicas.",
             )
-        fn = train_input_fn(
-            self.train_block, self.train_info, self.source, "datasets.train",
-            global_batch=self.global_batch, seed=self.seed, start_step=start_batch,
-        )
+        if self.train_block.get("service"):
+            # The tf.data service runs this pipeline on its workers (issue 12).
+            from klassterfork.training.service_input import trainer_input_fn
+
+            fn = trainer_input_fn(
+                self.train_block, self.train_info, self.source, "datasets.train",
+                global_batch=self.global_batch, seed=self.seed, start_step=start_batch,
+                total_steps=int(self.loop["epochs"]) * self.steps_per_epoch,
+                run_dir=self.dirs["root"],
+            )
+        else:
+            fn = train_input_fn(
+                self.train_block, self.train_info, self.source, "datasets.train",
+                global_batch=self.global_batch, seed=self.seed, start_step=start_batch,
+            )
         return iter(self.strategy.distribute_datasets_from_function(fn))
 
     def _steps_from_manifest(self):
