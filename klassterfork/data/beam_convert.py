@@ -43,6 +43,9 @@ def pipeline_options(beam_options, workers):
             args.append(f"--direct_num_workers={workers or os.cpu_count() or 1}")
         if "--direct_running_mode" not in names:
             args.append("--direct_running_mode=multi_processing")
+        if "--default_sdk_harness_log_level" not in names:
+            # The worker processes log every bundle at INFO on stderr.
+            args.append("--default_sdk_harness_log_level=WARNING")
     return PipelineOptions(args)
 
 
