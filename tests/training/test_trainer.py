@@ -95,17 +95,6 @@ def run_python(args, env=None, timeout=300):
     )
 
 
-def test_mirrored_strategy_over_two_cpu_devices(data_dir, tmp_path):
-    cfg, exp = write_config(tmp_path, data_dir, epochs=1, strategy="mirrored",
-                            logical_cpu_devices=2)
-    proc = run_python(["runs/train.py", str(cfg)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 replica(s), global batch 4 (2 per replica)" in proc.stdout
-    with open(exp / "stage0" / "log.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
-
-
 def free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
