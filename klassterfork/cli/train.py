@@ -8,7 +8,10 @@ of the one before), or with `-e` evaluates the latest checkpoint (or
 import argparse
 import json
 import os
+import shlex
 import sys
+
+from klassterfork import exit_codes
 
 RUNS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "runs")
@@ -42,22 +45,43 @@ def main(argv=None):
         stages, source = load(path, args.set)
     except ConfigError as err:
         print(f"kf-train: config error: {err}", file=sys.stderr)
-        return 2
+        return exit_codes.CONFIG_ERROR
     if args.print_config:
         print(json.dumps(stages, indent=2))
         return 0
-    from klassterfork.training.trainer import TrainingDiverged
+    from klassterfork.training.preemption import SignalWatcher
+    from klassterfork.training.trainer import TrainingDiverged, WorkerLost
 
     try:
-        if args.dry_run:
-            return dry_run(stages, source, args)
-        return run(stages, source, args)
+        # SIGTERM / SIGINT from here on: finish the step, checkpoint, exit
+        # with exit_codes.PREEMPTED (a second signal exits at once).
+        with SignalWatcher() as signals:
+            if args.dry_run:
+                return dry_run(stages, source, args)
+            return run(stages, source, args, signals=signals)
     except ConfigError as err:
         print(f"kf-train: config error: {err}", file=sys.stderr)
-        return 2
+        return exit_codes.CONFIG_ERROR
     except TrainingDiverged as err:
         print(f"kf-train: training diverged: {err}", file=sys.stderr)
-        return 3
+        return exit_codes.DIVERGED
+    except WorkerLost as err:
+        print(f"kf-train: worker lost: {err} Resume: {resume_command(args)}",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # The collective runtime's threads still wait on the dead peer and
+        # would hold a normal interpreter exit; everything is written.
+        os._exit(exit_codes.WORKER_LOST)
+
+
+def resume_command(args):
+    """The kf-train command line that resumes this run."""
+    parts = ["kf-train", args.config]
+    for item in args.set:
+        parts += ["--set", item]
+    if args.experiment_dir:
+        parts += ["--experiment-dir", args.experiment_dir]
+    return shlex.join(parts + ["-r"])
 
 
 def dry_run(stages, source, args):
@@ -78,7 +102,7 @@ def dry_run(stages, source, args):
     return code
 
 
-def run(stages, source, args):
+def run(stages, source, args, signals=None):
     from klassterfork.files import write_json_atomic
     from klassterfork.training import builders
     from klassterfork.training import strategy as strategies
@@ -96,6 +120,8 @@ def run(stages, source, args):
         from klassterfork.config.loader import ConfigError
 
         raise ConfigError(source, "train_loop.strategy", str(err)) from None
+    if signals is not None:
+        signals.install()  # over the handler a multi-worker strategy installs
     meta = stages[-1].get("meta") or {}
     name = meta.get("name") or os.path.splitext(os.path.basename(source.path))[0]
     experiment_dir = args.experiment_dir or meta.get("experiment_dir") or os.path.join(
@@ -154,9 +180,15 @@ def run(stages, source, args):
             continue
         stage = Stage(stage_cfg, source, experiment_dir=experiment_dir,
                       stage_index=index, strategy=strategy)
-        result = stage.train(resume=args.resume, previous_checkpoints=previous)
+        result = stage.train(resume=args.resume, previous_checkpoints=previous,
+                             signals=signals)
+        if result.get("preempted"):
+            print(f"kf-train: preempted ({result['preempted']}) after step {result['step']} "
+                  f"of stage {index}: checkpoint saved, nothing lost. Resume: "
+                  f"{resume_command(args)}", file=sys.stderr)
+            return exit_codes.PREEMPTED
         if result.get("stopped"):
-            return 0
+            return exit_codes.OK
         previous = dirs["checkpoints"]
     if chief:
         dirs = stage_dirs(experiment_dir, len(stages) - 1)

@@ -28,12 +28,18 @@ from klassterfork.analysis.plot_training import plot_training
 from klassterfork.config.loader import ConfigError
 from klassterfork.evaluation import aggregate
 from klassterfork.evaluation.predictions import write_predictions
-from klassterfork.training import builders
+from klassterfork.files import atomic_write
+from klassterfork.training import builders, preemption
 from klassterfork.training import strategy as strategies
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class WorkerLost(RuntimeError):
+    """A peer worker of a multi-worker run died; the message says which, the
+    last checkpoint step and how to resume."""
 
 
 STEP_CSV_FIELDS = ("step", "epoch", "loss", "lr", "clips_per_s")
@@ -131,6 +137,7 @@ class Stage:
         self.metrics = builders.metric_names(stage, source)
         self.strategy = strategy
         self.chief = strategies.is_chief(strategy)
+        self.multi_worker = strategies.task_info(strategy)[0] is not None
         self.dirs = stage_dirs(experiment_dir, stage_index)
         self.stage_index = stage_index
         datasets = stage.get("datasets") or {}
@@ -199,9 +206,13 @@ class Stage:
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            # The running sums of the epoch in progress (loss, top1, top5,
+            # clips, seconds): a run resumed mid-epoch reports the whole epoch.
+            self.epoch_sums = tf.Variable(tf.zeros([5], tf.float64), trainable=False,
+                                          name="epoch_sums")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
-            rng=seed_generator_states(self.model),
+            rng=seed_generator_states(self.model), epoch_sums=self.epoch_sums,
         )
         self.train_block = datasets.get("train")
         self.seed = seed
@@ -271,7 +282,7 @@ class Stage:
 
         matrix = None if self.train_matrix is None else tf.constant(self.train_matrix)
 
-        def step_fn(clips, labels):
+        def step_fn(clips, labels, stop):
             with tf.GradientTape() as tape:
                 outputs = tf.cast(model(clips, training=True), tf.float32)
                 if matrix is None:
@@ -297,11 +308,18 @@ class Stage:
                 "top1": _top_k_correct(labels, logits, 1),
                 "top5": _top_k_correct(labels, logits, 5),
                 "count": tf.cast(tf.shape(labels)[0], tf.float32),
+                # The workers' stop requests, summed over all replicas: every
+                # worker sees the same value after the same step. (An explicit
+                # all-reduce: `strategy.reduce` below treats a value that is
+                # not per-replica as equal everywhere and would not send it.)
+                # (tf.identity places the value on this replica's device.)
+                "stop": tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, tf.identity(stop)),
             }
 
-        def train_step(iterator):
+        def train_step(iterator, stop):
             clips, labels = next(iterator)
-            out = self.strategy.run(step_fn, args=(clips, labels))
+            out = self.strategy.run(step_fn, args=(clips, labels, stop))
             self.step.assign_add(1)
             return {
                 k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
@@ -456,8 +474,38 @@ class Stage:
         status.expect_partial()
         return latest
 
-    def train(self, *, resume=False, previous_checkpoints=None, log=print):
-        """Runs the stage to its last epoch (or `stop_after_steps`)."""
+    def train(self, *, resume=False, previous_checkpoints=None, log=print, signals=None):
+        """Runs the stage to its last epoch (or `stop_after_steps`).
+
+        Args:
+            resume: bool. Continue from the stage's latest checkpoint.
+            previous_checkpoints: str or None. The previous stage's
+                checkpoint folder: its weights start this stage.
+            log: callable(str).
+            signals: `preemption.SignalWatcher` or None. Once it has
+                received a signal (on any worker), the stage stops after the
+                step in progress with a checkpoint and returns
+                `{"preempted": "SIGTERM", ...}`.
+
+        Returns:
+            dict: `step`, `stopped`, `preempted` (signal name or None) and
+            the last epoch's metrics.
+
+        Raises:
+            WorkerLost: a peer of a multi-worker run died (instead of the
+                collective op's error).
+        """
+        try:
+            return self._train(resume, previous_checkpoints, log,
+                               signals or preemption.NoSignals())
+        except tf.errors.OpError as err:
+            if not self.multi_worker or not preemption.is_peer_failure(err):
+                raise
+            last = tf.train.latest_checkpoint(self.dirs["checkpoints"])
+            raise WorkerLost(preemption.worker_lost_message(
+                err, self.strategy, last, self.stage_index)) from None
+
+    def _train(self, resume, previous_checkpoints, log, signals):
         loop, dirs = self.loop, self.dirs
         write_ckpt_dir = strategies.write_dir(dirs["checkpoints"], self.strategy)
         manager = tf.train.CheckpointManager(
@@ -471,6 +519,8 @@ class Stage:
                 )
             restored = self.restore(dirs["checkpoints"])
             log(f"resumed from {restored} at step {int(self.step.numpy())}")
+            if self.chief:
+                self._truncate_logs(int(self.step.numpy()), log)
         elif previous_checkpoints:
             restored = self.restore(previous_checkpoints, model_only=True)
             if restored:
@@ -499,15 +549,21 @@ class Stage:
             epoch = step // spe
             self.epoch.assign(epoch)
             sums = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
+            carried = 0.0
+            if step > epoch * spe:  # resumed mid-epoch: the sums so far
+                saved = self.epoch_sums.numpy()
+                sums = dict(zip(sums, (float(x) for x in saved[:4])))
+                carried = float(saved[4])
             epoch_end = (epoch + 1) * spe
             bar = tqdm.tqdm(
                 total=epoch_end - step, desc=f"epoch {epoch + 1}/{loop['epochs']}",
                 disable=not (loop["progress"] and self.chief), mininterval=2.0, leave=False,
             )
-            started = time.perf_counter()
-            stopped = False
+            started = time.perf_counter() - carried
+            stopped = preempted = False
             while step < epoch_end:
-                out = train_step(self.train_iterator)
+                requested = 1.0 if signals.received else 0.0
+                out = train_step(self.train_iterator, tf.constant(requested))
                 step += 1
                 values = {k: float(v) for k, v in out.items()}
                 if not np.isfinite(values["loss"]):
@@ -530,20 +586,31 @@ class Stage:
                         "lr": builders.current_lr(self.optimizer), "clips_per_s": rate,
                     }
                     self._log_step(row, writer)
-                if step % int(loop["checkpoint_every_steps"]) == 0 and step < epoch_end:
+                # Any worker's signal (the all-reduced flag) stops every worker
+                # after this same step; a lone worker also stops on its own
+                # signal that arrived during the step.
+                preempted = values["stop"] > 0 or (signals.received and not self.multi_worker)
+                if (step % int(loop["checkpoint_every_steps"]) == 0 and step < epoch_end) or (
+                        preempted and step < epoch_end):
+                    self._save_epoch_sums(sums, time.perf_counter() - started)
                     sync_replicas()
                     manager.save(checkpoint_number=step)
-                if stop_after is not None and step >= int(stop_after):
+                if preempted or (stop_after is not None and step >= int(stop_after)):
                     stopped = True
                     break
             bar.close()
             elapsed = time.perf_counter() - started
             sync_replicas()
-            if stopped:
+            if stopped and not preempted:
+                self._save_epoch_sums(sums, elapsed)
                 manager.save(checkpoint_number=step)
                 log(f"stopped after step {step} (train_loop.stop_after_steps)")
                 strategies.remove_worker_dir(write_ckpt_dir, self.strategy)
-                return {"step": step, "stopped": True}
+                return {"step": step, "stopped": True, "preempted": None}
+            if preempted and step < epoch_end:
+                return self._preempted(step, total, signals, manager, writer, log)
+            # A signal during an epoch's last step: the epoch ends as usual
+            # (evaluation, checkpoint, log row), then the run stops.
             count = max(sums["count"], 1.0)
             metrics = {
                 "epoch": epoch + 1,
@@ -572,6 +639,7 @@ class Stage:
                         log(f"learning rate fell below last_lr: stopping after epoch {epoch + 1}")
                         total = step  # finishes this epoch as the last one
             self.epoch.assign(epoch + 1)
+            self.epoch_sums.assign(tf.zeros([5], tf.float64))
             manager.save(checkpoint_number=step)
             if self.chief:
                 self._log_epoch(metrics, writer)
@@ -581,6 +649,8 @@ class Stage:
                     best = sign * metrics[key]
                     save_keras_atomic(self.model, dirs["best"])
             log(_format(metrics))
+            if preempted and step < total:
+                return self._preempted(step, total, signals, manager, writer, log)
         strategies.remove_worker_dir(write_ckpt_dir, self.strategy)
         if self.chief:
             save_keras_atomic(self.model, dirs["model"])
@@ -588,7 +658,40 @@ class Stage:
                 plot_training(dirs["csv"], os.path.join(dirs["root"], "training_curves.png"))
             with open(dirs["done"], "w") as f:
                 f.write(f"{int(self.step.numpy())}\n")
-        return {"step": int(self.step.numpy()), "stopped": False, **metrics}
+        return {"step": int(self.step.numpy()), "stopped": False, "preempted": None, **metrics}
+
+    def _preempted(self, step, total, signals, manager, writer, log):
+        """Flushes the logs after the preemption checkpoint; the result."""
+        writer.flush()
+        strategies.remove_worker_dir(manager.directory, self.strategy)
+        cause = signals.name or "a signal to another worker"
+        log(f"stage {self.stage_index}: stopped by {cause} after step {step} of {total}; "
+            f"checkpoint ckpt-{step} saved, logs flushed.")
+        return {"step": step, "stopped": True, "preempted": cause}
+
+    def _save_epoch_sums(self, sums, seconds):
+        values = [sums["loss"], sums["top1"], sums["top5"], sums["count"], seconds]
+        self.epoch_sums.assign(tf.constant(values, tf.float64))
+
+    def _truncate_logs(self, step, log):
+        """Drops CSV rows past the restored `step` (written after the
+        checkpoint by the interrupted run), so a resumed run logs no step
+        twice."""
+        for path in (os.path.join(self.dirs["root"], "log_steps.csv"), self.dirs["csv"]):
+            if not os.path.exists(path):
+                continue
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                fields, rows = reader.fieldnames, list(reader)
+            kept = [r for r in rows if int(r["step"]) <= step]
+            if len(kept) == len(rows):
+                continue
+            with atomic_write(path) as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(kept)
+            log(f"{path}: removed {len(rows) - len(kept)} row(s) past step {step} "
+                "(logged after the checkpoint the run resumes from)")
 
     def _log_step(self, row, writer):
         path = os.path.join(self.dirs["root"], "log_steps.csv")
