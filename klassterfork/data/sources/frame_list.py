@@ -80,7 +80,8 @@ def encode_entry(
     """A frame folder's stored frames (and flow): the converter's task.
 
     Frames that already are RGB JPEGs at the target size are kept byte for
-    byte; others are decoded, resized (short side) and re-encoded. `fps`
+    byte, with Farneback flow too (computed from their decoded pixels);
+    others are decoded, resized (short side) and re-encoded. `fps`
     resamples by time (frame i shown at i / entry.fps), as for videos.
 
     Args:
@@ -120,14 +121,15 @@ def encode_entry(
         keep = video.resample_indices([i / entry.fps for i in keep], fps)
     keep = keep[:max_frames] if max_frames else keep
     paths = [paths[i] for i in keep]
-    kept = (
-        None
-        if flow == "farneback"
-        else frames_lib.jpegs_if_target_size(paths, short_side)
-    )
+    kept = frames_lib.jpegs_if_target_size(paths, short_side)
+    decoded = None
     if kept is not None:
         jpegs, height, width = kept
-        decoded = None
+        if flow == "farneback":
+            # Flow needs the pixels; the stored frames stay the files' bytes.
+            decoded = [
+                frames_lib.decode_rgb(data, path) for path, data in zip(paths, jpegs)
+            ]
     else:
         decoded = [
             frames_lib.resize_short_side(frames_lib.decode_rgb(data, path), short_side)
