@@ -1,11 +1,13 @@
 """tf.data input pipelines over the records of `data/records.py`.
 
-train: list shards -> shuffle shards (seeded) -> interleave TFRecordDataset
-(deterministic) -> shuffle examples (seeded) -> repeat -> enumerate (the
-example index is the per-example seed) -> parse -> sample clip indices ->
-gather only those JPEGs -> one crop window per clip (from the first frame's
-JPEG header) -> `decode_and_crop_jpeg` of the chosen frames -> resize -> flip
-with a label map -> standardize -> batch -> prefetch.
+train: the record stage (`data/resume.py`: per epoch, shards in an order
+drawn from (seed, epoch) -> interleave (deterministic) -> block shuffle
+keyed by (seed, epoch, block); resumable at any batch without re-reading
+the epochs done) -> enumerate (the example index is the per-example seed)
+-> parse -> sample clip indices -> gather only those JPEGs -> one crop
+window per clip (from the first frame's JPEG header) ->
+`decode_and_crop_jpeg` of the chosen frames -> resize -> flip with a label
+map -> standardize -> batch -> prefetch.
 
 eval: records in file order -> parse -> `num_clips` evenly spaced clips x
 `num_crops` spatial crops -> (B, V, T, H, W, C), no shuffling, no repeat, the
@@ -15,9 +17,9 @@ batch does not grow with V.
 
 Randomness is stateless: example `i` of the (repeated) stream gets the key
 `[seed, i]`, split into one seed per random decision, so the same `seed`
-gives the same batches, and the iterator state (shuffle buffers, positions,
-the enumerate counter) is all there is to checkpoint:
-`tf.train.Checkpoint(iterator=iter(ds))` restores the exact data position.
+gives the same batches, and `train_dataset(start_batch=K)` gives exactly
+batch K on (what the trainer's resume uses); the iterator can also be
+checkpointed: `tf.train.Checkpoint(iterator=iter(ds))`.
 
 Distribution (`train_dataset(num_input_pipelines=P, input_pipeline_id=i)`,
 one call per input pipeline, e.g. from
@@ -32,16 +34,18 @@ example shuffle that key is the example's position in the single-pipeline
 stream: P pipelines then produce exactly the clips of one.
 """
 
+import logging
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from klassterfork.data import augment, records, transforms
+from klassterfork.data import augment, records, resume, transforms
 from klassterfork.data.checks import check_choice, check_positive
 from klassterfork.data.crops import check_scale
 
 AUTOTUNE = tf.data.AUTOTUNE
+LOG = logging.getLogger(__name__)
 
 
 def list_files(files):
@@ -225,6 +229,55 @@ def pipeline_seed(seed, input_pipeline_id):
     return int(state.generate_state(1, np.uint32)[0] >> 1)
 
 
+def read_shards(paths):
+    """`resume.Shards` of `paths`: each file's record count from its headers.
+
+    Raises:
+        ValueError: when the files hold no record at all.
+    """
+    counts = []
+    for path in paths:
+        count, truncated = resume.count_records(path)
+        if truncated:
+            LOG.warning("%s: truncated after %d complete records; the rest "
+                        "cannot be read and is skipped", path, count)
+        counts.append(count)
+    if not sum(counts):
+        raise ValueError(f"`files` hold no records. Received: {len(paths)} file(s), "
+                         f"e.g. {paths[0]!r}")
+    return resume.Shards(tuple(paths), tuple(counts))
+
+
+def _examples(layout, *, start_example, repeated_views, repeat, seeded):
+    """(index, serialized) from local example `start_example` on.
+
+    `index` counts this pipeline's examples over epochs (the per-example
+    key); an epoch is `layout.records_per_epoch() * repeated_views`
+    examples. The record stage (`resume.records`) starts each open shard
+    at its own offset, so a resume reads one shuffle block, not the epochs
+    already done.
+    """
+    start_record, view = divmod(start_example, repeated_views)
+    ds, start = resume.records(layout, start_record=start_record, repeat=repeat)
+    if start_example:
+        per_epoch = layout.records_per_epoch() * repeated_views
+        exact = "exact" if seeded else (
+            "NOT exact: no seed was given, so this run draws other clips and order")
+        LOG.info(
+            "resume at example %d (epoch %d, example %d of %d): the open shards skip "
+            "%d records by their headers, then one shuffle block is read and its "
+            "first %d records dropped; %s", start_example, start_example // per_epoch,
+            start_example % per_epoch, per_epoch, start.skipped if start else 0,
+            start.drop if start else 0, exact)
+    ds = ds.map(lambda f, r, serialized: serialized)
+    if repeated_views > 1:
+        # k copies of each record in a row; the enumerate below gives every
+        # copy its own key, hence its own clip, crop and flip.
+        ds = ds.flat_map(lambda s: tf.data.Dataset.from_tensors(s).repeat(repeated_views))
+        ds = ds.skip(view)
+    return ds.enumerate(start=start_example)
+
+
 def _check_sizes(**sizes):
     for name, value in sizes.items():
         check_positive(value, name)
@@ -283,8 +336,12 @@ def train_dataset(
             Defaults to 1.
         seed: int or None. Seeds shard order, shuffling and every random
             transform; None draws one from the OS. Defaults to None.
-        shuffle_buffer: int. Examples in the shuffle buffer (0 = off).
-            Defaults to 256.
+        shuffle_buffer: int. Block size S of the example shuffle (0 = off):
+            each run of S consecutive records of an epoch's interleaved
+            stream comes out in a random order drawn from (seed, epoch,
+            block), so a resume reads one block, not the stream so far
+            (see `data/resume.py`). Holds S encoded videos, as a shuffle
+            buffer of S would. Defaults to 256.
         flip_label_map: sequence of int or None. `flip_label_map[label]` is
             the label after a horizontal flip, -1 = never flip that class;
             None flips every class keeping its label. Defaults to None.
@@ -332,8 +389,13 @@ def train_dataset(
             pairs, one crop window, decoded and stacked into one (1, S, S,
             2 * clip_len) step (two-stream flow input). Defaults to "rgb".
         start_batch: int. Batches of THIS pipeline already consumed
-            (resume): skipped before decoding, so batch `start_batch` is the
-            one an uninterrupted iterator would give next. Defaults to 0.
+            (resume). Batch `start_batch` is exactly the one an uninterrupted
+            iterator would give next (when `seed` is set; without one the
+            log line says the resume is not exact), and the cost does not
+            grow with the epochs done: the shard order and shuffle of an
+            epoch depend only on (seed, epoch), each open shard skips its
+            own consumed records by their headers, and one shuffle block is
+            read (`data/resume.py`). Defaults to 0.
         repeated_views: int. Repeated augmentation (DeiT's RASampler,
             VideoMAE's `num_sample`): each video is emitted k times in a row,
             after the example shuffle and before the per-example keys, so a
@@ -428,6 +490,7 @@ def train_dataset(
     rand_augment = _rand_augment_kwargs(rand_augment, modality)
     random_erasing = _random_erasing_kwargs(random_erasing, standardize)
     paths = list_files(files)
+    seeded = seed is not None
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") >> 1
     seed = int(seed)
@@ -437,36 +500,18 @@ def train_dataset(
     if policy == "file":
         paths = paths[pipe_id::num_pipes]  # = Dataset.shard on the file list
 
-    ds = tf.data.Dataset.from_tensor_slices(paths)
-    # "data": every pipeline must see the same stream, so the same file order.
-    file_seed = own_seed if policy == "file" else seed
-    ds = ds.shuffle(len(paths), seed=file_seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(cycle_length, len(paths)),
-        block_length=1,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
+    layout = resume.Layout(
+        shards=read_shards(paths),
+        # "data": every pipeline must see the same stream, so the same order.
+        file_seed=own_seed if policy == "file" else seed,
+        shuffle_seed=own_seed + 1,
+        cycle_length=cycle_length,
+        shuffle_buffer=shuffle_buffer,
+        num_shares=num_pipes if policy == "data" else 1,
+        share=pipe_id if policy == "data" else 0,
     )
-    if policy == "data" and num_pipes > 1:
-        # Still serialized records: the others' examples are never parsed.
-        ds = ds.shard(num_pipes, pipe_id)
-    if shuffle_buffer:
-        ds = ds.shuffle(
-            shuffle_buffer, seed=own_seed + 1, reshuffle_each_iteration=True
-        )
-    if repeated_views > 1:
-        # k copies of each record in a row; the enumerate below gives every
-        # copy its own key, hence its own clip, crop and flip.
-        ds = ds.map(lambda record: tf.fill([repeated_views], record)).unbatch()
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.enumerate()
-    if start_batch:
-        # Resume: every random draw depends only on the example's index, so
-        # skipping consumed examples here (before parsing and decoding)
-        # reproduces exactly the batches an uninterrupted run would see.
-        ds = ds.skip(int(start_batch) * batch_size)
+    ds = _examples(layout, start_example=int(start_batch) * batch_size,
+                   repeated_views=repeated_views, repeat=repeat, seeded=seeded)
 
     # Known before tracing: skip the ops of augmentations that cannot happen.
     may_flip = augment_policy == "uniform" or flip_prob > 0

@@ -1,0 +1,348 @@
+"""The record stage of the train pipeline: epochs, shard order, shuffle, resume.
+
+Why a stage of its own: resuming a run at batch K must not re-read the
+records of the epochs already done. Everything that orders the records is
+therefore a pure function of (seed, epoch) and the shards' record counts:
+
+- epoch `e` reads the shards in the order `file_order(seed, e, n)`;
+- the shards are interleaved round-robin, `cycle_length` at a time
+  (`tf.data` interleave, deterministic; `Interleave` below replays its
+  order from the counts alone, no record read);
+- records marked bad (`skip`, see `data/bad_records.py`) are dropped before
+  anything else counts them, so positions are positions among good records;
+- with P data-sharded pipelines, pipeline i keeps positions i, i + P, ...;
+- the example shuffle is a block shuffle: positions [bS, (b + 1)S) of the
+  epoch (S = `shuffle_buffer`) come out in a random order drawn from
+  (seed, epoch, b). Unlike a sliding shuffle buffer, whose output at
+  position p depends on everything read since the stream began, block b
+  needs only its own S records.
+
+Resuming at local example x of epoch e then costs: replay the interleave in
+Python up to the first record of x's block, start each open shard at its
+own offset (`TFRecordDataset(path).skip(k)`: the reader skips record bodies
+without returning them), read that one block (S records) and drop the x mod
+S examples before x. That is at most one block plus the open shards'
+offsets, whatever e is, and the batches are exactly those of an
+uninterrupted run (every random draw is keyed by the example's position).
+"""
+
+import dataclasses
+import os
+import struct
+
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+READ_BUFFER = 256 * 1024  # TFRecordDataset's default
+
+
+def count_records(path):
+    """(records, truncated) of a TFRecord file, from its length headers only.
+
+    Walks the 12-byte headers (8-byte length + CRC), seeking over the record
+    bodies, so it reads ~12 bytes per record. `truncated` is True when the
+    file ends inside a record (a partial header or body): `records` then
+    counts the complete ones before it.
+    """
+    size = os.path.getsize(path)
+    count, pos = 0, 0
+    with open(path, "rb", buffering=0) as f:  # unbuffered: 12 bytes a read
+        while pos < size:
+            header = f.read(12)
+            if len(header) < 12:
+                return count, True
+            (length,) = struct.unpack("<Q", header[:8])
+            end = pos + 12 + length + 4
+            if end > size:
+                return count, True
+            count += 1
+            pos = end
+            f.seek(pos)
+    return count, False
+
+
+def file_order(seed, epoch, num_files):
+    """The shard order of `epoch`: int32 [num_files], a permutation.
+
+    Stateless in (seed, epoch): the same in graph and eager mode, so the
+    Python replay and the pipeline agree.
+    """
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    draws = tf.random.stateless_uniform([num_files], key, dtype=tf.float32)
+    return tf.argsort(draws, stable=True)
+
+
+class Interleave:
+    """Python replay of `Dataset.interleave(cycle_length=c, block_length=1)`.
+
+    tf.data opens a shard when its round-robin turn reaches an empty slot,
+    and a slot whose shard ended is emptied on that turn without output
+    (checked against `tf.data` with shards of 0-6 records, sequential and
+    parallel deterministic). `next()` returns the next (file, record).
+    """
+
+    def __init__(self, order, counts, cycle_length):
+        self.order, self.counts = list(order), counts
+        self.cycle = min(cycle_length, len(self.order))
+        self.slots = [None] * self.cycle  # [file, next record] or None
+        self.cursor, self.opened, self.open = 0, 0, 0
+
+    def next(self):
+        """(file, record), or None at the end of the epoch."""
+        while self.opened < len(self.order) or self.open:
+            slot = self.slots[self.cursor]
+            if slot is not None:
+                f, r = slot
+                if r < self.counts[f]:
+                    slot[1] += 1
+                    self.cursor = (self.cursor + 1) % self.cycle
+                    return f, r
+                self.slots[self.cursor] = None
+                self.open -= 1
+                self.cursor = (self.cursor + 1) % self.cycle
+            elif self.opened < len(self.order):
+                self.slots[self.cursor] = [self.order[self.opened], 0]
+                self.opened += 1
+                self.open += 1
+            else:
+                self.cursor = (self.cursor + 1) % self.cycle
+        return None
+
+    def remaining(self):
+        """[(file, first record)]: an interleave of these, same cycle
+        length, continues exactly where this replay stands.
+
+        The slots are listed from the cursor on; an empty slot takes the
+        next unopened shard (it would open that shard on its turn, before
+        any other slot could), and the unopened shards follow.
+        """
+        out, opened = [], self.opened
+        for j in range(self.cycle):
+            slot = self.slots[(self.cursor + j) % self.cycle]
+            if slot is not None:
+                out.append((slot[0], slot[1]))
+            elif opened < len(self.order):
+                out.append((self.order[opened], 0))
+                opened += 1
+        out += [(f, 0) for f in self.order[opened:]]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Shards:
+    """The shard files of one pipeline and what is known about them.
+
+    Attributes:
+        paths: tuple of str.
+        counts: tuple of int. Readable records per file (the reader stops
+            there: a truncated tail is never read).
+        skip: frozenset of (file index, record index): bad records, dropped.
+    """
+
+    paths: tuple
+    counts: tuple
+    skip: frozenset = frozenset()
+
+    def good_records(self):
+        return sum(self.counts) - len(self.skip)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How the records of an epoch are ordered (see the module docstring).
+
+    Attributes:
+        shards: Shards. This pipeline's files ("file" sharding: its own
+            subset; "data": all files).
+        file_seed: int. Seeds the per-epoch shard order.
+        shuffle_seed: int. Seeds the block shuffle.
+        cycle_length: int. Shards read at once.
+        shuffle_buffer: int. Block size S (0 = no shuffle).
+        num_shares, share: int. Keep positions `share`, `share + num_shares`,
+            ... of the interleaved good records ("data" sharding); 1, 0
+            otherwise.
+        parallel_reads: bool. Read the open shards in parallel threads
+            (same order). Defaults to True.
+    """
+
+    shards: Shards
+    file_seed: int
+    shuffle_seed: int
+    cycle_length: int
+    shuffle_buffer: int
+    num_shares: int = 1
+    share: int = 0
+    parallel_reads: bool = True
+
+    def records_per_epoch(self):
+        """Good records this pipeline reads in one epoch."""
+        total = self.shards.good_records()
+        return len(range(self.share, total, self.num_shares))
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a resumed epoch starts: shards at offsets, then a skip.
+
+    Attributes:
+        epoch: int.
+        files: list of (file index, first record), the interleave's input.
+        block: int. The block the start lies in.
+        drop: int. Records of that block dropped after its shuffle.
+        skipped: int. Records the shard readers skip (headers only).
+    """
+
+    epoch: int
+    files: list
+    block: int
+    drop: int
+    skipped: int
+
+
+def plan_start(layout, epoch, record):
+    """The `Start` of local record position `record` of `epoch`.
+
+    Replays the interleave in Python to the first record of the block that
+    holds `record` (at most one epoch of bookkeeping, no reading).
+    """
+    size = max(layout.shuffle_buffer, 1)
+    block, drop = divmod(record, size)
+    shared = block * size * layout.num_shares  # a multiple of num_shares
+    order = file_order(layout.file_seed, epoch, len(layout.shards.paths)).numpy()
+    replay = Interleave(order.tolist(), layout.shards.counts, layout.cycle_length)
+    good = 0
+    while good < shared:
+        item = replay.next()
+        if item is None:
+            break
+        if item not in layout.shards.skip:
+            good += 1
+    files = replay.remaining()
+    skipped = sum(first for _, first in files)
+    return Start(epoch=epoch, files=files, block=block, drop=drop, skipped=skipped)
+
+
+def read_shard(path, first, count):
+    """Records `first` .. `count - 1` of one shard (the record-reading stage).
+
+    `skip` on a `TFRecordDataset` seeks over record bodies, reading only the
+    12-byte headers when the reader is unbuffered; a shard that starts at an
+    offset is therefore read unbuffered (one read per header or body; the
+    default 256 KiB buffer would read most of every skipped body). `take`
+    stops before a truncated tail. A module-level function so that tests
+    can count what is read.
+    """
+    buffer_size = tf.where(first > 0, tf.constant(0, tf.int64), READ_BUFFER)
+    reader = tf.data.TFRecordDataset(path, buffer_size=buffer_size)
+    return reader.skip(first).take(count - first)
+
+
+def _epoch_records(layout, files, firsts):
+    """(file, record, serialized) of one epoch from the interleave input."""
+    paths = tf.constant(list(layout.shards.paths))
+    counts = tf.constant(list(layout.shards.counts), tf.int64)
+
+    def read(f, first):
+        records = read_shard(tf.gather(paths, f), first, tf.gather(counts, f))
+        return records.enumerate(start=first).map(lambda r, s: (f, r, s))
+
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.cast(firsts, tf.int64)))
+    ds = ds.interleave(
+        tf.autograph.experimental.do_not_convert(read),
+        cycle_length=min(layout.cycle_length, len(layout.shards.paths)),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE if layout.parallel_reads else None,
+        deterministic=True,
+    )
+    if layout.shards.skip:
+        bad = tf.constant(sorted(f * 2**32 + r for f, r in layout.shards.skip), tf.int64)
+
+        def good(f, r, _):
+            key = tf.cast(f, tf.int64) * 2**32 + r
+            return tf.logical_not(tf.reduce_any(tf.equal(key, bad)))
+
+        ds = ds.filter(good)
+    if layout.num_shares > 1:
+        # Still serialized records: the other pipelines' examples are never
+        # parsed.
+        ds = ds.shard(layout.num_shares, layout.share)
+    return ds
+
+
+def _block_shuffle(ds, layout, epoch, first_block, drop=0):
+    """Blocks of S records, each in a random order keyed by (epoch, block);
+    the first `drop` records of the first block are dropped after its
+    shuffle."""
+    size = layout.shuffle_buffer
+    if not size:
+        return ds.skip(drop)
+    base = tf.stack([tf.constant(layout.shuffle_seed, tf.int64),
+                     tf.cast(epoch, tf.int64)])
+
+    def shuffle(block, window):
+        key = tf.random.experimental.stateless_fold_in(base, first_block + block)
+        seed = tf.random.stateless_uniform(
+            [], key, minval=1, maxval=2**62, dtype=tf.int64)
+        shuffled = _fixed_seed_shuffle(tf.data.Dataset.zip(window), size, seed)
+        # Inside the block: `skip` on the flat_map reads further blocks ahead.
+        return shuffled.skip(tf.where(block == 0, tf.constant(drop, tf.int64), 0))
+
+    return ds.window(size).enumerate().flat_map(
+        tf.autograph.experimental.do_not_convert(shuffle))
+
+
+def _fixed_seed_shuffle(ds, size, seed):
+    """`ds.shuffle(size, seed)` usable inside a dataset function.
+
+    `Dataset.shuffle` inside a function creates a seed-generator resource
+    that makes the iterator impossible to checkpoint; the V1 kernel with a
+    fixed (seed, seed2) pair keeps its generator inside the iterator. Both
+    seeds must not be 0 (that means "random").
+    """
+    variant = tf.raw_ops.ShuffleDataset(
+        input_dataset=tf.data.experimental.to_variant(ds),
+        buffer_size=tf.constant(size, tf.int64), seed=seed,
+        seed2=tf.constant(1, tf.int64), reshuffle_each_iteration=False,
+        output_types=[s.dtype for s in tf.nest.flatten(ds.element_spec)],
+        output_shapes=[s.shape for s in tf.nest.flatten(ds.element_spec)],
+    )
+    return tf.data.experimental.from_variant(variant, ds.element_spec)
+
+
+def records(layout, *, start_record=0, repeat=True):
+    """The record stage: `(file, record, serialized)` of this pipeline.
+
+    Args:
+        layout: Layout.
+        start_record: int. Local good-record position to start at, counted
+            over epochs (epoch = start_record // records_per_epoch()).
+        repeat: bool. Run epochs forever; False: epoch 0 only.
+
+    Returns:
+        (dataset, Start): the dataset of (file int32, record int64,
+        serialized string) from `start_record` on, and the plan of its first
+        epoch (what the readers skip).
+    """
+    per_epoch = layout.records_per_epoch()
+    epoch, record = divmod(start_record, per_epoch)
+    if not repeat and epoch > 0:
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.zeros([0], tf.string))
+        ), None
+    start = plan_start(layout, epoch, record)
+    files = tf.constant([f for f, _ in start.files], tf.int32)
+    firsts = tf.constant([r for _, r in start.files], tf.int64)
+    ds = _block_shuffle(_epoch_records(layout, files, firsts), layout, epoch,
+                        start.block, start.drop)
+    if repeat:
+        n = len(layout.shards.paths)
+
+        def epoch_records(e):
+            order = file_order(layout.file_seed, e, n)
+            ds = _epoch_records(layout, order, tf.zeros([n], tf.int64))
+            return _block_shuffle(ds, layout, e, 0)
+
+        ds = ds.concatenate(
+            tf.data.Dataset.range(epoch + 1, 2**62).flat_map(
+                tf.autograph.experimental.do_not_convert(epoch_records)))
+    return ds, start
