@@ -49,7 +49,7 @@ def main(argv=None):
     parser.add_argument("--config", help="config (default: config.resolved.json of the run)")
     parser.add_argument("--output", required=True, help="SavedModel folder to write")
     args = parser.parse_args(argv)
-    from klassterfork.cli import predict
+    from klassterfork.evaluation import inference as predict
 
     try:
         config, stage_index = (args.config, -1) if args.config else predict.find_config(

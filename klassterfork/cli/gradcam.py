@@ -1,7 +1,8 @@
 """`kf-gradcam VIDEO [VIDEO...] --model MODEL.keras --out DIR`: Grad-CAM pictures.
 
-Each video is decoded and cut into views exactly as `kf-predict` does (the
-eval transform of the model's config); the prediction averages every view,
+Each video is decoded and cut into views exactly as `kf-predict` does
+(`klassterfork.evaluation.inference.run_video`: the eval transform of the
+model's config); the prediction averages every view,
 and the Grad-CAM of one view (`--view`, default 0: the first clip, centre
 crop) is written as `DIR/<video stem>_gradcam.gif` (frames with the JET
 overlay, animated) and `DIR/<video stem>_gradcam.png` (frames over overlays,
@@ -16,6 +17,8 @@ import os
 import sys
 
 import numpy as np
+
+from klassterfork.evaluation import inference
 
 
 def parse_args(argv):
@@ -58,21 +61,20 @@ def explain(path, model, transform, names, *, out_dir, true_index=None,
             class_index=None, layer=None, view=0, fps=4.0, scale=2):
     """Writes the GIF and PNG of one video; returns a summary dict."""
     from klassterfork.analysis import gradcam
-    from klassterfork.cli.predict import predict_views, top_k, video_inputs
 
-    views, inputs, _ = video_inputs(path, transform)
+    video = inference.run_video(path, model, transform)
+    views = video.views
     if not 0 <= view < len(views):
         raise ValueError(f"--view must be in [0, {len(views)}). Received: {view}")
-    probs = predict_views(model, np.asarray(inputs))
+    clip = np.asarray(inference.model_input(views[view:view + 1], transform["norm"]))[0]
     target = class_index if class_index is not None else true_index
-    result = gradcam.grad_cam(model, np.asarray(inputs)[view], class_index=target,
-                              layer_name=layer)
+    result = gradcam.grad_cam(model, clip, class_index=target, layer_name=layer)
     overlays = gradcam.overlay(views[view], result["cam"])
     stem = os.path.splitext(os.path.basename(path))[0]
     gif = os.path.join(out_dir, f"{stem}_gradcam.gif")
     png = os.path.join(out_dir, f"{stem}_gradcam.png")
     gradcam.write_gif(gif, overlays, fps=fps, scale=scale)
-    best = top_k(probs, names, 5)
+    best = inference.top_k(video.probs, names, 5)
     explained = names[result["class_index"]]
     gradcam.write_strip(
         png, views[view], overlays, predictions=[(n, p) for _, n, p in best],
@@ -87,7 +89,6 @@ def explain(path, model, transform, names, *, out_dir, true_index=None,
 def main(argv=None):
     """Console entry point; returns the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from klassterfork.cli.predict import PredictError, load_setup
     from klassterfork.data.video import VideoDecodeError
 
     if len(args.true_label) not in (0, 1, len(args.videos)):
@@ -95,11 +96,11 @@ def main(argv=None):
               f"{len(args.true_label)} for {len(args.videos)} videos", file=sys.stderr)
         return 2
     try:
-        model, transform, names = load_setup(
+        model, transform, names = inference.load_setup(
             args.model, config=args.config, labels=args.labels,
             short_side=args.short_side)
         truths = [_class_of(t, names) for t in args.true_label]
-    except (PredictError, ValueError) as err:
+    except (inference.PredictError, ValueError) as err:
         print(f"kf-gradcam: {err}", file=sys.stderr)
         return 2
     truths = truths * len(args.videos) if len(truths) == 1 else truths

@@ -10,7 +10,7 @@ from PIL import Image
 from klassterfork import models
 from klassterfork.analysis import gradcam
 from klassterfork.cli import gradcam as gradcam_cli
-from klassterfork.cli import predict
+from klassterfork.evaluation import inference as predict
 from tests.evaluation.test_predict_cli import trained_tiny_model, write_motion_video
 from tests.training.tiny_data import ALL_LABELS as LABELS
 from tests.training.tiny_data import motion_video

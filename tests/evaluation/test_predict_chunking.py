@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from klassterfork.cli import predict
+from klassterfork.evaluation import inference
 from klassterfork.data.synthetic import write_video
 
 VIEW = dict(clip_len=4, crop_size=16, num_clips=10, num_crops=3, frame_step=1)
@@ -36,21 +37,21 @@ class Recorder:
 def test_chunked_standardization_and_forward_passes_equal_one_pass(standardize):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(21, 20, 26, 3), dtype=np.uint8)
-    views = predict.video_views(frames, **VIEW)
+    views = inference.video_views(frames, **VIEW)
     norm = {"mode": standardize, "mean": None, "std": None}
     model = Recorder(tiny_model())
     # Reference: all 30 standardized views in one pass, numpy softmax mean.
-    logits = np.asarray(model.model(predict.model_input(views, norm)))
+    logits = np.asarray(model.model(inference.model_input(views, norm)))
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected = (z / z.sum(axis=1, keepdims=True)).mean(axis=0)
     for batch_size, sizes in ((7, [7, 7, 7, 7, 2]), (30, [30]), (1, [1] * 30)):
         model.sizes.clear()
-        got = predict.predict_views(model, views, batch_size=batch_size, norm=norm)
+        got = inference.predict_views(model, views, batch_size=batch_size, norm=norm)
         assert model.sizes == sizes
         np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
     assert np.ptp(expected) > 1e-4
     with pytest.raises(ValueError, match="batch_size"):
-        predict.predict_views(model, views, batch_size=0, norm=norm)
+        inference.predict_views(model, views, batch_size=0, norm=norm)
 
 
 def test_cli_takes_views_per_chunk_from_the_config(tmp_path, monkeypatch, capsys):
@@ -64,13 +65,14 @@ def test_cli_takes_views_per_chunk_from_the_config(tmp_path, monkeypatch, capsys
     frames = np.random.default_rng(1).integers(0, 256, (12, 32, 48, 3), dtype=np.uint8)
     write_video(video, frames, fps=12)
     seen = []
-    original = predict.predict_views
+    original = inference.predict_views
 
     def recording(model, inputs, *, batch_size=8, norm=None):
         seen.append((batch_size, inputs.dtype, norm["mode"]))
         return original(model, inputs, batch_size=batch_size, norm=norm)
 
-    monkeypatch.setattr(predict, "predict_views", recording)
+    # kf-predict goes through the library, which looks the function up per call.
+    monkeypatch.setattr(inference, "predict_views", recording)
     assert predict.main([video, "--model", str(model_path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     # uint8 views in, standardized per chunk of the config's 12 views.
@@ -83,4 +85,4 @@ def test_cli_takes_views_per_chunk_from_the_config(tmp_path, monkeypatch, capsys
     assert seen[-1][0] == 30
     for t in whole:
         assert chunked[t["index"]] == pytest.approx(t["probability"], abs=1e-6)
-    assert predict.eval_transform({"datasets": {"val": block}})["views_per_chunk"] == 12
+    assert inference.eval_transform({"datasets": {"val": block}})["views_per_chunk"] == 12

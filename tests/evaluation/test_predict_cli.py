@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from klassterfork.cli import predict
+from klassterfork.evaluation import inference
 from klassterfork.data import pipeline, records
 from klassterfork.data.synthetic import write_video
 from tests.training.tiny_data import ALL_LABELS as LABELS
@@ -55,13 +56,13 @@ def test_views_pick_even_clips_by_hand():
     # Frame i is filled with value i, so every view pixel is its frame index.
     frames = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones(
         (1, 6, 8, 3), np.uint8)
-    views = predict.video_views(frames, clip_len=4, crop_size=4, num_clips=2,
+    views = inference.video_views(frames, clip_len=4, crop_size=4, num_clips=2,
                                 frame_step=2)
     # span 7, room 10 - 7 + 1 = 4, 2 parts of 2: starts floor(1), floor(3).
     assert views.shape == (2, 4, 4, 4, 3)
     np.testing.assert_array_equal(views[:, :, 0, 0, 0], [[1, 3, 5, 7], [3, 5, 7, 9]])
     # A 3-frame video repeats its last frame.
-    short = predict.video_views(frames[:3], clip_len=4, crop_size=4, num_clips=1)
+    short = inference.video_views(frames[:3], clip_len=4, crop_size=4, num_clips=1)
     np.testing.assert_array_equal(short[0, :, 0, 0, 0], [0, 1, 2, 2])
 
 
@@ -83,8 +84,8 @@ def test_views_equal_the_record_eval_pipeline(tmp_path, num_crops, standardize):
                 frame_step=2, resize_short_side=30)
     ds = pipeline.eval_dataset([str(path)], batch_size=1, **view, **norm)
     expected = next(iter(ds))[0].numpy()[0]
-    ours = predict.video_views(decoded, **view)
-    got = predict.model_input(ours, {"mode": standardize, "mean": norm.get("mean"),
+    ours = inference.video_views(decoded, **view)
+    got = inference.model_input(ours, {"mode": standardize, "mean": norm.get("mean"),
                                      "std": norm.get("std")}).numpy()
     assert got.shape == expected.shape == (3 * num_crops, 4, 24, 24, 3)
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -97,27 +98,27 @@ def test_eval_transform_reads_config_and_manifest(tmp_path):
     stage = {"datasets": {"val": {"dir": str(tmp_path), "split": "validation",
                                   "clip_len": 8, "crop_size": 64, "num_clips": 2,
                                   "batch_size": 16, "standardize": "unit"}}}
-    t = predict.eval_transform(stage)
+    t = inference.eval_transform(stage)
     assert t["view"] == {"clip_len": 8, "crop_size": 64, "num_clips": 2, "num_crops": 1,
                          "frame_step": 1, "resize_short_side": None,
                          "short_video": "repeat"}
     assert t["norm"] == {"mode": "unit", "mean": None, "std": None}
     assert t["decode"] == {"short_side": 96, "fps": 12, "max_frames": None}
     assert t["label_names"] == ["a", "b"]
-    with pytest.raises(predict.PredictError, match="datasets.val"):
-        predict.eval_transform({"datasets": {"train": {}}})
+    with pytest.raises(inference.PredictError, match="datasets.val"):
+        inference.eval_transform({"datasets": {"train": {}}})
     odd = {"datasets": {"val": {"clip_len": 8, "crop_size": 64, "num_segments": 8}}}
-    with pytest.raises(predict.PredictError, match="datasets.val.num_segments"):
-        predict.eval_transform(odd)
+    with pytest.raises(inference.PredictError, match="datasets.val.num_segments"):
+        inference.eval_transform(odd)
 
 
 def test_find_config_beside_stage_folder(tmp_path):
     (tmp_path / "stage1").mkdir()
     (tmp_path / "config.resolved.json").write_text("[]")
-    path, index = predict.find_config(tmp_path / "stage1" / "best.keras")
+    path, index = inference.find_config(tmp_path / "stage1" / "best.keras")
     assert (Path(path), index) == (tmp_path / "config.resolved.json", 1)
     (tmp_path / "a" / "b").mkdir(parents=True)
-    assert predict.find_config(tmp_path / "a" / "b" / "m.keras") == (None, -1)
+    assert inference.find_config(tmp_path / "a" / "b" / "m.keras") == (None, -1)
 
 
 def write_motion_video(path, label, seed):
@@ -153,10 +154,11 @@ def test_probabilities_match_a_manual_forward_pass(experiment, tmp_path):
 
     model_path = experiment / "stage0" / "model.keras"
     video = write_motion_video(tmp_path / "v.mp4", 0, seed=7)
-    model, transform, names = predict.load_setup(str(model_path))
+    model, transform, names = inference.load_setup(str(model_path))
     assert names == LABELS  # from the manifest when --labels is not given
-    views, inputs, _ = predict.video_inputs(video, transform)
-    probs = predict.predict_views(model, np.asarray(inputs), batch_size=1)
+    video_result = inference.run_video(video, model, transform, batch_size=1)
+    probs, inputs = video_result.probs, inference.model_input(video_result.views,
+                                                             transform["norm"])
     # Reference: reload, per-view logits, softmax by hand, mean of the views.
     reference = keras.saving.load_model(str(model_path), compile=False)
     logits = np.asarray(reference(np.asarray(inputs), training=False), np.float64)

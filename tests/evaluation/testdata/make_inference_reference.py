@@ -1,0 +1,78 @@
+"""Writes `inference_clip.mp4` and `inference_reference.npz` for
+tests/evaluation/test_inference.py.
+
+The pinned probabilities were computed by the inference code as it was before
+it moved out of `klassterfork/cli/predict.py` (commit 64d1046: `decode_views`
+then `predict_views(..., norm=...)`); the test recomputes them with
+`klassterfork.evaluation.inference.predict_video`, so the move is shown to
+leave the scores unchanged. Run from the repository root:
+
+    python tests/evaluation/testdata/make_inference_reference.py [--video-only]
+"""
+
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VIDEO = os.path.join(HERE, "inference_clip.mp4")
+REFERENCE = os.path.join(HERE, "inference_reference.npz")
+# 2 clips x 3 crops of 4 frames every 2nd, 32 px from a 40 px short side.
+STAGE = {"datasets": {"val": {
+    "clip_len": 4, "crop_size": 32, "num_clips": 2, "num_crops": 3, "frame_step": 2,
+    "resize_short_side": 40, "standardize": "per_frame"}}}
+DECODE = {"short_side": 48, "fps": None, "max_frames": None}
+
+
+def clip_frames():
+    """17 frames of 48x64: a bright square sliding right over dark noise."""
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 60, size=(17, 48, 64, 3), dtype=np.uint8)
+    for t in range(17):
+        frames[t, 10:26, 2 + 2 * t:18 + 2 * t] = (230, 120, 40)
+    return frames
+
+
+def tiny_model():
+    """A small R(2+1)D whose weights come from a numpy seed (not TF's RNG)."""
+    from klassterfork import models
+
+    model = models.build("R2Plus1D", num_classes=5, blocks_per_stage=(1, 1, 1, 1),
+                         widths=(8, 8, 16, 16), stem_width=8, input_shape=(4, 32, 32, 3))
+    rng = np.random.default_rng(7)
+    weights = []
+    for w in model.weights:
+        value = rng.normal(0.0, 0.3, size=tuple(w.shape))
+        if "variance" in w.path:
+            value = np.abs(value) + 0.5
+        weights.append(value.astype("float32"))
+    model.set_weights(weights)
+    return model
+
+
+def transform():
+    from klassterfork.evaluation.inference import eval_transform
+
+    t = eval_transform(STAGE)
+    t["decode"] = dict(DECODE)
+    return t
+
+
+def main(argv):
+    from klassterfork.data.synthetic import write_video
+
+    if not os.path.exists(VIDEO):
+        write_video(VIDEO, clip_frames(), fps=8)
+    if "--video-only" in argv:
+        return 0
+    from klassterfork.evaluation.inference import predict_video
+
+    probs = predict_video(VIDEO, tiny_model(), transform(), batch_size=4)
+    np.savez(REFERENCE, probs=probs)
+    print(f"wrote {REFERENCE}: {np.round(probs, 4)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
