@@ -27,6 +27,7 @@ all frames, so weak frames stay weak). `overlay` blends a JET colour map.
 """
 
 import io
+import math
 
 import cv2
 import keras
@@ -250,9 +251,56 @@ def write_gif(path, frames, *, fps=4.0, scale=1):
     write_bytes_atomic(path, buffer.getvalue())
 
 
+# Strip geometry, in pixels at STRIP_DPI. Every box is placed explicitly
+# (no tight_layout, whose per-row title padding squashed the top row and
+# left a band of white under the text): both rows of panels keep the frames'
+# aspect, and the text block is as tall as its lines.
+STRIP_DPI = 100
+STRIP_PANEL = 130  # panel width
+STRIP_GAP = 6  # between panels and between the rows
+STRIP_MARGIN = 6
+STRIP_LEFT = 18  # room for the "Grad-CAM" row label
+STRIP_LINE = 14  # one line of 8-point text (11.1 px glyphs + leading)
+STRIP_FONT = 8
+
+
+def strip_layout(num_lines, columns, frame_height, frame_width, *, text_width=0):
+    """Pixel boxes of a Grad-CAM strip (origin top left).
+
+    Args:
+        num_lines: int. Lines of the title block.
+        columns: int. Panels per row.
+        frame_height, frame_width: int. Frame size (sets the panel aspect).
+        text_width: float. Widest text line in pixels; a figure narrower
+            than the text is widened and the panels centred. Defaults to 0.
+
+    Returns:
+        dict: `size` (width, height) of the figure, `text_top` (y of the
+        first text line), `panels` a list of rows (frames, overlays), each a
+        list of (x, y, w, h) boxes.
+    """
+    panel_w = STRIP_PANEL
+    panel_h = max(1, round(STRIP_PANEL * frame_height / frame_width))
+    text_h = STRIP_LINE * num_lines
+    top = STRIP_MARGIN + text_h + STRIP_GAP + STRIP_LINE  # + the "t=" labels
+    panels = STRIP_LEFT + columns * panel_w + (columns - 1) * STRIP_GAP + STRIP_MARGIN
+    width = max(panels, math.ceil(text_width) + 2 * STRIP_MARGIN)
+    left = STRIP_LEFT + (width - panels) // 2
+    height = top + 2 * panel_h + STRIP_GAP + STRIP_MARGIN
+    rows = []
+    for r in range(2):
+        y = top + r * (panel_h + STRIP_GAP)
+        rows.append([(left + j * (panel_w + STRIP_GAP), y, panel_w, panel_h)
+                     for j in range(columns)])
+    return {"size": (width, height), "text_top": STRIP_MARGIN, "panels": rows}
+
+
 def write_strip(path, frames, overlays, *, predictions, true_label=None, title=None,
                 max_columns=8):
-    """A PNG: frames on top, Grad-CAM overlays below, labels in the title.
+    """A PNG: the title block, frames on top, Grad-CAM overlays below.
+
+    Both rows show the frames at their own aspect, one panel per picked
+    frame, `strip_layout` pixels at `STRIP_DPI`.
 
     Args:
         path: str. Output `.png`.
@@ -274,21 +322,33 @@ def write_strip(path, frames, overlays, *, predictions, true_label=None, title=N
     if true_label is not None:
         lines.append(f"true: {true_label}")
     lines.extend(f"{p:.3f} -> {n}" for n, p in predictions)
-    text_height = 0.17 * len(lines) + 0.1  # inches
-    height = 2 * 1.6 + 0.3 + text_height
-    fig, axes = plt.subplots(2, columns, figsize=(1.6 * columns + 0.4, height),
-                             squeeze=False)
-    for j, t in enumerate(picks):
-        for row, images in enumerate((frames, overlays)):
-            ax = axes[row][j]
-            ax.imshow(images[t])
+    fig = plt.figure(dpi=STRIP_DPI)
+    text = fig.text(0.5, 1, "\n".join(lines), ha="center", va="top",
+                    fontsize=STRIP_FONT,
+                    linespacing=STRIP_LINE / (STRIP_FONT * STRIP_DPI / 72))
+    text_width = text.get_window_extent(fig.canvas.get_renderer()).width
+    layout = strip_layout(len(lines), columns, frames.shape[1], frames.shape[2],
+                          text_width=text_width if lines else 0)
+    width, height = layout["size"]
+    fig.set_size_inches(width / STRIP_DPI, height / STRIP_DPI)
+    text.set_y(1 - layout["text_top"] / height)
+
+    def box(x, y, w, h):  # top-left pixels -> matplotlib's bottom-left fractions
+        return (x / width, 1 - (y + h) / height, w / width, h / height)
+
+    for row, images in zip(layout["panels"], (frames, overlays)):
+        for (x, y, w, h), t in zip(row, picks):
+            ax = fig.add_axes(box(x, y, w, h))
+            ax.imshow(images[t], aspect="auto", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[0][j].set_title(f"t={t}", fontsize=8)
-    axes[1][0].set_ylabel("Grad-CAM", fontsize=8)
-    fig.suptitle("\n".join(lines), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - text_height / height))
+    for (x, y, w, _), t in zip(layout["panels"][0], picks):
+        fig.text((x + w / 2) / width, 1 - (y - 2) / height, f"t={t}", ha="center",
+                 va="bottom", fontsize=STRIP_FONT)
+    x, y, _, h = layout["panels"][1][0]
+    fig.text((x - 4) / width, 1 - (y + h / 2) / height, "Grad-CAM", ha="right",
+             va="center", rotation=90, fontsize=STRIP_FONT)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=STRIP_DPI)
     plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())

@@ -140,6 +140,56 @@ def test_overlay_and_pictures(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "a.png"]
 
 
+def solid_boxes(image, colour):
+    """Bounding boxes (x0, y0, x1, y1), left to right, of the runs of columns
+    holding pixels of exactly `colour`."""
+    mask = (image[..., :3] == colour).all(-1)
+    cols = np.where(mask.any(0))[0]
+    runs = np.split(cols, np.where(np.diff(cols) > 1)[0] + 1)
+    boxes = []
+    for run in runs:
+        rows = np.where(mask[:, run].any(1))[0]
+        boxes.append((run[0], rows[0], run[-1] + 1, rows[-1] + 1))
+    return boxes
+
+
+@pytest.mark.parametrize("frame_shape,count", [((36, 48), 12), ((48, 48), 3)])
+def test_strip_rows_keep_the_frame_aspect_without_dead_space(tmp_path, frame_shape,
+                                                             count):
+    # Frames pure red, overlays pure blue: each panel is a solid box to measure.
+    h, w = frame_shape
+    frames = np.zeros((count, h, w, 3), np.uint8)
+    frames[..., 0] = 255
+    overlays = np.zeros_like(frames)
+    overlays[..., 2] = 255
+    predictions = [("Rotating something anticlockwise", 0.6), ("b", 0.3), ("c", 0.1)]
+    path = tmp_path / "s.png"
+    gradcam.write_strip(path, frames, overlays, predictions=predictions,
+                        true_label="Rotating something anticlockwise",
+                        title="a_long_video_name.mp4  Grad-CAM of 'x' at stage4")
+    image = np.asarray(Image.open(path).convert("RGB"))
+    red, blue = solid_boxes(image, (255, 0, 0)), solid_boxes(image, (0, 0, 255))
+    assert len(red) == len(blue) == min(count, 8)
+    for top, bottom in zip(red, blue):
+        tw, th = top[2] - top[0], top[3] - top[1]
+        bw, bh = bottom[2] - bottom[0], bottom[3] - bottom[1]
+        # Same size in both rows, and the frame's aspect (to a pixel).
+        assert (tw, th) == (bw, bh)
+        assert abs(th - tw * h / w) <= 1.5, (tw, th)
+        assert top[0] == bottom[0] and 0 < bottom[1] - top[3] <= 10
+    # No dead band: no run of more than 20 white rows anywhere (the old
+    # layout left ~130 between the title and the panels), and the text
+    # (the only non-panel ink above the panels) fits inside the picture.
+    blank = (image > 245).all(axis=(1, 2))
+    longest = run = 0
+    for white in blank:
+        run = run + 1 if white else 0
+        longest = max(longest, run)
+    assert longest <= 20, longest
+    ink = np.where((image[: red[0][1]] < 200).any(axis=(0, 2)))[0]
+    assert ink.min() > 0 and ink.max() < image.shape[1] - 1
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     return trained_tiny_model(tmp_path_factory)
