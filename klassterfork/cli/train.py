@@ -66,7 +66,7 @@ def main(argv=None):
         print(f"kf-train: training diverged: {err}", file=sys.stderr)
         return exit_codes.DIVERGED
     except WorkerLost as err:
-        print(f"kf-train: worker lost: {err} Resume: {resume_command(args)}",
+        print(f"kf-train: worker lost: {err}; on this worker: {resume_command(args)}",
               file=sys.stderr, flush=True)
         sys.stdout.flush()
         # The collective runtime's threads still wait on the dead peer and

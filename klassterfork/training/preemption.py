@@ -141,10 +141,24 @@ def worker_lost_message(err, strategy, last_checkpoint, stage_index):
                           strategy.cluster_resolver.task_id)
     lost = lost_workers(err, strategy)
     who = ", ".join(lost) if lost else "a peer worker (the error names none)"
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = _cause(str(err)) or type(err).__name__
     step = last_checkpoint.rsplit("-", 1)[-1] if last_checkpoint else None
     where = (f"the last checkpoint is step {step} of stage {stage_index} ({last_checkpoint})"
              if step else f"stage {stage_index} has no checkpoint yet (it restarts from step 0)")
     return (f"{task_type} {task_id}: lost contact with {who}; training cannot go on "
-            f"with fewer workers. {where}. Restart every worker with the same command "
-            f"plus -r. (TensorFlow said: {type(err).__name__}: {first[:300]})")
+            f"with fewer workers; {where}. (TensorFlow: {type(err).__name__}: "
+            f"{first[:300]}) Restart every worker with -r")
+
+
+_CAUSE_WORDS = ("reset by peer", "refused", "socket closed", "heartbeat", "unavailable",
+                "failed to connect", "deadline", "task", "peer")
+
+
+def _cause(message):
+    """The line of a TensorFlow error message that says what went wrong."""
+    lines = [x.strip() for x in message.splitlines() if x.strip()]
+    for word in _CAUSE_WORDS:
+        for line in lines:
+            if word in line.lower() and not line.startswith(("[[", "File ")):
+                return line
+    return lines[0] if lines else ""

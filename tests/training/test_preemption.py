@@ -164,3 +164,44 @@ def test_sigterm_to_one_of_two_workers_checkpoints_both_at_one_step(data, tmp_pa
     saved = latest_step(exp / "stage0" / "checkpoints")  # the chief's copy
     assert steps[0] == steps[1] == saved >= at
     assert logged_steps(exp) == list(range(1, saved + 1))
+
+
+@pytest.mark.parametrize("resume", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_sigkill_of_one_worker_gives_one_paragraph_and_resumes(data, tmp_path, resume):
+    """A surviving worker names the lost one, the last checkpoint step and
+    the command to resume, and exits with WORKER_LOST instead of a traceback;
+    `-r` on both workers then finishes the run."""
+    cfg, exp = write_cfg(tmp_path, data, strategy="multi_worker")
+    cfg.write_text(cfg.read_text().replace('"checkpoint_every_steps": 1000',
+                                           '"checkpoint_every_steps": 2'))
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    env = [{"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+           for i in range(2)]
+    procs = [start(cfg, env=e) for e in env]
+    try:
+        wait_for_step(exp, random.Random(os.getpid()).randint(3, 14), procs, timeout=180)
+        procs[1].send_signal(signal.SIGKILL)
+        _, err = procs[0].communicate(timeout=60)  # "within seconds", not a hang
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode == exit_codes.WORKER_LOST, err[-3000:]
+    assert "Traceback" not in err
+    message = [x for x in err.splitlines() if x.startswith("kf-train: worker lost:")]
+    assert len(message) == 1, err[-3000:]
+    saved = latest_step(exp / "stage0" / "checkpoints")
+    assert saved >= 2
+    assert f"lost contact with worker 1 (127.0.0.1:{cluster['worker'][1].split(':')[1]})" \
+        in message[0]
+    assert f"the last checkpoint is step {saved} of stage 0" in message[0]
+    assert message[0].endswith(f"on this worker: kf-train {cfg} -r")
+    if not resume:
+        return
+    procs = [start(cfg, "-r", env=e) for e in env]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert f"at step {saved}" in out
+    assert (exp / "stage0" / "DONE").read_text().strip() == str(EPOCHS * STEPS_PER_EPOCH)
+    assert logged_steps(exp) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
