@@ -92,7 +92,8 @@ def record_bytes_per_frame(out):
     import json
 
     manifest = json.load(open(os.path.join(out, "train.manifest.json")))
-    size = sum(os.path.getsize(os.path.join(out, s["file"])) for s in manifest["shards"])
+    size = sum(os.path.getsize(os.path.join(out, s["file"]))
+               for s in manifest["shards"])
     return size / manifest["counts"]["frames"], manifest["counts"]["frames"]
 
 

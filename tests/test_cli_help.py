@@ -69,7 +69,8 @@ def test_help_prints_usage_only_without_tensorflow(command, module, function):
 
 def test_commands_silence_tensorflow_logs_before_importing_it():
     code = ("import os, sys, klassterfork.cli.convert; "
-            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), 'tensorflow' in sys.modules)")
+            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), "
+            "'tensorflow' in sys.modules)")
     env = {k: v for k, v in __import__("os").environ.items()
            if k != "TF_CPP_MIN_LOG_LEVEL"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,

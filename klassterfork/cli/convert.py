@@ -43,7 +43,9 @@ def build_parser():
     parser.add_argument("--videos", metavar="DIR", default=None,
                         help="folder the annotation's video paths are under")
     parser.add_argument("--labels", metavar="FILE", default=None,
-                        help="class list for --csv (names, or index,name lines)")
+                        help="class list for --csv: its order is the index order "
+                             "(names, or index,name lines); without it, names are "
+                             "sorted and the map is printed")
     parser.add_argument("--reader-arg", metavar="KEY=VALUE", action="append",
                         default=[], help="extra reader option (e.g. fold=2)")
     parser.add_argument("--out", required=True, metavar="DIR")

@@ -95,7 +95,8 @@ def run(annotation, out_dir, *, split, beam_options="", workers=None, strict=Fal
     options = pipeline_options(beam_options, workers)
     todo = job.todo
     if todo:
-        tasks = [(k, j, job.entries[i]) for k in todo for j, i in enumerate(job.shards[k])]
+        tasks = [(k, j, job.entries[i])
+                 for k in todo for j, i in enumerate(job.shards[k])]
         with beam.Pipeline(options=options) as p:
             _ = (
                 p
@@ -103,7 +104,8 @@ def run(annotation, out_dir, *, split, beam_options="", workers=None, strict=Fal
                 | "Spread" >> beam.Reshuffle()
                 | "DecodeEncode" >> beam.Map(_convert, job.options)
                 | "AssignShards" >> beam.GroupByKey()
-                | "WriteShards" >> beam.Map(_write, job.out_dir, job.names, job.settings)
+                | "WriteShards" >> beam.Map(_write, job.out_dir, job.names,
+                                            job.settings)
             )
     done = convert.load_reports(job)
     if done.todo:

@@ -530,7 +530,8 @@ def convert(
         file=sys.stderr,
     )
     todo = job.todo
-    results = _run_tasks([e for k in todo for e in job.members(k)], job.options, workers)
+    jobs = [entry for k in todo for entry in job.members(k)]
+    results = _run_tasks(jobs, job.options, workers)
     for k in todo:
         members = job.members(k)
         job.reports[k] = write_shard(

@@ -309,7 +309,9 @@ def test_truncation_tolerance_and_box_walk_by_hand(tmp_path):
     assert not video.is_short(303, 311.4)  # 3 % of 311.4 = 9.3 frames
     assert video.is_short(302, 311.4)
     assert not video.is_short(1, None)
-    box = lambda kind, payload: (8 + len(payload)).to_bytes(4, "big") + kind + payload  # noqa: E731
+    def box(kind, payload):
+        return (8 + len(payload)).to_bytes(4, "big") + kind + payload
+
     whole = box(b"ftyp", b"isom") + box(b"mdat", b"x" * 100) + box(b"moov", b"y" * 8)
     (tmp_path / "whole.mp4").write_bytes(whole)
     (tmp_path / "cut.mp4").write_bytes(whole[:60])

@@ -114,5 +114,6 @@ def read(*, annotations, videos=None, split=None, label_map=None):
             )
         )
     found, missing = split_existing(entries)
+    chosen = label_map or ("indices" if indices else "sorted names")
     return Annotation(entries=found, label_names=names, missing=missing,
-                      classes_from=label_map or ("indices" if indices else "sorted names"))
+                      classes_from=chosen)
