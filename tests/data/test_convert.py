@@ -329,19 +329,26 @@ def test_strict_fails_on_a_missing_file_and_lists_every_path(synthetic_dir, tmp_
 
 @needs_shared
 def test_truncated_videos_fail_or_are_kept_and_marked(tmp_path):
-    data = (VIDEOS / "ssv2" / "166766.webm").read_bytes()
-    (tmp_path / "cut.webm").write_bytes(data[: len(data) * 4 // 10])
+    cuts = (("cut.webm", "ssv2/166766.webm"), ("cut.mp4", "mmaction2/test.mp4"))
+    for name, src in cuts:
+        data = (VIDEOS / src).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) * 4 // 10])
     (tmp_path / "list.csv").write_text(
-        f"cut.webm,a\n{VIDEOS / 'moviepy' / 'no_duration.webm'},a\n")
+        f"cut.webm,a\ncut.mp4,a\n{VIDEOS / 'moviepy' / 'no_duration.webm'},a\n")
     ann = SOURCES["csv"](annotations=str(tmp_path / "list.csv"))
     manifest = convert.convert(ann, tmp_path / "out", split="s", workers=1,
                                short_side=32, progress=False)
-    (failed,) = manifest["failed"]
-    assert failed["id"] == "cut.webm"
-    assert re.fullmatch(r"truncated: decoded \d+ of about 49 frames", failed["reason"])
+    reasons = {f["id"]: f["reason"] for f in manifest["failed"]}
+    assert re.fullmatch(r"truncated: decoded \d+ of about 49 frames",
+                        reasons["cut.webm"])
+    # The mp4's index (moov) comes after its media: nothing can be decoded.
+    assert reasons["cut.mp4"].startswith(
+        "truncated: decoded 0 frames; the file ends inside its 'mdat' box")
     assert [p["id"].numpy().decode() for p in read_records(tmp_path / "out", "s")] == [
         str(VIDEOS / "moviepy" / "no_duration.webm")]
     kept = convert.convert(ann, tmp_path / "kept", split="s", workers=1,
                            short_side=32, progress=False, keep_truncated=True)
-    assert kept["failed"] == [] and kept["counts"]["written"] == 2
-    assert kept["truncated"] == [dict(failed, path=str(tmp_path / "cut.webm"))]
+    assert [f["id"] for f in kept["failed"]] == ["cut.mp4"]  # no frame to keep
+    assert kept["counts"]["written"] == 2
+    assert kept["truncated"] == [{"id": "cut.webm", "path": str(tmp_path / "cut.webm"),
+                                  "reason": reasons["cut.webm"]}]
