@@ -467,7 +467,7 @@ def test_json_list_names_indices_multi_and_missing(tmp_path):
         videos=str(tmp_path / "v"),
         split="train",
     )
-    assert ann.label_names == ["cat", "dog"]
+    assert ann.label_names == ["cat", "dog"] and ann.classes_from == "sorted names"
     assert [(e.video_id, e.labels, e.label_text) for e in ann.entries] == [
         ("a.mp4", (1,), "dog"),  # the path as written: a.avi would differ
         ("bee", (0, 1), "cat;dog"),

@@ -192,12 +192,14 @@ def read(*, annotations, videos, split, label_map=None):
     ]
     check_label_kinds(flat, lambda v: isinstance(v, int) and not isinstance(v, bool))
     flat = [v for _, v in flat]
+    chosen = label_map
     if label_map is not None:
         names = load_label_names(label_map)
     else:
         if all(isinstance(v, str) for v in flat):
-            names = sorted(set(flat))
+            names, chosen = sorted(set(flat)), "sorted names"
         else:
+            chosen = "indices"
             ints = [v for v in flat if isinstance(v, int)]
             names = [str(i) for i in range(max(ints, default=-1) + 1)]
     entries = []
@@ -214,4 +216,5 @@ def read(*, annotations, videos, split, label_map=None):
             )
         )
     found, missing = split_existing(entries)
-    return Annotation(entries=found, label_names=names, missing=missing)
+    return Annotation(entries=found, label_names=names, missing=missing,
+                      classes_from=chosen)
