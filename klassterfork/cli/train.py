@@ -33,6 +33,9 @@ def parse_args(argv):
     parser.add_argument("--dry-run", action="store_true",
                         help="build everything and run 2 steps per stage on a tiny "
                              "generated stand-in dataset")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="start N MultiWorkerMirrored processes on 127.0.0.1, each "
+                             "with its TF_CONFIG (training/launcher.py)")
     return parser.parse_args(argv)
 
 
@@ -49,6 +52,14 @@ def main(argv=None):
     if args.print_config:
         print(json.dumps(stages, indent=2))
         return 0
+    if args.workers is not None:
+        from klassterfork.training.launcher import launch
+
+        if args.workers < 1:
+            print(f"kf-train: --workers must be >= 1. Received: {args.workers}",
+                  file=sys.stderr)
+            return exit_codes.CONFIG_ERROR
+        return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
     from klassterfork.training.preemption import SignalWatcher
     from klassterfork.training.trainer import TrainingDiverged, WorkerLost
 
@@ -102,11 +113,28 @@ def dry_run(stages, source, args):
     return code
 
 
+def check_extension(stages, source, experiment_dir, index, done_step):
+    """A finished stage may train on (more epochs) only if no later stage has
+    started from its weights."""
+    import tensorflow as tf
+
+    from klassterfork.config.loader import ConfigError
+    from klassterfork.training.trainer import stage_dirs
+
+    for later in range(index + 1, len(stages)):
+        if tf.train.latest_checkpoint(stage_dirs(experiment_dir, later)["checkpoints"]):
+            raise ConfigError(
+                source, "train_loop.epochs", f"stage {index} finished at step {done_step} "
+                f"and stage {later} has already trained from its weights; only the last "
+                "started stage can be extended (start a new experiment_dir instead)."
+            )
+
+
 def run(stages, source, args, signals=None):
     from klassterfork.files import write_json_atomic
     from klassterfork.training import builders
     from klassterfork.training import strategy as strategies
-    from klassterfork.training.trainer import Stage, stage_dirs
+    from klassterfork.training.trainer import Stage, planned_steps, stage_dirs
 
     for stage in stages:
         # Names and arguments first: a typo fails in a second, before any data is read.
@@ -115,11 +143,13 @@ def run(stages, source, args, signals=None):
     if first_loop["logical_cpu_devices"]:
         strategies.split_cpu(first_loop["logical_cpu_devices"])
     try:
-        strategy = strategies.make_strategy(first_loop["strategy"], first_loop["devices"])
+        strategy = strategies.make_strategy(first_loop["strategy"], first_loop["devices"],
+                                            cluster=first_loop["cluster"])
     except ValueError as err:
         from klassterfork.config.loader import ConfigError
 
-        raise ConfigError(source, "train_loop.strategy", str(err)) from None
+        key = "train_loop.cluster" if "cluster" in str(err) else "train_loop.strategy"
+        raise ConfigError(source, key, str(err)) from None
     if signals is not None:
         signals.install()  # over the handler a multi-worker strategy installs
     meta = stages[-1].get("meta") or {}
@@ -175,9 +205,17 @@ def run(stages, source, args, signals=None):
                     source, "meta.experiment_dir", f"{experiment_dir} already holds a "
                     "finished run: resume with -r, or choose another experiment_dir."
                 )
-            print(f"stage {index}: already complete, skipped")
-            previous = dirs["checkpoints"]
-            continue
+            with open(dirs["done"]) as f:
+                done_step = int(f.read().split()[0])
+            planned = planned_steps(stage_cfg, source)
+            if planned is None or done_step >= planned:
+                print(f"stage {index}: already complete at step {done_step} "
+                      f"(the config plans {planned}), skipped")
+                previous = dirs["checkpoints"]
+                continue
+            check_extension(stages, source, experiment_dir, index, done_step)
+            print(f"stage {index}: finished at step {done_step}; the config now plans "
+                  f"{planned} steps (train_loop.epochs): training on")
         stage = Stage(stage_cfg, source, experiment_dir=experiment_dir,
                       stage_index=index, strategy=strategy)
         result = stage.train(resume=args.resume, previous_checkpoints=previous,
@@ -190,6 +228,12 @@ def run(stages, source, args, signals=None):
         if result.get("stopped"):
             return exit_codes.OK
         previous = dirs["checkpoints"]
+    task_type, task_id = strategies.task_info(strategy)
+    if task_type is not None and result:
+        from klassterfork.training.cluster import weights_digest
+
+        # Every worker ends with the same weights; this line lets one check it.
+        print(f"{task_type} {task_id}: final weights sha256 {weights_digest(stage.model)}")
     if chief:
         dirs = stage_dirs(experiment_dir, len(stages) - 1)
         print(f"checkpoints: {dirs['checkpoints']}")

@@ -25,8 +25,12 @@ class ConfigError(ValueError):
 
     def __init__(self, source, key, problem):
         self.source, self.key, self.problem = source, key, problem
+        override = source.override(key) if source is not None else None
         if source is None:
             prefix = f"{key}: " if key else ""
+        elif override:
+            # The value came from the command line, not from a line of the file.
+            prefix = f"{source.path}: --set {override}: {key}: "
         else:
             where = source.locate(key)
             prefix = f"{where}: {key}: " if key else f"{where}: "
@@ -36,8 +40,20 @@ class ConfigError(ValueError):
 class Source:
     """The text of a config file, to map a dotted key to its line."""
 
-    def __init__(self, path, text):
+    def __init__(self, path, text, overrides=()):
         self.path, self.text = str(path), text
+        # dotted key -> the `--set key=value` text that set it
+        self.overrides = {}
+        for item in overrides:
+            if "=" in item:
+                self.overrides[item.split("=", 1)[0].strip()] = item
+
+    def override(self, key):
+        """The `--set` text that set `key` (or a block holding it), or None."""
+        for okey, item in self.overrides.items():
+            if key and (key == okey or str(key).startswith(okey + ".")):
+                return item
+        return None
 
     def line(self, key):
         """Best-effort line of `key` ("a.b.0.c"): each part searched after the last."""
@@ -146,7 +162,7 @@ def set_dotted(config, key, value, source=None):
 
 def load_text(text, path="<string>", overrides=()):
     """Parses config text into a list of fully inherited stage dicts."""
-    source = Source(path, text)
+    source = Source(path, text, overrides)
     try:
         raw = hjson.loads(text)
     except hjson.HjsonDecodeError as err:

@@ -13,6 +13,7 @@ import numpy as np
 
 from klassterfork import models
 from klassterfork.config.components import build_component, split_component
+from klassterfork.config import values
 from klassterfork.config.loader import ConfigError
 from klassterfork.data import pipeline, transforms
 from klassterfork.models.registry import MODELS
@@ -206,7 +207,7 @@ def flip_map(block, info, source, key):
 
 
 # Train-pipeline arguments the trainer sets from the strategy and the step.
-PLACEMENT_KEYS = ("start_batch", "num_input_pipelines", "input_pipeline_id")
+PLACEMENT_KEYS = ("start_batch", "num_input_pipelines", "input_pipeline_id", "bad_records")
 
 
 def make_train_dataset(block, info, source, key, *, seed, placement=None):
@@ -349,6 +350,7 @@ def validate_stage(stage, source):
     option. Nested schedules (e.g. `LinearScaled.schedule`) are checked too.
     """
     train_loop_config(stage, source)
+    values.check_stage(stage, source)  # types and ranges of the loop/data values
     metric_names(stage, source)
     split_component(stage.get("model"), source, "model", MODELS)
     loss_name, _ = split_component(stage.get("loss") or {"SparseCategoricalCrossentropy": {}},

@@ -26,6 +26,9 @@ import tqdm
 from klassterfork import files
 from klassterfork.analysis.plot_training import plot_training
 from klassterfork.config.loader import ConfigError
+from klassterfork.data.bad_records import FILE_NAME as BAD_RECORDS_FILE
+from klassterfork.data.bad_records import BadRecordLog, BadRecordsError
+from klassterfork.data.bad_records import describe as describe_bad_record
 from klassterfork.evaluation import aggregate
 from klassterfork.evaluation.predictions import write_predictions
 from klassterfork.files import atomic_write
@@ -86,7 +89,8 @@ def save_keras_atomic(model, path):
         model.save(tmp)
 
 
-def train_input_fn(block, info, source, key, *, global_batch, seed, start_step):
+def train_input_fn(block, info, source, key, *, global_batch, seed, start_step,
+                   bad_records=None):
     """The `dataset_fn` of `strategy.distribute_datasets_from_function`.
 
     Called once per input pipeline (one per worker) with its
@@ -113,11 +117,50 @@ def train_input_fn(block, info, source, key, *, global_batch, seed, start_step):
             "num_input_pipelines": context.num_input_pipelines,
             "input_pipeline_id": context.input_pipeline_id,
         }
+        if bad_records is not None:  # skipped records, named (data/bad_records.py)
+            placement["bad_records"] = bad_records
         return builders.make_train_dataset(
             block, info, source, key, seed=seed, placement=placement
         )
 
     return dataset_fn
+
+
+def steps_from_manifest(info, block, source):
+    """Steps per epoch: every video once, with all its repeated views.
+
+    With `datasets.train.repeated_views: k` an epoch is k x videos clips
+    (VideoMAE's `num_sample`: each video, k views per visit), so
+    steps = videos * k // global batch.
+    """
+    count = info.num_examples
+    if count is None:
+        raise ConfigError(
+            source, "datasets.train", "the manifest gives no video count: set "
+            "train_loop.steps_per_epoch or datasets.train.num_examples."
+        )
+    views = int(block.get("repeated_views", 1))
+    batch = int(block["batch_size"])
+    steps = count * views // batch
+    if steps < 1:
+        raise ConfigError(
+            source, "datasets.train.batch_size",
+            f"batch_size {batch} is larger than the {count} training "
+            f"videos x {views} view(s).",
+        )
+    return steps
+
+
+def planned_steps(stage, source):
+    """`train_loop.epochs` x steps per epoch of a stage, from its config and
+    manifest alone (no model built); None for a stage without a train set."""
+    loop = builders.train_loop_config(stage, source)
+    block = (stage.get("datasets") or {}).get("train")
+    if block is None:
+        return None
+    spe = loop["steps_per_epoch"] or steps_from_manifest(
+        builders.dataset_info(block, source, "datasets.train"), block, source)
+    return int(loop["epochs"]) * int(spe)
 
 
 class Stage:
@@ -216,6 +259,7 @@ class Stage:
         )
         self.train_block = datasets.get("train")
         self.seed = seed
+        self.bad_records = BadRecordLog(os.path.join(self.dirs["root"], BAD_RECORDS_FILE))
 
     def _train_iterator(self, *, start_batch):
         """A distributed iterator positioned after `start_batch` global steps.
@@ -249,31 +293,36 @@ class Stage:
             fn = train_input_fn(
                 self.train_block, self.train_info, self.source, "datasets.train",
                 global_batch=self.global_batch, seed=self.seed, start_step=start_batch,
+                bad_records=self.bad_records,
             )
         return iter(self.strategy.distribute_datasets_from_function(fn))
 
-    def _steps_from_manifest(self):
-        """Steps per epoch: every video once, with all its repeated views.
+    def _skip_bad_records(self, err, step, log):
+        """A record failed to parse / decode, or a shard to read, in `step`:
+        name it in the stage's bad_records.jsonl and rebuild the pipeline at
+        this same step without it (see data/bad_records.py).
 
-        With `datasets.train.repeated_views: k` an epoch is k x videos clips
-        (VideoMAE's `num_sample`: each video, k views per visit), so
-        steps = videos * k // global batch.
+        Raises:
+            `err` when no record of the step's batches fails on its own (not
+            the data's fault); ConfigError when the bad records exceed
+            datasets.train.max_bad_records.
         """
-        count = self.train_info.num_examples
-        if count is None:
-            raise ConfigError(
-                self.source, "datasets.train", "the manifest gives no video count: set "
-                "train_loop.steps_per_epoch or datasets.train.num_examples."
-            )
-        views = int(self.stage["datasets"]["train"].get("repeated_views", 1))
-        steps = count * views // self.global_batch
-        if steps < 1:
-            raise ConfigError(
-                self.source, "datasets.train.batch_size",
-                f"batch_size {self.global_batch} is larger than the {count} training "
-                f"videos x {views} view(s).",
-            )
-        return steps
+        batches = self.strategy.num_replicas_in_sync  # one input pipeline here
+        try:
+            found = self.bad_records.diagnose(step * batches, batches)
+        except BadRecordsError as over:
+            raise ConfigError(self.source, "datasets.train.max_bad_records", str(over)) from None
+        if not found:
+            raise err
+        for entry in found:
+            log(f"skipped bad record: {describe_bad_record(entry)}")
+        if self.multi_worker:  # the peers wait in this step's collectives
+            raise err
+        self.train_iterator = self._train_iterator(start_batch=step)
+
+    def _steps_from_manifest(self):
+        return steps_from_manifest(self.train_info, self.stage["datasets"]["train"],
+                                   self.source)
 
     # ---- steps ---------------------------------------------------------------
     def _make_train_step(self):
@@ -563,7 +612,11 @@ class Stage:
             stopped = preempted = False
             while step < epoch_end:
                 requested = 1.0 if signals.received else 0.0
-                out = train_step(self.train_iterator, tf.constant(requested))
+                try:
+                    out = train_step(self.train_iterator, tf.constant(requested))
+                except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+                    self._skip_bad_records(err, step, log)  # re-raises if not the data's
+                    continue
                 step += 1
                 values = {k: float(v) for k, v in out.items()}
                 if not np.isfinite(values["loss"]):

@@ -1,0 +1,54 @@
+"""`-r` with a larger `train_loop.epochs` trains a finished run on (issue 11)
+and ends where a run planned that long from the start ends."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+from tests.training.tiny_data import tiny_config, write_split
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "runs/train.py", *map(str, args)], cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
+    data = tmp_path / "data"
+    write_split(str(data), "train", 24, seed=0)
+    write_split(str(data), "validation", 8, seed=1)
+    runs = {}
+    for name, epochs in (("long", 2), ("short", 1)):
+        folder = tmp_path / name
+        folder.mkdir()
+        # The LR schedule is piecewise by epoch (boundary 2), so it does not
+        # depend on the planned length and the two runs can agree exactly.
+        (folder / "c.hjson").write_text(tiny_config(data, folder / "exp", epochs=epochs,
+                                                    deterministic=True))
+        runs[name] = (folder / "c.hjson", folder / "exp" / "stage0")
+        proc = run_cli(runs[name][0])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg, stage = runs["short"]
+    assert (stage / "DONE").read_text().strip() == "6"
+
+    proc = run_cli(cfg, "-r", "--set", "train_loop.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stage 0: finished at step 6; the config now plans 12 steps" in proc.stdout
+    assert (stage / "DONE").read_text().strip() == "12"
+    with open(stage / "log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    a = keras.saving.load_model(str(runs["long"][1] / "model.keras")).weights
+    b = keras.saving.load_model(str(stage / "model.keras")).weights
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), atol=1e-6, rtol=0)
+
+    proc = run_cli(cfg, "-r", "--set", "train_loop.epochs=2")  # nothing left to do
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stage 0: already complete at step 12 (the config plans 12), skipped" in proc.stdout
