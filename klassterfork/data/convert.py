@@ -33,6 +33,7 @@ pipeline; both go through the functions here, in this order:
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -197,7 +198,16 @@ def _write_json(path, data):
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
-def _load_report(out_dir, name, settings, ids):
+def entries_key(members):
+    """A digest of what a shard's records hold besides the settings: each
+    member's id, file, labels and label text. A re-run with another label
+    map (or a changed file list) then rewrites the shard instead of keeping
+    records with the old labels."""
+    rows = [[e.video_id, e.path, list(e.labels), e.label_text] for e in members]
+    return hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
+
+
+def _load_report(out_dir, name, settings, ids, key):
     """The report of a complete shard written with these settings, or None."""
     report_path = os.path.join(out_dir, STATE_DIR, f"{name}.json")
     if not (os.path.exists(os.path.join(out_dir, name)) and os.path.exists(report_path)):
@@ -207,7 +217,8 @@ def _load_report(out_dir, name, settings, ids):
             report = json.load(f)
     except (OSError, ValueError):
         return None
-    if report.get("settings") != settings or report.get("ids") != ids:
+    if (report.get("settings"), report.get("ids"), report.get("entries_key")) != (
+            settings, ids, key):
         return None
     return report
 
@@ -300,8 +311,9 @@ def plan(
 def load_reports(job):
     """Fills `job.reports` with the complete shards on disk; returns `job`."""
     for k, members in enumerate(job.shards):
-        ids = [job.entries[i].video_id for i in members]
-        report = _load_report(job.out_dir, job.names[k], job.settings, ids)
+        entries = [job.entries[i] for i in members]
+        report = _load_report(job.out_dir, job.names[k], job.settings,
+                              [e.video_id for e in entries], entries_key(entries))
         if report is not None:
             job.reports[k] = report
     return job
@@ -420,6 +432,7 @@ def write_shard(out_dir, name, members, results, settings, on_result=None):
             "failed": failed,
             "truncated": truncated,
             "ids": [e.video_id for e in members],
+            "entries_key": entries_key(members),
             "settings": settings,
         }
         # Before the shard's rename: a report without its shard is ignored.

@@ -1,5 +1,6 @@
 """The converter: records match decoded frames, failures reported, resumable."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -97,6 +98,15 @@ def test_rerun_skips_complete_shards_and_redoes_missing_ones(
     convert.convert(annotation, tmp_path, **{**kwargs, "short_side": 40})
     assert len(calls) == 8
     assert not list(tmp_path.glob(".*.partial"))
+    # Another label for one video: its shard is redone (stale labels would
+    # otherwise stay in the records), the other shard is kept.
+    calls.clear()
+    entries = list(annotation.entries)
+    entries[0] = dataclasses.replace(entries[0], labels=(7,), label_text="other")
+    relabelled = dataclasses.replace(annotation, entries=entries)
+    convert.convert(relabelled, tmp_path, **{**kwargs, "short_side": 40})
+    (shard,) = [s for s in convert.shard_assignment(8, 2) if 0 in s]
+    assert sorted(calls) == sorted(entries[i].path for i in shard)
 
 
 def test_shard_assignment_is_a_fixed_partition():
