@@ -271,14 +271,22 @@ def test_multi_scale_crop_matches_tsn_candidates():
         assert x <= 4 * step_w and y <= 4 * step_h
     assert pairs == want_pairs
     # One scale (0.75 -> 96 x 96): steps (171 - 96) // 4 = 18, (128 - 96) // 4 = 8.
-    grid = set()
+    # TSN `fill_fix_offset(more_fix_crop=True, 171, 128, 96, 96)`, written out
+    # in pixels (x, y) from the reference's 13 appends, in its order: corners
+    # UL, UR, LL, LR, centre; centre-left, centre-right, lower-centre,
+    # upper-centre; quarters UL, UR, LL, LR.
+    tsn = [(0, 0), (72, 0), (0, 32), (72, 32), (36, 16),
+           (0, 16), (72, 16), (36, 32), (36, 0),
+           (18, 8), (54, 8), (18, 24), (54, 24)]
+    counts = {}
     for i in range(300):
         y, x, h, w = tr.multi_scale_crop_window(
             [128, 171], seed(i), crop_size=112, scales=(0.75,)
         ).numpy()
-        assert (h, w) == (96, 96) and x % 18 == 0 and y % 8 == 0
-        grid.add((x // 18, y // 8))
-    assert grid == set(tr.FIXED_OFFSETS)  # the 13 TSN positions, all reached
+        assert (h, w) == (96, 96)
+        counts[int(x), int(y)] = counts.get((int(x), int(y)), 0) + 1
+    assert sorted(counts) == sorted(tsn)  # the 13 TSN positions, all reached
+    assert min(counts.values()) >= 8  # uniform: 300 / 13 = 23 each (sd 4.6)
     # Within 3 px of the crop size snaps to it: int(114 * .875) = 99 -> 112? no;
     # int(128 * .875) = 112 exactly; 130 -> 113 snaps to 112.
     h_set = {
@@ -447,3 +455,60 @@ def test_mixup_of_uint8_clips_rounds_the_float_blend():
     assert out8.dtype == tf.uint8
     np.testing.assert_array_equal(out8.numpy(), np.round(out.numpy()).astype(np.uint8))
     np.testing.assert_allclose(y8.numpy(), y.numpy())
+
+
+def _mix_draws(n, **kwargs):
+    """(applied, cutmix, lam) of `n` seeded `mix_batch` draws on a 4-clip batch
+    of distinct 32 x 32 frames. lam is read from the soft label of clip 0
+    (class 0, mixed with clip 3 of class 1): y[0, 0] = lam. Mixup blends
+    every pixel; cutmix copies a box from the mirrored clip."""
+    from klassterfork.data.transforms import mix_batch
+
+    clips = tf.reshape(tf.range(4 * 32 * 32, dtype=tf.float32), (4, 1, 32, 32, 1))
+    labels = tf.constant([0, 1, 2, 1])
+    draw = tf.function(lambda key: mix_batch(clips, labels, key, num_classes=3, **kwargs))
+    x, xr = clips.numpy(), clips.numpy()[::-1]
+    applied, cutmix, lam = [], [], []
+    for i in range(n):
+        out, y = (a.numpy() for a in draw(tf.constant([i, 77], tf.int64)))
+        copied = (out == xr) & (x != xr)
+        blended = (out != x) & ~copied
+        applied.append(bool(copied.any() or blended.any()))
+        cutmix.append(bool(copied.any() and not blended.any()))
+        lam.append(float(y[0, 0]))
+    return np.array(applied), np.array(cutmix), np.array(lam)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.8])
+def test_mixup_lambda_is_beta_alpha_alpha(alpha):
+    # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)) = 0.1786 (a = .2),
+    # 0.0962 (a = .8). 1500 draws: standard errors <= 0.011 (mean) and
+    # <= 0.004 (variance); Beta(1, 1) would give variance 0.0833.
+    # (At a = .2 some lam round to 0 or 1 in float32, so not every batch
+    # visibly changes; none is a cutmix.)
+    applied, cutmix, lam = _mix_draws(1500, mixup_alpha=alpha, cutmix_alpha=0.0)
+    assert applied.mean() > 0.9 and not cutmix.any()
+    assert 0.0 <= lam.min() and lam.max() <= 1.0
+    assert abs(lam.mean() - 0.5) <= 0.035
+    assert abs(lam.var() - 1.0 / (4 * (2 * alpha + 1))) <= 0.012
+
+
+def test_mix_prob_and_switch_prob_rates():
+    # prob .3 of mixing a batch; of those, cutmix with switch_prob .25.
+    # 2000 draws: 600 +- 20 mixed (sd), 150 +- 11 of them cutmix.
+    applied, cutmix, lam = _mix_draws(2000, mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.3,
+                                      switch_prob=0.25)
+    assert abs(applied.mean() - 0.3) <= 0.04
+    assert abs(cutmix[applied].mean() - 0.25) <= 0.06
+    assert (lam[~applied] == 1.0).all()  # an unmixed batch keeps its one-hots
+    # Cutmix's lam is 1 - the clipped box's area share (timm `rand_bbox`):
+    # numpy Monte Carlo of lam ~ Beta(1, 1), side int(sqrt(1 - lam) * 32),
+    # centre uniform in [0, 32), clipped to the frame.
+    rng = np.random.default_rng(0)
+    lam0 = rng.beta(1.0, 1.0, 200_000)
+    cut = (np.sqrt(1 - lam0) * 32).astype(int)
+    cy, cx = rng.integers(0, 32, (2, lam0.size))
+    side_y = np.clip(cy + cut // 2, 0, 32) - np.clip(cy - cut // 2, 0, 32)
+    side_x = np.clip(cx + cut // 2, 0, 32) - np.clip(cx - cut // 2, 0, 32)
+    want = np.mean(1 - side_y * side_x / 1024)
+    assert abs(lam[cutmix].mean() - want) <= 0.05, (lam[cutmix].mean(), want)
