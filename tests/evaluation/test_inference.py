@@ -36,7 +36,7 @@ def test_predict_video_gives_the_pre_move_scores(model):
     np.testing.assert_allclose(got, pinned, rtol=1e-5, atol=1e-7)
     assert np.ptp(pinned) > 0.1  # far from uniform: a wrong view would show
     # The batch size changes the forward passes, not the scores.
-    for batch_size in (1, 6, None):
+    for batch_size in (1, None):
         again = inference.predict_video(reference.VIDEO, model, reference.transform(),
                                         batch_size=batch_size)
         np.testing.assert_allclose(again, pinned, rtol=1e-5, atol=1e-7)
@@ -57,12 +57,18 @@ def test_predict_video_equals_the_record_eval_pipeline(model, tmp_path):
     clips = next(iter(ds))[0].numpy()[0]
     assert clips.shape == (6, 4, 32, 32, 3)
     logits = np.asarray(model(clips, training=False), np.float64)
+    assert np.ptp(logits, axis=0).min() > 2  # views differ: the averaging matters
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected = (e / e.sum(axis=1, keepdims=True)).mean(axis=0)
+    mean_logits = logits.mean(axis=0)
+    wrong = np.exp(mean_logits - mean_logits.max())
+    wrong /= wrong.sum()  # softmax of the averaged logits: a different rule
     got = inference.predict_video(reference.VIDEO, model, transform)
-    # quality-100 JPEG moves pixels by a level or so: close, not bitwise.
-    np.testing.assert_allclose(got, expected, atol=3e-3)
-    assert np.abs(got - expected).max() < np.ptp(expected) / 20
+    # quality-100 JPEG moves pixels by a level or so, which this deliberately
+    # sensitive model turns into a few percent; the other rule is ~30 % away.
+    assert np.abs(got - expected).max() < 0.06
+    assert np.abs(got - wrong).max() > 0.2
+    assert got.argmax() == expected.argmax()
 
 
 def test_run_video_returns_views_and_frame_count(model):
