@@ -36,11 +36,13 @@ stream: P pipelines then produce exactly the clips of one.
 
 import logging
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
 
 from klassterfork.data import augment, records, resume, transforms
+from klassterfork.data import bad_records as bad_records_lib
 from klassterfork.data.checks import check_choice, check_positive
 from klassterfork.data.crops import check_scale
 
@@ -229,53 +231,134 @@ def pipeline_seed(seed, input_pipeline_id):
     return int(state.generate_state(1, np.uint32)[0] >> 1)
 
 
-def read_shards(paths):
-    """`resume.Shards` of `paths`: each file's record count from its headers.
+def read_shards(paths, log=None):
+    """`resume.Shards` of `paths`: record counts from the headers, bad records.
+
+    A shard that ends inside a record is reported (file name, records
+    readable) and added to `log` as cut there; the records `log` names are
+    skipped.
+
+    Args:
+        paths: list of str.
+        log: `bad_records.BadRecordLog` or None.
 
     Raises:
         ValueError: when the files hold no record at all.
     """
+    log = log if log is not None else bad_records_lib.BadRecordLog()
     counts = []
     for path in paths:
         count, truncated = resume.count_records(path)
         if truncated:
-            LOG.warning("%s: truncated after %d complete records; the rest "
-                        "cannot be read and is skipped", path, count)
+            log.add([bad_records_lib.cut_entry(
+                path, count, f"truncated: the file ends inside record {count} "
+                f"({os.path.getsize(path)} bytes)")])
         counts.append(count)
     if not sum(counts):
         raise ValueError(f"`files` hold no records. Received: {len(paths)} file(s), "
                          f"e.g. {paths[0]!r}")
-    return resume.Shards(tuple(paths), tuple(counts))
+    skip, cut = log.for_paths(paths)
+    return resume.Shards(tuple(paths), tuple(counts), skip, cut)
 
 
-def _examples(layout, *, start_example, repeated_views, repeat, seeded):
-    """(index, serialized) from local example `start_example` on.
+def _examples(layout, *, start_example, repeated_views, repeat, seeded=True):
+    """(index, epoch, file, record, serialized) from local example
+    `start_example` on.
 
     `index` counts this pipeline's examples over epochs (the per-example
-    key); an epoch is `layout.records_per_epoch() * repeated_views`
+    key); an epoch is `layout.records_per_epoch(epoch) * repeated_views`
     examples. The record stage (`resume.records`) starts each open shard
     at its own offset, so a resume reads one shuffle block, not the epochs
     already done.
     """
     start_record, view = divmod(start_example, repeated_views)
     ds, start = resume.records(layout, start_record=start_record, repeat=repeat)
-    if start_example:
-        per_epoch = layout.records_per_epoch() * repeated_views
+    if start_example and start is not None:
+        per_epoch = layout.records_per_epoch(start.epoch) * repeated_views
         exact = "exact" if seeded else (
             "NOT exact: no seed was given, so this run draws other clips and order")
+        within = layout.locate(start_record)[1] * repeated_views + view
         LOG.info(
             "resume at example %d (epoch %d, example %d of %d): the open shards skip "
             "%d records by their headers, then one shuffle block is read and its "
-            "first %d records dropped; %s", start_example, start_example // per_epoch,
-            start_example % per_epoch, per_epoch, start.skipped if start else 0,
-            start.drop if start else 0, exact)
-    ds = ds.map(lambda f, r, serialized: serialized)
+            "first %d records dropped; %s", start_example, start.epoch, within,
+            per_epoch, start.skipped, start.drop, exact)
     if repeated_views > 1:
         # k copies of each record in a row; the enumerate below gives every
         # copy its own key, hence its own clip, crop and flip.
-        ds = ds.flat_map(lambda s: tf.data.Dataset.from_tensors(s).repeat(repeated_views))
+        ds = ds.flat_map(lambda *x: tf.data.Dataset.from_tensors(x).repeat(repeated_views))
         ds = ds.skip(view)
-    return ds.enumerate(start=start_example)
+    return ds.enumerate(start=start_example).map(lambda i, x: (i, *x))
+
+
+def _diagnoser(layout, make_clip, *, batch_size, repeated_views, repeat):
+    """`fn(first_batch, num_batches) -> bad-record entries` (see
+    `bad_records.BadRecordLog.diagnose`): replays those batches' examples
+    and parses + decodes each eagerly with its own key."""
+
+    def diagnose(first_batch, num_batches):
+        ds = _examples(layout, start_example=first_batch * batch_size,
+                       repeated_views=repeated_views, repeat=repeat)
+        found, seen = [], set()
+        it = iter(ds.take(num_batches * batch_size))
+        while True:
+            try:
+                index, epoch, f, r, serialized = next(it)
+            except StopIteration:
+                break
+            except tf.errors.OpError as err:  # the shard reader itself failed
+                found += _unreadable_shards(layout, first_batch * batch_size
+                                            // repeated_views, err)
+                break
+            f, r = int(f), int(r)
+            if (f, r) in seen:
+                continue
+            try:
+                make_clip(index, serialized)
+            except tf.errors.OpError as err:
+                seen.add((f, r))
+                found.append({
+                    "shard": os.path.basename(layout.shards.paths[f]), "record": r,
+                    "video_id": _video_id(serialized), "error": _first_line(err),
+                    "epoch": int(epoch)})
+        return found
+
+    return diagnose
+
+
+def _unreadable_shards(layout, start_record, err):
+    """Cut entries for the shards of the current epoch that cannot be read to
+    their end: each open (and next) shard is read from its planned offset."""
+    epoch, record = layout.locate(start_record)
+    start = resume.plan_start(layout, epoch, record)
+    counts = layout.shards.counts_at(epoch)
+    found = []
+    for f, first in start.files[: 2 * layout.cycle_length]:
+        path = layout.shards.paths[f]
+        readable = first
+        try:
+            for _ in tf.data.TFRecordDataset(path).skip(first).take(counts[f] - first):
+                readable += 1
+        except tf.errors.OpError as shard_err:
+            found.append(bad_records_lib.cut_entry(
+                path, readable, _first_line(shard_err), epoch=epoch))
+    if not found:
+        raise err
+    return found
+
+
+def _video_id(serialized):
+    try:
+        return records.parse(serialized)["id"].numpy().decode("utf-8", "replace")
+    except tf.errors.OpError:
+        return None
+
+
+def _first_line(err):
+    """The error's message without TF's function-node and op decorations."""
+    message = getattr(err, "message", str(err))
+    message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", message).strip()
+    return message.splitlines()[0][:300] if message else type(err).__name__
 
 
 def _check_sizes(**sizes):
@@ -323,6 +406,8 @@ def train_dataset(
     num_input_pipelines=1,
     input_pipeline_id=0,
     shard_policy="auto",
+    max_bad_records=None,
+    bad_records=None,
 ):
     """The training pipeline: random clips, one random crop per clip, flips.
 
@@ -426,9 +511,24 @@ def train_dataset(
             mixup. Needs float output (not standardize="none").
             Defaults to None (off).
 
+        max_bad_records: int or None. Bad records (plus records lost in
+            truncated shards) tolerated before the run stops with a
+            paragraph naming them (see `data/bad_records.py`). Defaults to
+            None: 0.1 % of the records, at least 1.
+        bad_records: `bad_records.BadRecordLog`, a path to a
+            `bad_records.jsonl`, or None. The records it names are skipped
+            (from the epoch they were found in on); truncated shards found
+            here are added to it; the trainer passes the stage's log and
+            calls its `diagnose` when the iterator raises. Defaults to None
+            (an in-memory log).
+
     Returns:
         `tf.data.Dataset` of `(clips, labels)`: float32 (B, T, H, W, 3)
         (uint8 with standardize="none") and int32 (B,).
+
+    Raises:
+        ValueError: on a bad option, naming it; `bad_records.BadRecordsError`
+            when the bad records already known exceed `max_bad_records`.
     """
     _check_sizes(
         clip_len=clip_len,
@@ -456,6 +556,11 @@ def train_dataset(
             f"num_input_pipelines={num_input_pipelines}"
         )
     check_choice(shard_policy, SHARD_POLICIES, "shard_policy")
+    if max_bad_records is not None and (
+            not isinstance(max_bad_records, int) or isinstance(max_bad_records, bool)
+            or max_bad_records < 0):
+        raise ValueError("`max_bad_records` must be an int >= 0 or None (0.1 % of the "
+                         f"records). Received: max_bad_records={max_bad_records!r}")
     step_choices = None
     if isinstance(frame_step, (list, tuple)):
         step_choices = tuple(frame_step)
@@ -500,8 +605,11 @@ def train_dataset(
     if policy == "file":
         paths = paths[pipe_id::num_pipes]  # = Dataset.shard on the file list
 
+    log = bad_records
+    if not isinstance(log, bad_records_lib.BadRecordLog):
+        log = bad_records_lib.BadRecordLog(log)
     layout = resume.Layout(
-        shards=read_shards(paths),
+        shards=read_shards(paths, log),
         # "data": every pipeline must see the same stream, so the same order.
         file_seed=own_seed if policy == "file" else seed,
         shuffle_seed=own_seed + 1,
@@ -510,8 +618,12 @@ def train_dataset(
         num_shares=num_pipes if policy == "data" else 1,
         share=pipe_id if policy == "data" else 0,
     )
+    if max_bad_records is None:
+        max_bad_records = bad_records_lib.default_budget(sum(layout.shards.counts))
+    log.check_budget(max_bad_records)
     ds = _examples(layout, start_example=int(start_batch) * batch_size,
                    repeated_views=repeated_views, repeat=repeat, seeded=seeded)
+    ds = ds.map(lambda index, epoch, f, r, serialized: (index, serialized))
 
     # Known before tracing: skip the ops of augmentations that cannot happen.
     may_flip = augment_policy == "uniform" or flip_prob > 0
@@ -579,6 +691,9 @@ def train_dataset(
             clip = stack_flow(clip)
         return clip, label
 
+    log.register(pipe_id, _diagnoser(layout, make_clip, batch_size=batch_size,
+                                      repeated_views=repeated_views, repeat=repeat),
+                 max_bad_records)
     ds = ds.map(
         _graph_fn(make_clip), num_parallel_calls=num_parallel_calls, deterministic=True
     )

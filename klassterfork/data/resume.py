@@ -8,8 +8,9 @@ therefore a pure function of (seed, epoch) and the shards' record counts:
 - the shards are interleaved round-robin, `cycle_length` at a time
   (`tf.data` interleave, deterministic; `Interleave` below replays its
   order from the counts alone, no record read);
-- records marked bad (`skip`, see `data/bad_records.py`) are dropped before
-  anything else counts them, so positions are positions among good records;
+- records marked bad (`Shards.skip`, see `data/bad_records.py`) are
+  dropped, from the epoch they were found in on, before anything else
+  counts them, so positions are positions among good records;
 - with P data-sharded pipelines, pipeline i keeps positions i, i + P, ...;
 - the example shuffle is a block shuffle: positions [bS, (b + 1)S) of the
   epoch (S = `shuffle_buffer`) come out in a random order drawn from
@@ -132,19 +133,42 @@ class Interleave:
 class Shards:
     """The shard files of one pipeline and what is known about them.
 
+    Records found bad are dropped from the epoch they were found in on (the
+    epochs before it read them, so their positions stay as they were: a
+    resume after a later discovery is still exact).
+
     Attributes:
         paths: tuple of str.
-        counts: tuple of int. Readable records per file (the reader stops
-            there: a truncated tail is never read).
-        skip: frozenset of (file index, record index): bad records, dropped.
+        counts: tuple of int. Readable records per file.
+        skip: tuple of (file index, record index, epoch): bad records.
+        cut: tuple of (file index, readable records, epoch): from `epoch` on
+            the reader stops after `readable` records (a truncated or
+            corrupt shard; the rest cannot be read).
     """
 
     paths: tuple
     counts: tuple
-    skip: frozenset = frozenset()
+    skip: tuple = ()
+    cut: tuple = ()
 
-    def good_records(self):
-        return sum(self.counts) - len(self.skip)
+    def counts_at(self, epoch):
+        counts = list(self.counts)
+        for f, readable, since in self.cut:
+            if since <= epoch:
+                counts[f] = min(counts[f], readable)
+        return tuple(counts)
+
+    def skip_at(self, epoch):
+        counts = self.counts_at(epoch)
+        return frozenset((f, r) for f, r, since in self.skip
+                         if since <= epoch and r < counts[f])
+
+    def good_records(self, epoch=0):
+        return sum(self.counts_at(epoch)) - len(self.skip_at(epoch))
+
+    def changes(self):
+        """The epochs after 0 at which the good records change, sorted."""
+        return sorted({e for *_, e in self.skip + self.cut if e > 0})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,10 +198,28 @@ class Layout:
     share: int = 0
     parallel_reads: bool = True
 
-    def records_per_epoch(self):
-        """Good records this pipeline reads in one epoch."""
-        total = self.shards.good_records()
+    def records_per_epoch(self, epoch=0):
+        """Good records this pipeline reads in `epoch`."""
+        total = self.shards.good_records(epoch)
         return len(range(self.share, total, self.num_shares))
+
+    def locate(self, record):
+        """(epoch, position in it) of this pipeline's good record `record`,
+        counted over epochs (epoch lengths change where records were found
+        bad, so this walks those changes, not the epochs)."""
+        epoch = 0
+        for change in self.shards.changes() + [None]:
+            per_epoch = self.records_per_epoch(epoch)
+            if not per_epoch:
+                raise ValueError("no readable good records are left in the shards: "
+                                 f"{len(self.shards.paths)} file(s), e.g. "
+                                 f"{self.shards.paths[0]!r}")
+            span = None if change is None else (change - epoch) * per_epoch
+            if span is None or record < span:
+                return epoch + record // per_epoch, record % per_epoch
+            record -= span
+            epoch = change
+        raise AssertionError("unreachable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,13 +251,14 @@ def plan_start(layout, epoch, record):
     block, drop = divmod(record, size)
     shared = block * size * layout.num_shares  # a multiple of num_shares
     order = file_order(layout.file_seed, epoch, len(layout.shards.paths)).numpy()
-    replay = Interleave(order.tolist(), layout.shards.counts, layout.cycle_length)
+    replay = Interleave(order.tolist(), layout.shards.counts_at(epoch), layout.cycle_length)
+    skip = layout.shards.skip_at(epoch)
     good = 0
     while good < shared:
         item = replay.next()
         if item is None:
             break
-        if item not in layout.shards.skip:
+        if item not in skip:
             good += 1
     files = replay.remaining()
     skipped = sum(first for _, first in files)
@@ -237,29 +280,36 @@ def read_shard(path, first, count):
     return reader.skip(first).take(count - first)
 
 
-def _epoch_records(layout, files, firsts):
-    """(file, record, serialized) of one epoch from the interleave input."""
-    paths = tf.constant(list(layout.shards.paths))
-    counts = tf.constant(list(layout.shards.counts), tf.int64)
+def _epoch_records(layout, epoch, files, firsts):
+    """(epoch, file, record, serialized) of one epoch from the interleave
+    input; `epoch` may be a tensor (the epochs after a resumed one)."""
+    shards = layout.shards
+    paths = tf.constant(list(shards.paths))
+    counts = tf.constant(list(shards.counts), tf.int64)
+    epoch = tf.cast(epoch, tf.int64)
+    for f, readable, since in shards.cut:
+        cut = tf.logical_and(tf.range(len(shards.paths)) == f, since <= epoch)
+        counts = tf.where(cut, tf.minimum(counts, readable), counts)
 
     def read(f, first):
         records = read_shard(tf.gather(paths, f), first, tf.gather(counts, f))
-        return records.enumerate(start=first).map(lambda r, s: (f, r, s))
+        return records.enumerate(start=first).map(lambda r, s: (epoch, f, r, s))
 
     ds = tf.data.Dataset.from_tensor_slices((files, tf.cast(firsts, tf.int64)))
     ds = ds.interleave(
         tf.autograph.experimental.do_not_convert(read),
-        cycle_length=min(layout.cycle_length, len(layout.shards.paths)),
+        cycle_length=min(layout.cycle_length, len(shards.paths)),
         block_length=1,
         num_parallel_calls=AUTOTUNE if layout.parallel_reads else None,
         deterministic=True,
     )
-    if layout.shards.skip:
-        bad = tf.constant(sorted(f * 2**32 + r for f, r in layout.shards.skip), tf.int64)
+    if shards.skip:
+        bad = tf.constant([f * 2**32 + r for f, r, _ in shards.skip], tf.int64)
+        since = tf.constant([e for *_, e in shards.skip], tf.int64)
 
-        def good(f, r, _):
+        def good(e, f, r, _):
             key = tf.cast(f, tf.int64) * 2**32 + r
-            return tf.logical_not(tf.reduce_any(tf.equal(key, bad)))
+            return tf.logical_not(tf.reduce_any((key == bad) & (since <= e)))
 
         ds = ds.filter(good)
     if layout.num_shares > 1:
@@ -319,27 +369,27 @@ def records(layout, *, start_record=0, repeat=True):
         repeat: bool. Run epochs forever; False: epoch 0 only.
 
     Returns:
-        (dataset, Start): the dataset of (file int32, record int64,
-        serialized string) from `start_record` on, and the plan of its first
-        epoch (what the readers skip).
+        (dataset, Start): the dataset of (epoch int64, file int32, record
+        int64, serialized string) from `start_record` on, and the plan of
+        its first epoch (what the readers skip).
     """
-    per_epoch = layout.records_per_epoch()
-    epoch, record = divmod(start_record, per_epoch)
+    epoch, record = layout.locate(start_record)
     if not repeat and epoch > 0:
         return tf.data.Dataset.from_tensor_slices(
-            (tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.zeros([0], tf.string))
+            (tf.zeros([0], tf.int64), tf.zeros([0], tf.int32), tf.zeros([0], tf.int64),
+             tf.zeros([0], tf.string))
         ), None
     start = plan_start(layout, epoch, record)
     files = tf.constant([f for f, _ in start.files], tf.int32)
     firsts = tf.constant([r for _, r in start.files], tf.int64)
-    ds = _block_shuffle(_epoch_records(layout, files, firsts), layout, epoch,
+    ds = _block_shuffle(_epoch_records(layout, epoch, files, firsts), layout, epoch,
                         start.block, start.drop)
     if repeat:
         n = len(layout.shards.paths)
 
         def epoch_records(e):
             order = file_order(layout.file_seed, e, n)
-            ds = _epoch_records(layout, order, tf.zeros([n], tf.int64))
+            ds = _epoch_records(layout, e, order, tf.zeros([n], tf.int64))
             return _block_shuffle(ds, layout, e, 0)
 
         ds = ds.concatenate(

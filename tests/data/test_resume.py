@@ -28,10 +28,10 @@ def tiny_shards(directory, counts):
     return paths
 
 
-def layout(paths, *, skip=frozenset(), shuffle_buffer=4, shares=(1, 0), parallel=True):
+def layout(paths, *, skip=(), cut=(), shuffle_buffer=4, shares=(1, 0), parallel=True):
     counts = tuple(resume.count_records(p)[0] for p in paths)
     return resume.Layout(
-        resume.Shards(tuple(paths), counts, skip), file_seed=7, shuffle_seed=8,
+        resume.Shards(tuple(paths), counts, skip, cut), file_seed=7, shuffle_seed=8,
         cycle_length=3, shuffle_buffer=shuffle_buffer, num_shares=shares[0],
         share=shares[1], parallel_reads=parallel,
     )
@@ -39,7 +39,7 @@ def layout(paths, *, skip=frozenset(), shuffle_buffer=4, shares=(1, 0), parallel
 
 def stream(lay, start=0, n=10):
     ds, _ = resume.records(lay, start_record=start)
-    return [(int(f), int(r), s) for f, r, s in ds.take(n).as_numpy_iterator()]
+    return [(int(e), int(f), int(r), s) for e, f, r, s in ds.take(n).as_numpy_iterator()]
 
 
 def test_interleave_replay_matches_tf_data():
@@ -59,25 +59,42 @@ def test_interleave_replay_matches_tf_data():
 
 
 @pytest.mark.parametrize("skip, shares, shuffle", [
-    (frozenset(), (1, 0), 4),
-    (frozenset({(1, 2), (3, 0)}), (1, 0), 4),
-    (frozenset({(0, 1)}), (2, 1), 3),
-    (frozenset(), (1, 0), 0),
+    ((), (1, 0), 4),
+    (((1, 2, 0), (3, 0, 0)), (1, 0), 4),
+    (((0, 1, 0),), (2, 1), 3),
+    ((), (1, 0), 0),
 ])
 def test_record_stage_resumes_exactly_across_epochs(tmp_path, skip, shares, shuffle):
     paths = tiny_shards(tmp_path, [2, 9, 0, 4, 5])  # uneven, one empty
     lay = layout(paths, skip=skip, shuffle_buffer=shuffle, shares=shares)
     per_epoch = lay.records_per_epoch()
     full = stream(lay, n=4 * per_epoch)
-    epochs = [sorted(full[k * per_epoch:(k + 1) * per_epoch]) for k in range(3)]
+    epochs = [sorted(x[1:] for x in full[k * per_epoch:(k + 1) * per_epoch]) for k in range(3)]
+    assert [x[0] for x in full[:3 * per_epoch]] == sorted([0, 1, 2] * per_epoch)
     if shares[0] == 1:
         assert epochs[0] == epochs[1] == epochs[2]  # each record once an epoch
         assert len(epochs[0]) == 20 - len(skip)
-        assert [x[:2] for x in full[:per_epoch]] != [x[:2] for x in full[per_epoch:2 * per_epoch]]
-    assert not {x[:2] for x in full} & skip
+        assert [x[1:3] for x in full[:per_epoch]] != [
+            x[1:3] for x in full[per_epoch:2 * per_epoch]]
+    assert not {x[1:3] for x in full} & {(f, r) for f, r, _ in skip}
     starts = [0, 1, 3, 4, per_epoch - 1, per_epoch, per_epoch + 5, 2 * per_epoch + 2]
     for start in starts:
         assert stream(lay, start, n=per_epoch + 3) == full[start:start + per_epoch + 3]
+
+
+def test_records_found_bad_later_are_dropped_from_that_epoch_on(tmp_path):
+    paths = tiny_shards(tmp_path, [6, 6, 6])
+    # (0, 3) found bad in epoch 2; shard 2 found unreadable after 4 records
+    # in epoch 1 (records 4 and 5 of it are lost from then on).
+    lay = layout(paths, skip=((0, 3, 2),), cut=((2, 4, 1),))
+    assert [lay.records_per_epoch(e) for e in range(4)] == [18, 16, 15, 15]
+    full = stream(lay, n=18 + 16 + 15 + 15)
+    epochs = [{x[1:3] for x in full if x[0] == e} for e in range(4)]
+    assert [len(e) for e in epochs] == [18, 16, 15, 15]
+    assert (0, 3) in epochs[1] and (0, 3) not in epochs[2] | epochs[3]
+    assert (2, 4) in epochs[0] and (2, 4) not in epochs[1]
+    for start in (5, 18, 20, 34, 40, 49):
+        assert stream(lay, start, n=8) == full[start:start + 8]
 
 
 def counting(monkeypatch):

@@ -1,0 +1,178 @@
+"""Bad records: found, named in `bad_records.jsonl`, skipped within a budget.
+
+Why a Python-side diagnosis: tf.data cannot catch a per-element error and go
+on without losing track of positions (`ignore_errors` drops the element
+silently, and every later batch and random key would shift by one). So the
+pipeline stays exact and simple: when the train iterator raises (a record
+that does not parse, a frame that does not decode, an unreadable stretch of
+a shard), the trainer calls `BadRecordLog.diagnose(first_batch, ...)`,
+which replays the record stage of those batches (cheap: `data/resume.py`),
+parses and decodes each of their examples eagerly with the same function and
+the same keys to name the failing record(s), appends them to the file, and
+the trainer rebuilds the pipeline at the same batch with those records
+filtered out (from the epoch they were found in on, so earlier positions
+stay as they were). A later `-r` reads the file back: it never replays a
+crash on the same record.
+
+One JSON object a line:
+    {"shard": "train-00003-of-00016.tfrecord", "record": 41, "video_id":
+     "abc", "error": "...", "epoch": 0}                       a bad record
+    {"shard": "...", "record": 17, "readable": 17, "lost": 3, "video_id":
+     null, "error": "truncated ...", "epoch": 0}               a shard cut at
+     record 17 (truncated, or a corrupt record after which the file cannot
+     be read): its first 17 records are used, `lost` (from the manifest's
+     per-shard count; null when unknown) are counted as bad.
+
+The budget (`max_bad_records`) counts bad records plus lost ones (an unknown
+loss counts 1); over it, training stops with one paragraph naming the
+shards and ids.
+"""
+
+import json
+import logging
+import math
+import os
+
+from klassterfork import files as kf_files
+
+LOG = logging.getLogger(__name__)
+FILE_NAME = "bad_records.jsonl"
+DEFAULT_FRACTION = 0.001  # of an epoch's records, at least 1
+
+
+class BadRecordsError(ValueError):
+    """More bad records than `max_bad_records` allows."""
+
+
+def default_budget(num_records):
+    """`max_bad_records` when the config leaves it out: 0.1 % of an epoch's
+    records, at least 1."""
+    return max(1, math.ceil(DEFAULT_FRACTION * num_records))
+
+
+class BadRecordLog:
+    """The `bad_records.jsonl` of a stage plus the pipelines that read it.
+
+    Args:
+        path: str or None. The file; None keeps the entries in memory.
+    """
+
+    def __init__(self, path=None):
+        self.path = path
+        self.entries = []
+        self._diagnosers = {}
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                self.entries = [json.loads(line) for line in f if line.strip()]
+
+    def add(self, entries):
+        """Appends new entries (atomically rewrites the file)."""
+        known = {_key(e) for e in self.entries}
+        new = [e for e in entries if _key(e) not in known]
+        if not new:
+            return []
+        self.entries += new
+        if self.path:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.entries)
+            kf_files.write_text_atomic(self.path, text)
+        for e in new:
+            LOG.warning("bad record skipped: %s", describe(e))
+        return new
+
+    def for_paths(self, paths):
+        """(skip, cut) for `resume.Shards` over `paths` (matched by file name)."""
+        index = {os.path.basename(p): i for i, p in enumerate(paths)}
+        skip, cut = [], []
+        for e in self.entries:
+            f = index.get(e["shard"])
+            if f is None:
+                continue
+            if "readable" in e:
+                cut.append((f, int(e["readable"]), int(e.get("epoch", 0))))
+            else:
+                skip.append((f, int(e["record"]), int(e.get("epoch", 0))))
+        return tuple(skip), tuple(cut)
+
+    def count(self):
+        """Records counted against the budget."""
+        return sum(1 if "readable" not in e else (e.get("lost") or 1) for e in self.entries)
+
+    def check_budget(self, budget, where=""):
+        if self.count() <= budget:
+            return
+        shards = sorted({e["shard"] for e in self.entries})
+        ids = [e["video_id"] for e in self.entries if e.get("video_id")]
+        raise BadRecordsError(
+            f"{self.count()} bad records exceed the budget of {budget} "
+            f"(max_bad_records){where}: shards {', '.join(shards)}; video ids "
+            f"{', '.join(ids[:20]) or 'unknown'}{' ...' if len(ids) > 20 else ''}. "
+            f"Each is listed with its error in {self.path or 'the log'}; repair or "
+            "re-convert those shards (kf-convert resumes per shard), or raise "
+            "datasets.train.max_bad_records to train without them."
+        )
+
+    def register(self, pipeline_id, diagnose, budget):
+        """Called by `pipeline.train_dataset`: how to name the bad records
+        of its batches, and its budget."""
+        self._diagnosers[pipeline_id] = (diagnose, budget)
+
+    def diagnose(self, first_batch, num_batches):
+        """Names the bad records of batches [first_batch, + num_batches) of
+        every pipeline built with this log, adds them, checks the budget.
+
+        Returns:
+            list of the new entries (empty: the error was not the data's).
+
+        Raises:
+            BadRecordsError: over budget.
+        """
+        new = []
+        for diagnose, budget in list(self._diagnosers.values()):
+            new += self.add(diagnose(first_batch, num_batches))
+            self.check_budget(budget)
+        return new
+
+
+def _key(entry):
+    return (entry["shard"], entry.get("record"), "readable" in entry)
+
+
+def describe(entry):
+    """One line: shard, record, video id, what happened."""
+    if "readable" in entry:
+        lost = entry.get("lost")
+        return (f"{entry['shard']}: unreadable after record {entry['readable']} "
+                f"({entry['error']}); its first {entry['readable']} records are used, "
+                f"{'an unknown number' if lost is None else lost} counted as bad")
+    return (f"{entry['shard']} record {entry['record']} (video {entry.get('video_id')!r}, "
+            f"epoch {entry.get('epoch', 0)}): {entry['error']}")
+
+
+def manifest_count(path):
+    """The manifest's record count for shard `path`, or None.
+
+    Looks for `{split}.manifest.json` beside `{split}-i-of-n.tfrecord`.
+    """
+    name = os.path.basename(path)
+    split = name.rsplit("-", 3)[0] if name.count("-") >= 3 else None
+    if not split:
+        return None
+    manifest = os.path.join(os.path.dirname(path), f"{split}.manifest.json")
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            shards = json.load(f).get("shards") or []
+    except (OSError, ValueError):
+        return None
+    for shard in shards:
+        if isinstance(shard, dict) and shard.get("file") == name:
+            return shard.get("videos")
+    return None
+
+
+def cut_entry(path, readable, error, epoch=0):
+    """The entry of a shard that cannot be read past record `readable`."""
+    expected = manifest_count(path)
+    lost = None if expected is None else max(int(expected) - readable, 0)
+    return {"shard": os.path.basename(path), "record": readable, "readable": readable,
+            "lost": lost, "video_id": None, "error": error, "epoch": int(epoch)}
