@@ -99,17 +99,31 @@ def dry_run(stages, source, args):
     import shutil
     import tempfile
 
+    from klassterfork.training import builders
     from klassterfork.training.dry_run import tiny_stages
+    from klassterfork.training.trainer import check_data
 
+    # The real config and data first: the stand-in copies clamp batch sizes
+    # and invent frames, so they would hide both kinds of error.
+    missing = []
+    for stage in stages:
+        builders.validate_stage(stage, source)
+        missing += [m for m in check_data(stage, source, warn=warn, missing_ok=True)
+                    if m not in missing]
+    for item in missing:
+        warn(f"{source.path}: {item}: data checks skipped; the recipe runs on "
+             "generated stand-in data only.")
     workdir = tempfile.mkdtemp(prefix="kf_dry_run_")
     try:
         tiny = tiny_stages(stages, workdir)
         args.experiment_dir = None
-        code = run(tiny, source, args)
+        code = run(tiny, source, args, check=False)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if code == 0:
-        print(f"dry run OK: {len(stages)} stage(s) built and trained 2 steps each")
+        data = (f"data NOT checked (not found): {', '.join(missing)}" if missing
+                else "data checked against the manifests")
+        print(f"dry run OK: {len(stages)} stage(s) built and trained 2 steps each; {data}")
     return code
 
 
@@ -130,15 +144,22 @@ def check_extension(stages, source, experiment_dir, index, done_step):
             )
 
 
-def run(stages, source, args, signals=None):
+def warn(text):
+    print(f"kf-train: warning: {text}", file=sys.stderr)
+
+
+def run(stages, source, args, signals=None, check=True):
     from klassterfork.files import write_json_atomic
     from klassterfork.training import builders
     from klassterfork.training import strategy as strategies
-    from klassterfork.training.trainer import Stage, planned_steps, stage_dirs
+    from klassterfork.training.trainer import Stage, check_data, planned_steps, stage_dirs
 
     for stage in stages:
         # Names and arguments first: a typo fails in a second, before any data is read.
         builders.validate_stage(stage, source)
+    if check:
+        for stage in stages:  # then the data against its manifest, before step 1
+            check_data(stage, source, warn=warn)
     first_loop = builders.train_loop_config(stages[0], source)
     if first_loop["logical_cpu_devices"]:
         strategies.split_cpu(first_loop["logical_cpu_devices"])

@@ -26,6 +26,7 @@ import tqdm
 from klassterfork import files
 from klassterfork.analysis.plot_training import plot_training
 from klassterfork.config.loader import ConfigError
+from klassterfork.data import preflight
 from klassterfork.data.bad_records import FILE_NAME as BAD_RECORDS_FILE
 from klassterfork.data.bad_records import BadRecordLog, BadRecordsError
 from klassterfork.data.bad_records import describe as describe_bad_record
@@ -149,6 +150,37 @@ def steps_from_manifest(info, block, source):
             f"videos x {views} view(s).",
         )
     return steps
+
+
+def check_data(stage, source, *, warn=print, missing_ok=False):
+    """Checks every dataset of a stage against its manifest and the config
+    (`data/preflight.py`) before anything is built.
+
+    Returns:
+        list of str: the dataset keys whose data was not found (only with
+        `missing_ok`, for `--dry-run`; otherwise that raises).
+    """
+    model = stage.get("model")
+    num_classes, classes_key = None, "model"
+    if isinstance(model, dict) and len(model) == 1:
+        (name, kwargs), = model.items()
+        if isinstance(kwargs, dict) and kwargs.get("num_classes") is not None:
+            num_classes, classes_key = int(kwargs["num_classes"]), f"model.{name}.num_classes"
+    missing = []
+    for role, block in (stage.get("datasets") or {}).items():
+        key = f"datasets.{role}"
+        try:
+            info = builders.dataset_info(block, source, key)
+        except ConfigError as err:
+            if not missing_ok:
+                raise
+            missing.append(f"{key} ({err.problem})")
+            continue
+        preflight.check_dataset(
+            block, info, source, key, warn=warn, num_classes_key=classes_key,
+            num_classes=None if block.get("class_embeddings") else num_classes,
+        )
+    return missing
 
 
 def planned_steps(stage, source):

@@ -1,0 +1,179 @@
+"""The data checked against its manifest and the config before step 1.
+
+`check_dataset` runs before a stage builds its model (kf-train, and
+`--dry-run` on the real data when it exists). Each finding is an error (a
+`ConfigError`: the run would train on other data than the config and the
+manifest say, or on frames it must invent) or a warning (the run is
+correct, but the user should know), named by config file, key, line and the
+numbers:
+
+| finding | kind | why |
+|---|---|---|
+| a shard the manifest lists is missing | error | the manifest's count sets the epoch length: the rest would be repeated |
+| a shard on disk the manifest does not list | error | its videos would be trained on, uncounted (e.g. left from an earlier conversion) |
+| a shard's complete records differ from the manifest | error | the shard was rewritten or mixed up |
+| a shard ends inside a record | warning | readable records are used, the rest skipped as bad records (`bad_records.jsonl`) |
+| labels >= num_classes (manifest label map or sampled records) | error | the loss would index past the logits |
+| clip span longer than every sampled video | error (warning with `short_video` set) | every clip would repeat frames |
+| clip span longer than the median video | warning | most clips repeat frames (`short_video`) |
+| crop_size larger than the stored frames | error | the crop would be clamped and upscaled |
+
+Costs: the record counts walk each shard's 12-byte record headers
+(`resume.count_records`, no record body read); frame counts and sizes come
+from `SAMPLE_RECORDS` records (their context and first JPEG header), not a
+full pass. The converter's manifest (`shards: [{file, videos, frames}]`)
+holds no byte sizes, so counts are compared, not sizes; a manifest without
+`shards` (other writers) skips the shard checks and says so.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from klassterfork.config.loader import ConfigError
+from klassterfork.data import records
+from klassterfork.data.resume import count_records
+
+SAMPLE_RECORDS = 32  # records read for frame counts, sizes and labels
+SAMPLE_SHARDS = 4  # spread over this many shards
+
+
+def check_dataset(block, info, source, key, *, num_classes=None, num_classes_key="model",
+                  warn=print):
+    """Checks one `datasets.<role>` block's data; raises on an error.
+
+    Args:
+        block: dict. The dataset block.
+        info: `builders.DatasetInfo` (files, manifest).
+        source: config Source; key: str, e.g. "datasets.train".
+        num_classes: int or None. The model's classes, when the config sets them.
+        num_classes_key: str. Where the config sets them (for the message).
+        warn: callable(str) for warnings.
+
+    Raises:
+        ConfigError: on the first error of the table above.
+    """
+    _check_shards(info, source, key, warn)
+    sample = _sample(info.files)
+    _check_labels(info, sample, source, key, num_classes, num_classes_key)
+    _check_clip(block, sample, source, key, warn)
+    _check_crop(block, sample, source, key)
+
+
+def _check_shards(info, source, key, warn):
+    listed = info.manifest.get("shards")
+    if not listed:
+        if info.manifest:
+            warn(f"{source.locate(key)}: {key}: the manifest lists no shards; shard "
+                 "files and record counts not checked.")
+        return
+    folder = os.path.dirname(info.files[0])
+    on_disk = {os.path.basename(f) for f in info.files}
+    expected = {s["file"]: s for s in listed}
+    missing = sorted(set(expected) - on_disk)
+    if missing:
+        lost = sum(int(expected[m].get("videos", 0)) for m in missing)
+        raise ConfigError(
+            source, key, f"{len(missing)} shard(s) listed in the manifest are missing from "
+            f"{folder}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+            f"({lost} of {info.num_examples} videos). The manifest's count sets the epoch "
+            "length, so the rest would be repeated: restore the files or convert again."
+        )
+    extra = sorted(on_disk - set(expected))
+    if extra:
+        raise ConfigError(
+            source, key, f"{len(extra)} shard(s) in {folder} are not in the manifest: "
+            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}. Their videos "
+            "would be trained on uncounted (left from another conversion?): remove them."
+        )
+    for path in info.files:
+        name = os.path.basename(path)
+        want = expected[name].get("videos")
+        if want is None:
+            continue
+        have, truncated = count_records(path)
+        if truncated:
+            warn(f"{source.locate(key)}: {key}: {path} ends inside a record after {have} "
+                 f"complete record(s) (manifest: {want}); the rest are skipped as bad "
+                 "records.")
+        elif have != int(want):
+            raise ConfigError(
+                source, key, f"{path} holds {have} records, the manifest says {want}: "
+                "the shard was rewritten or mixed up; convert again."
+            )
+
+
+def _sample(files):
+    """num_frames, short side, labels of up to SAMPLE_RECORDS records."""
+    step = max(1, len(files) // SAMPLE_SHARDS)
+    chosen = files[::step][:SAMPLE_SHARDS]
+    per_shard = max(1, SAMPLE_RECORDS // len(chosen))
+    frames, sides, labels = [], [], []
+    for path in chosen:
+        try:
+            for serialized in tf.data.TFRecordDataset(path).take(per_shard):
+                video = records.parse(serialized)
+                frames.append(int(video["num_frames"]))
+                labels.extend(int(x) for x in video["labels"].numpy())
+                if len(video["frames"]):
+                    h, w = tf.io.extract_jpeg_shape(video["frames"][0]).numpy()[:2]
+                    sides.append(int(min(h, w)))
+        except (tf.errors.OpError, ValueError):
+            continue  # an unreadable record is the bad-records stage's business
+    return {"frames": frames, "sides": sides, "labels": labels}
+
+
+def _check_labels(info, sample, source, key, num_classes, num_classes_key):
+    if num_classes is None:
+        return
+    names = info.label_names
+    if names and len(names) > num_classes:
+        raise ConfigError(
+            source, num_classes_key, f"num_classes is {num_classes}, but the manifest of "
+            f"{key} names {len(names)} classes (labels 0-{len(names) - 1}): set "
+            f"num_classes: {len(names)} (or leave it out: the manifest sets it)."
+        )
+    if sample["labels"] and max(sample["labels"]) >= num_classes:
+        raise ConfigError(
+            source, num_classes_key, f"num_classes is {num_classes}, but {key} holds label "
+            f"{max(sample['labels'])} (in {len(sample['labels'])} sampled records)."
+        )
+
+
+def _check_clip(block, sample, source, key, warn):
+    if not sample["frames"] or block.get("num_segments") or "clip_len" not in block:
+        return
+    step = block.get("frame_step", 1)
+    step = min(step) if isinstance(step, list) else step
+    span = (int(block["clip_len"]) - 1) * step + 1
+    median = float(np.median(sample["frames"]))
+    if span <= median:
+        return
+    shorter = sum(f < span for f in sample["frames"])
+    policy = block.get("short_video", "repeat")
+    problem = (f"clip_len {block['clip_len']} x frame_step {step} spans {span} frames, "
+               f"longer than {shorter} of {len(sample['frames'])} sampled videos "
+               f"(median {median:g} frames)")
+    if "short_video" in block or span <= max(sample["frames"]):
+        warn(f"{source.locate(key + '.clip_len')}: {key}.clip_len: {problem}; their clips "
+             f"are padded by short_video: {policy!r}.")
+        return
+    raise ConfigError(
+        source, f"{key}.clip_len", f"{problem}: every clip would repeat frames. Lower "
+        "clip_len or frame_step, or set short_video ('repeat' or 'loop') to accept it."
+    )
+
+
+def _check_crop(block, sample, source, key):
+    if not sample["sides"] or "crop_size" not in block:
+        return
+    side = block.get("resize_short_side") or float(np.median(sample["sides"]))
+    if int(block["crop_size"]) <= side:
+        return
+    raise ConfigError(
+        source, f"{key}.crop_size", f"crop_size {block['crop_size']} is larger than the "
+        f"stored frames (median short side {side:g} px in {len(sample['sides'])} sampled "
+        "records): the crop would be clamped and upscaled. Lower crop_size or convert "
+        f"with --short-side >= {block['crop_size']}."
+    )
