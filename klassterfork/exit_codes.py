@@ -2,7 +2,8 @@
 
 A scheduler or a wrapper script decides from the status alone what to do
 next: resubmit with `-r` (PREEMPTED, WORKER_LOST), fix the config or the data
-(CONFIG_ERROR, BAD_RECORDS), lower the learning rate (DIVERGED). The README's
+(CONFIG_ERROR, which also covers more bad records than
+`datasets.train.max_bad_records` allows), lower the learning rate (DIVERGED). The README's
 "Long runs" section and docs/long_runs.md list the same table; a test checks
 that every constant here appears there.
 
@@ -17,8 +18,8 @@ import signal
 OK = 0  # every stage finished (or stopped at train_loop.stop_after_steps)
 FAILED = 1  # anything else: e.g. `-e` found no checkpoint to evaluate
 CONFIG_ERROR = 2  # the config or the data does not match what the run needs
+# (unknown names, bad values, data checks before step 1, bad-record budget)
 DIVERGED = 3  # loss NaN/Inf; the last good checkpoint is kept
-BAD_RECORDS = 4  # more unreadable records than datasets.train.max_bad_records
 PREEMPTED = 75  # SIGTERM/SIGINT: step finished, checkpoint saved; resume with -r
 WORKER_LOST = 76  # a peer worker of a multi-worker run died; resume all with -r
 SIGNAL_BASE = 128  # a second signal: exit at once with 128 + signum
@@ -26,9 +27,9 @@ SIGNAL_BASE = 128  # a second signal: exit at once with 128 + signum
 MEANINGS = {
     OK: "finished",
     FAILED: "failed (see the message)",
-    CONFIG_ERROR: "config or data error: fix the named key or file, then run again",
+    CONFIG_ERROR: "config or data error (incl. the bad-record budget): fix the named "
+                  "key or file, then run again",
     DIVERGED: "training diverged (loss NaN/Inf): lower the learning rate, resume with -r",
-    BAD_RECORDS: "too many unreadable records (bad_records.jsonl in the stage dir)",
     PREEMPTED: "stopped by SIGTERM/SIGINT after a checkpoint: resume with -r",
     WORKER_LOST: "a peer worker was lost: restart every worker with -r",
     SIGNAL_BASE + signal.SIGINT: "second SIGINT: killed at once, no checkpoint",
