@@ -43,8 +43,9 @@ import tensorflow as tf
 
 from klassterfork.data import augment, records, resume, transforms
 from klassterfork.data import bad_records as bad_records_lib
-from klassterfork.data.checks import check_choice, check_positive
-from klassterfork.data.crops import check_scale
+from klassterfork.data.checks import check_choice
+from klassterfork.data.spec import (  # noqa: F401  (CROPS, MODALITIES: public names)
+    CROPS, MODALITIES, SHARD_POLICIES, EvalSpec, TrainSpec)
 
 AUTOTUNE = tf.data.AUTOTUNE
 LOG = logging.getLogger(__name__)
@@ -110,9 +111,6 @@ def decode_frames(encoded, window=None, channels=3):
     return tf.map_fn(one, encoded, fn_output_signature=tf.uint8)
 
 
-MODALITIES = ("rgb", "flow")
-
-
 def _encoded(example, indices, modality):
     """RGB: string [T]. Flow: string [T, 2], the (x, y) JPEGs of each index."""
     if modality == "rgb":
@@ -171,9 +169,6 @@ def first_label(labels):
     """The first entry of `labels` as int32, -1 for an unlabelled video."""
     labels = tf.cast(labels, tf.int32)
     return tf.concat([labels, tf.constant([-1], tf.int32)], axis=0)[0]
-
-
-SHARD_POLICIES = ("auto", "file", "data")
 
 
 def shard_policy_for(num_files, num_input_pipelines, shard_policy="auto"):
@@ -361,11 +356,6 @@ def _first_line(err):
     return message.splitlines()[0][:300] if message else type(err).__name__
 
 
-def _check_sizes(**sizes):
-    for name, value in sizes.items():
-        check_positive(value, name)
-
-
 def train_dataset(
     files,
     *,
@@ -530,250 +520,158 @@ def train_dataset(
         ValueError: on a bad option, naming it; `bad_records.BadRecordsError`
             when the bad records already known exceed `max_bad_records`.
     """
-    _check_sizes(
-        clip_len=clip_len,
-        crop_size=crop_size,
-        batch_size=batch_size,
-        cycle_length=cycle_length,
-        new_length=new_length,
-        repeated_views=repeated_views,
-        num_input_pipelines=num_input_pipelines,
-    )
-    if batch_size % repeated_views:
-        raise ValueError(
-            "`batch_size` must be a multiple of `repeated_views` (each batch "
-            "holds whole groups of views). Received: "
-            f"batch_size={batch_size}, repeated_views={repeated_views}"
-        )
-    if (
-        not isinstance(input_pipeline_id, int)
-        or isinstance(input_pipeline_id, bool)
-        or not 0 <= input_pipeline_id < num_input_pipelines
-    ):
-        raise ValueError(
-            "`input_pipeline_id` must be an int in [0, num_input_pipelines). "
-            f"Received: input_pipeline_id={input_pipeline_id!r}, "
-            f"num_input_pipelines={num_input_pipelines}"
-        )
-    check_choice(shard_policy, SHARD_POLICIES, "shard_policy")
-    if max_bad_records is not None and (
-            not isinstance(max_bad_records, int) or isinstance(max_bad_records, bool)
-            or max_bad_records < 0):
-        raise ValueError("`max_bad_records` must be an int >= 0 or None (0.1 % of the "
-                         f"records). Received: max_bad_records={max_bad_records!r}")
-    step_choices = None
-    if isinstance(frame_step, (list, tuple)):
-        step_choices = tuple(frame_step)
-        transforms.random_frame_step(tf.constant([0, 0], tf.int64), step_choices)
-    else:
-        _check_sizes(frame_step=frame_step)
-    check_choice(crop, CROPS, "crop")
-    check_choice(
-        augment_policy, transforms.AUGMENT_POLICIES, "augment_policy"
-    )
-    if num_segments is not None:
-        _check_sizes(num_segments=num_segments)
-        if num_segments * new_length != clip_len:
-            raise ValueError(
-                "`clip_len` must equal num_segments * new_length with segment "
-                f"sampling. Received: clip_len={clip_len}, "
-                f"num_segments={num_segments}, new_length={new_length}"
-            )
-    elif new_length != 1:
-        raise ValueError(
-            f"`new_length` needs `num_segments`. Received: new_length={new_length}"
-        )
-    # Fail now, not inside the graph, on bad options.
-    transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
-    check_choice(short_video, transforms.SHORT_VIDEO_MODES, "short_video")
-    check_choice(modality, MODALITIES, "modality")
-    if crop_scale is not None:
-        check_scale(crop_scale)
-    for name, prob in (("flip_prob", flip_prob), ("reverse_prob", reverse_prob)):
-        if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={prob!r}")
-    rand_augment = _rand_augment_kwargs(rand_augment, modality)
-    random_erasing = _random_erasing_kwargs(random_erasing, standardize)
-    paths = list_files(files)
-    seeded = seed is not None
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little") >> 1
-    seed = int(seed)
-    policy = shard_policy_for(len(paths), num_input_pipelines, shard_policy)
-    num_pipes, pipe_id = num_input_pipelines, input_pipeline_id
-    own_seed = pipeline_seed(seed, pipe_id)
-    if policy == "file":
-        paths = paths[pipe_id::num_pipes]  # = Dataset.shard on the file list
+    # The parameters, minus the files and the log, are the spec's fields.
+    options = dict(locals())
+    del options["files"], options["bad_records"]
+    spec = TrainSpec.create(**options)
+    layout, log, budget = _layout(list_files(files), spec, bad_records)
+    make_clip = _clip_fn(spec)
+    log.register(spec.input_pipeline_id, _diagnoser(
+        layout, make_clip, batch_size=spec.batch_size,
+        repeated_views=spec.repeated_views, repeat=spec.repeat), budget)
 
-    log = bad_records
+    ds = _examples(layout, start_example=spec.start_batch * spec.batch_size,
+                   repeated_views=spec.repeated_views, repeat=spec.repeat,
+                   seeded=spec.seeded)
+    ds = ds.map(_graph_fn(lambda index, epoch, f, r, serialized: make_clip(index, serialized)),
+                num_parallel_calls=spec.num_parallel_calls, deterministic=True)
+    # Clips stay uint8 until batched: 4x less to copy, and the float work
+    # runs on whole batches.
+    ds = ds.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
+    ds = _batch_stages(ds, spec)
+    return ds.prefetch(AUTOTUNE).with_options(_options())
+
+
+def _layout(paths, spec, log):
+    """The record stage's `resume.Layout` for this pipeline, the bad-record
+    log (`bad_records.BadRecordLog`, from `log`: one, a path or None) and
+    the budget; raises `BadRecordsError` when the known bad records exceed
+    it."""
     if not isinstance(log, bad_records_lib.BadRecordLog):
         log = bad_records_lib.BadRecordLog(log)
+    num_pipes, pipe_id = spec.num_input_pipelines, spec.input_pipeline_id
+    policy = shard_policy_for(len(paths), num_pipes, spec.shard_policy)
+    own_seed = pipeline_seed(spec.seed, pipe_id)
+    if policy == "file":
+        paths = paths[pipe_id::num_pipes]  # = Dataset.shard on the file list
     layout = resume.Layout(
         shards=read_shards(paths, log),
         # "data": every pipeline must see the same stream, so the same order.
-        file_seed=own_seed if policy == "file" else seed,
+        file_seed=own_seed if policy == "file" else spec.seed,
         shuffle_seed=own_seed + 1,
-        cycle_length=cycle_length,
-        shuffle_buffer=shuffle_buffer,
+        cycle_length=spec.cycle_length,
+        shuffle_buffer=spec.shuffle_buffer,
         num_shares=num_pipes if policy == "data" else 1,
         share=pipe_id if policy == "data" else 0,
     )
-    if max_bad_records is None:
-        max_bad_records = bad_records_lib.default_budget(sum(layout.shards.counts))
-    log.check_budget(max_bad_records)
-    ds = _examples(layout, start_example=int(start_batch) * batch_size,
-                   repeated_views=repeated_views, repeat=repeat, seeded=seeded)
-    ds = ds.map(lambda index, epoch, f, r, serialized: (index, serialized))
+    budget = spec.max_bad_records
+    if budget is None:
+        budget = bad_records_lib.default_budget(sum(layout.shards.counts))
+    log.check_budget(budget)
+    return layout, log, budget
 
-    # Known before tracing: skip the ops of augmentations that cannot happen.
-    may_flip = augment_policy == "uniform" or flip_prob > 0
-    may_reverse = (reverse_label_map is not None if augment_policy == "uniform"
-                   else reverse_prob > 0)
+
+def _clip_fn(spec):
+    """`(index, serialized) -> (clip, label)`: one random clip of a video.
+
+    Example `index` of pipeline i draws every random number from the key
+    `[seed, index * P + i]` (unique over pipelines).
+    """
+    modality = spec.modality
 
     def make_clip(index, serialized):
         example = records.parse(serialized, with_flow=modality == "flow")
-        # Local example j of pipeline i -> j * P + i: unique over pipelines.
-        unique = tf.cast(index, tf.int64) * num_pipes + pipe_id
-        key = tf.stack([tf.constant(seed, tf.int64), unique])
+        unique = tf.cast(index, tf.int64) * spec.num_input_pipelines + spec.input_pipeline_id
+        key = tf.stack([tf.constant(spec.seed, tf.int64), unique])
         seed_clip, seed_crop, seed_aug, seed_step = tf.unstack(
             tf.random.experimental.stateless_split(key, num=4)
         )
-        num_frames = example["num_frames"]
-        if num_segments is not None:
-            indices = transforms.segment_indices(
-                num_frames, seed_clip, num_segments=num_segments, new_length=new_length
-            )
-        elif step_choices is not None:
-            indices = transforms.stepped_clip_indices(
-                num_frames,
-                seed_clip,
-                clip_len=clip_len,
-                short_video=short_video,
-                frame_step=transforms.random_frame_step(seed_step, step_choices),
-            )
-        else:
-            indices = transforms.random_clip_indices(
-                num_frames,
-                seed_clip,
-                clip_len=clip_len,
-                frame_step=frame_step,
-                short_video=short_video,
-            )
+        indices = _clip_indices(example["num_frames"], spec, seed_clip, seed_step)
         flip, reverse, label = transforms.choose_augmentations(
             first_label(example["labels"]),
             seed_aug,
-            flip_label_map=flip_label_map,
-            flip_prob=flip_prob,
-            reverse_label_map=reverse_label_map,
-            reverse_prob=reverse_prob,
-            policy=augment_policy,
+            flip_label_map=spec.flip_label_map,
+            flip_prob=spec.flip_prob,
+            reverse_label_map=spec.reverse_label_map,
+            reverse_prob=spec.reverse_prob,
+            policy=spec.augment_policy,
         )
-        if may_reverse:
+        if spec.may_reverse:
             # Time reversal is free on indices: reverse them before decoding.
             indices = tf.where(reverse, tf.reverse(indices, [0]), indices)
         encoded = _encoded(example, indices, modality)
         window = _train_window(
             tf.image.extract_jpeg_shape(_first_image(encoded, modality)),
             seed_crop,
-            crop=crop,
-            crop_size=crop_size,
-            crop_scale=crop_scale,
+            crop=spec.crop,
+            crop_size=spec.crop_size,
+            crop_scale=spec.crop_scale,
         )
-        clip = transforms.resize(_decode(encoded, window, modality), crop_size=crop_size)
-        if may_flip:
+        clip = transforms.resize(_decode(encoded, window, modality),
+                                 crop_size=spec.crop_size)
+        if spec.may_flip:
             clip = tf.cond(flip, lambda: _flip(clip, modality), lambda: clip)
-        if rand_augment is not None:
+        if spec.rand_augment is not None:
             # fold_in: a new stream, so the clip / crop / flip draws stay as
             # they are without RandAugment.
             clip = augment.rand_augment(
-                clip, tf.random.experimental.stateless_fold_in(seed_aug, 1), **rand_augment)
+                clip, tf.random.experimental.stateless_fold_in(seed_aug, 1),
+                **spec.rand_augment)
         if modality == "flow":
             clip = stack_flow(clip)
         return clip, label
 
-    log.register(pipe_id, _diagnoser(layout, make_clip, batch_size=batch_size,
-                                      repeated_views=repeated_views, repeat=repeat),
-                 max_bad_records)
-    ds = ds.map(
-        _graph_fn(make_clip), num_parallel_calls=num_parallel_calls, deterministic=True
-    )
-    # Clips stay uint8 until batched: 4x less to copy, and the float work
-    # runs on whole batches.
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if standardize != "none":  # "none": uint8 clips as they are
-        ds = ds.map(
-            _standardizer(standardize, mean, std),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
-    if random_erasing is not None:
+    return make_clip
+
+
+def _clip_indices(num_frames, spec, seed_clip, seed_step):
+    """The frame indices of one clip: TSN segments, fps-jittered or plain."""
+    if spec.num_segments is not None:
+        return transforms.segment_indices(
+            num_frames, seed_clip, num_segments=spec.num_segments,
+            new_length=spec.new_length)
+    if spec.step_choices is not None:
+        return transforms.stepped_clip_indices(
+            num_frames, seed_clip, clip_len=spec.clip_len, short_video=spec.short_video,
+            frame_step=transforms.random_frame_step(seed_step, spec.step_choices))
+    return transforms.random_clip_indices(
+        num_frames, seed_clip, clip_len=spec.clip_len, frame_step=spec.frame_step,
+        short_video=spec.short_video)
+
+
+def _batch_stages(ds, spec):
+    """Standardize, random erasing, mixup / cutmix: the batch-level stages.
+
+    Erasing and mixing are seeded by the batch index (unique over pipelines,
+    counted from the run's start), so a resumed run erases and mixes alike.
+    """
+    if spec.standardize != "none":  # "none": uint8 clips as they are
+        ds = ds.map(_standardizer(spec.standardize, spec.mean, spec.std),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    def batch_key(index, offset):
+        batch_index = ((index + spec.start_batch) * spec.num_input_pipelines
+                       + spec.input_pipeline_id)
+        return tf.stack([tf.constant(spec.seed + offset, tf.int64), batch_index])
+
+    if spec.random_erasing is not None:
 
         def erase(index, batch):
-            # Seeded by the batch index like `mix` below: resume erases alike.
-            batch_index = (index + int(start_batch)) * num_pipes + pipe_id
-            key = tf.stack([tf.constant(seed + 3, tf.int64), batch_index])
-            return (augment.random_erasing(batch[0], key, **random_erasing), batch[1])
+            return (augment.random_erasing(batch[0], batch_key(index, 3),
+                                           **spec.random_erasing), batch[1])
 
         ds = ds.enumerate().map(erase, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if mixup_alpha > 0 or cutmix_alpha > 0:
-        if not num_classes:
-            raise ValueError("mixup/cutmix needs `num_classes`. Received: "
-                             f"num_classes={num_classes!r}")
+    if spec.mixes:
 
         def mix(index, batch):
-            # Seeded by the batch index (unique over pipelines as above), so
-            # a resumed run mixes alike.
-            batch_index = (index + int(start_batch)) * num_pipes + pipe_id
-            key = tf.stack([tf.constant(seed + 2, tf.int64), batch_index])
             return transforms.mix_batch(
-                batch[0], batch[1], key, num_classes=num_classes,
-                mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                switch_prob=mix_switch_prob, prob=mix_prob,
-                label_smoothing=label_smoothing)
+                batch[0], batch[1], batch_key(index, 2), num_classes=spec.num_classes,
+                mixup_alpha=spec.mixup_alpha, cutmix_alpha=spec.cutmix_alpha,
+                switch_prob=spec.mix_switch_prob, prob=spec.mix_prob,
+                label_smoothing=spec.label_smoothing)
 
         ds = ds.enumerate().map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.prefetch(AUTOTUNE)
-    return ds.with_options(_options())
-
-
-RAND_AUGMENT_OPS = {"default": augment.DEFAULT_OPS, "increasing": augment.INCREASING_OPS}
-
-
-def _augment_options(name, options, fn, example):
-    """`options` (dict, True = defaults, None / False = off) checked once by
-    calling `fn(example, seed, **options)` eagerly; -> dict or None."""
-    if options is None or options is False:
-        return None
-    if options is True:
-        options = {}
-    if not isinstance(options, dict):
-        raise ValueError(f"`{name}` must be a dict of `augment.{fn.__name__}` arguments "
-                         f"or None. Received: {name}={options!r}")
-    try:
-        fn(example, tf.constant([0, 0]), **options)
-    except TypeError as err:
-        raise ValueError(f"`{name}`: {err}. Received: {name}={options!r}") from None
-    return options
-
-
-def _rand_augment_kwargs(options, modality):
-    if options not in (None, False) and modality != "rgb":
-        raise ValueError("`rand_augment` applies to RGB clips only. Received: "
-                         f"modality={modality!r}")
-    if isinstance(options, dict) and isinstance(options.get("ops"), str):
-        check_choice(options["ops"], tuple(RAND_AUGMENT_OPS), "rand_augment.ops")
-        options = {**options, "ops": RAND_AUGMENT_OPS[options["ops"]]}
-    return _augment_options("rand_augment", options, augment.rand_augment,
-                            tf.zeros([1, 4, 4, 3], tf.uint8))
-
-
-def _random_erasing_kwargs(options, standardize):
-    if options not in (None, False) and standardize == "none":
-        raise ValueError("`random_erasing` fills boxes with standardized noise and needs "
-                         "float output; it cannot run with standardize='none'. Received: "
-                         f"random_erasing={options!r}, standardize='none'")
-    return _augment_options("random_erasing", options, augment.random_erasing,
-                            tf.zeros([1, 1, 4, 4, 3]))
+    return ds
 
 
 def eval_dataset(
@@ -855,36 +753,10 @@ def eval_dataset(
     Raises:
         ValueError: on a bad size or option, naming the argument.
     """
-    _check_sizes(
-        clip_len=clip_len,
-        crop_size=crop_size,
-        batch_size=batch_size,
-        frame_step=frame_step,
-        num_clips=num_clips,
-    )
-    check_choice(num_crops, (1, 3), "num_crops")
-    transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
-    if num_segments is not None and num_segments * new_length != clip_len:
-        raise ValueError(
-            "`clip_len` must equal num_segments * new_length with segment "
-            f"sampling. Received: clip_len={clip_len}, num_segments={num_segments}, "
-            f"new_length={new_length}"
-        )
-    num_views = num_clips * num_crops
-    if views_per_chunk is not None:
-        _check_sizes(views_per_chunk=views_per_chunk)
-        if views_per_chunk > num_views:
-            raise ValueError(
-                "`views_per_chunk` must be at most num_clips * num_crops = "
-                f"{num_views} (more would only add padding views). Received: "
-                f"views_per_chunk={views_per_chunk}"
-            )
-        if flatten_views:
-            raise ValueError(
-                "`views_per_chunk` and `flatten_views` cannot be combined (single "
-                "views are already the smallest unit). Received: "
-                f"views_per_chunk={views_per_chunk}, flatten_views=True"
-            )
+    options = dict(locals())
+    del options["files"]
+    spec = EvalSpec.create(**options)
+    num_views = spec.num_views
     paths = list_files(files)
     channels = 3 if modality == "rgb" else 2
 
@@ -1051,7 +923,6 @@ _CROP_WINDOWS = {
         size, crop_size=crop_size
     )[0],
 }
-CROPS = tuple(_CROP_WINDOWS)
 
 
 def _train_window(image_size, seed, *, crop, crop_size, crop_scale):
