@@ -401,3 +401,12 @@ def test_documented_block_runs_on_stand_in_data(block, tmp_path, tmp_path_factor
         assert manifest["counts"]["written"] == 1
         assert manifest["counts"]["missing"] == 301
         assert len(manifest["flip_label_map"]) == 174
+
+
+def test_relative_links_point_to_files():
+    broken = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if "://" not in target and not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
