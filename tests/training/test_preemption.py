@@ -104,9 +104,13 @@ def test_signal_then_resume_loses_no_step(data, uninterrupted, tmp_path, signum)
     assert f"preempted ({name}) after step {saved}" in err
     assert f"kf-train {cfg} -r" in err  # the command to resume
     assert not (exp / "stage0" / "DONE").exists()
+    # Rows a SIGKILLed run would have logged after its last checkpoint.
+    with open(exp / "stage0" / "log_steps.csv", "a") as f:
+        f.write(f"{saved + 1},1,0.5,0.01,10.0\n{saved + 2},1,0.5,0.01,10.0\n")
 
     proc = run_cli(cfg, "-r")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"log_steps.csv: removed 2 row(s) past step {saved}" in proc.stdout
     assert f"resumed from {exp / 'stage0' / 'checkpoints' / f'ckpt-{saved}'} at step {saved}" \
         in proc.stdout
     assert (exp / "stage0" / "DONE").read_text().strip() == str(EPOCHS * STEPS_PER_EPOCH)
