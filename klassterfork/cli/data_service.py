@@ -13,30 +13,47 @@ import sys
 
 
 def parse_args(argv):
+    # One parser, the role a positional (no subparsers): every flag is then
+    # an option of this parser, as the docs checker (tests/test_docs.py) reads it.
     parser = argparse.ArgumentParser(prog="kf-data-service",
                                      description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="role", required=True)
-    dispatcher = sub.add_parser("dispatcher", help="the service's coordinator")
-    dispatcher.add_argument("--port", type=int, required=True, help="port to listen on")
-    dispatcher.add_argument(
-        "--work-dir", help="journal folder: fault-tolerant mode, so a dispatcher "
-        "restarted with the same folder and port recovers its datasets and jobs")
-    dispatcher.add_argument("--worker-timeout-ms", type=int, default=10000,
-                            help="drop (and log) a worker silent this long (default 10000)")
-    worker = sub.add_parser("worker", help="a CPU worker that runs the input graphs")
-    worker.add_argument("--dispatcher", required=True, help="HOST:PORT of the dispatcher")
-    worker.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    worker.add_argument("--host", default="localhost",
-                        help="name or IP the trainers reach this worker by "
-                        "(default: localhost; on a cluster the pod IP or host name)")
-    worker.add_argument("--heartbeat-ms", type=int, default=2000,
-                        help="heartbeat interval (default 2000)")
-    return parser.parse_args(argv)
+    parser.add_argument("role", choices=("dispatcher", "worker"),
+                        help="dispatcher: the coordinator; worker: a CPU worker that "
+                        "runs the input graphs")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port to listen on (required for the dispatcher; a worker "
+                        "picks a free one by default)")
+    parser.add_argument(
+        "--work-dir", help="dispatcher: journal folder (fault-tolerant mode): a "
+        "dispatcher restarted with the same folder and port recovers its jobs")
+    parser.add_argument("--worker-timeout-ms", type=int, default=10000,
+                        help="dispatcher: drop (and log) a worker silent this long "
+                        "(default 10000)")
+    parser.add_argument("--dispatcher", help="worker: HOST:PORT of the dispatcher (required)")
+    parser.add_argument("--host", default="localhost",
+                        help="worker: name or IP the trainers reach it by (default "
+                        "localhost; on a cluster the pod IP or host name)")
+    parser.add_argument("--heartbeat-ms", type=int, default=2000,
+                        help="worker: heartbeat interval (default 2000)")
+    args = parser.parse_args(argv)
+    if args.role == "dispatcher" and args.port is None:
+        parser.error("dispatcher needs --port")
+    if args.role == "worker" and not args.dispatcher:
+        parser.error("worker needs --dispatcher HOST:PORT")
+    for flag in ("dispatcher", "host") if args.role == "dispatcher" else ("work_dir",):
+        default = parser.get_default(flag)
+        if getattr(args, flag) != default:
+            parser.error(f"--{flag.replace('_', '-')} is a {('worker', 'dispatcher')[args.role == 'worker']} option")
+    return args
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # The dispatcher's worker log is TensorFlow's INFO lines ("Registering new
+    # worker at address ...", "Lost worker ... due to timeout"), so it logs at
+    # INFO whatever the environment says; a worker only warns.
+    level = "0" if args.role == "dispatcher" else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
     from klassterfork.data import service  # TensorFlow loads here, after --help
 
     def log(line):
@@ -47,11 +64,10 @@ def main(argv=None):
                                           worker_timeout_ms=args.worker_timeout_ms)
         mode = (f"fault-tolerant, journal {args.work_dir}" if args.work_dir
                 else "no journal: a restart loses its jobs")
-        service.serve(server, f"ready on {server.target} ({mode})", log=log,
-                      count_workers=server._num_workers)
+        service.serve(server, f"ready on {server.target} ({mode})", log=log)
         return 0
     try:
-        server = service.start_worker(args.dispatcher, args.port, host=args.host,
+        server = service.start_worker(args.dispatcher, args.port or 0, host=args.host,
                                       heartbeat_interval_ms=args.heartbeat_ms)
     except Exception as err:  # TF raises its own OpError subclasses here
         log(f"cannot start: {err}")

@@ -157,9 +157,6 @@ def run(stages, source, args, signals=None, check=True):
     for stage in stages:
         # Names and arguments first: a typo fails in a second, before any data is read.
         builders.validate_stage(stage, source)
-    if check:
-        for stage in stages:  # then the data against its manifest, before step 1
-            check_data(stage, source, warn=warn)
     first_loop = builders.train_loop_config(stages[0], source)
     if first_loop["logical_cpu_devices"]:
         strategies.split_cpu(first_loop["logical_cpu_devices"])
@@ -171,6 +168,12 @@ def run(stages, source, args, signals=None, check=True):
 
         key = "train_loop.cluster" if "cluster" in str(err) else "train_loop.strategy"
         raise ConfigError(source, key, str(err)) from None
+    if check:
+        # The data against its manifest, before step 1. After the strategy:
+        # reading records starts TensorFlow's runtime, and MultiWorkerMirrored
+        # must configure its collectives before that.
+        for stage in stages:
+            check_data(stage, source, warn=warn)
     if signals is not None:
         signals.install()  # over the handler a multi-worker strategy installs
     meta = stages[-1].get("meta") or {}

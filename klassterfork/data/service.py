@@ -11,22 +11,25 @@ trainer. Nothing here re-implements it: the servers are TensorFlow's
 What the trainer gets with `datasets.train.service` (see docs/clusters.md):
 - The workers run `pipeline.train_dataset` with this run's settings, batched
   per replica (uint8 clips when `standardize: "none"` hands uint8 to the
-  model), one pass over the split at a time, the last batch of a worker's
-  share kept even when short (no example dropped).
+  model; float32 otherwise), repeated.
 - Processing mode "distributed_epoch" (TF `ShardingPolicy.DYNAMIC`): the
-  dispatcher hands out the shard files of a pass one at a time, each to one
-  worker, so within a pass no example is produced twice. Every input
-  pipeline (one per MultiWorkerMirrored worker; its replicas take turns)
-  is a consumer of the same named job and receives its own batches.
-- Passes: pass p is its own job, `{job_name}-pass{p}`, with the seed mixed
-  from (seed, start step, p), so each pass has a new order and new crops.
+  dispatcher hands out the shard files one at a time, pass after pass, each
+  file of a pass to one worker, so no example is produced twice in a pass
+  (unless a worker dies: the files it held are lost for that pass). Every
+  input pipeline (one per MultiWorkerMirrored worker; its replicas take
+  turns) is a consumer of the same named job and receives its own batches.
 - Resume is NOT exact with the service: model, optimizer and step are
-  restored, and the data starts a new pass (job `...-step{S}-pass0`) in a
-  new order; the unconsumed rest of the interrupted pass is not revisited.
+  restored, and the data starts a new pass in a new order (a new job,
+  `...-step{S}`, seed mixed with S); the unconsumed rest of the interrupted
+  pass is not revisited. The trainer's epochs count steps; a pass of the
+  service does not line up with them.
+- A lost worker is named by the dispatcher's log ("Lost worker HOST:PORT
+  due to timeout", after `--worker-timeout-ms`); training goes on with the
+  others.
 - A watchdog ends the process (status `UNREACHABLE_EXIT`) with a message
-  naming the address when a requested batch has not come for
-  `timeout_s` seconds (no worker reachable, or no dispatcher to start a
-  pass), instead of waiting forever as the service client does.
+  naming the address when a requested batch has not come for `timeout_s`
+  seconds (no worker reachable, or no dispatcher), instead of waiting
+  forever as the service client does.
 """
 
 import hashlib
@@ -40,10 +43,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from klassterfork import exit_codes
 from klassterfork.config.loader import ConfigError
 
-# Exit status of a trainer whose service stopped answering (see `Watchdog`).
-UNREACHABLE_EXIT = 4
+# Exit status of a trainer whose service stopped answering (see `Watchdog`):
+# kf-train's "workers lost" status, as the remedy is the same: bring the
+# (service) workers back, then resume with -r.
+UNREACHABLE_EXIT = exit_codes.WORKER_LOST
 # Config `mode` -> TensorFlow's sharding policy. "parallel_epochs" (every
 # worker runs the whole dataset) is refused: the workers run one graph with
 # one seed, so each would produce the same clips in the same order.
@@ -115,14 +121,11 @@ def start_worker(dispatcher, port=0, *, host="localhost", heartbeat_interval_ms=
     return tf.data.experimental.service.WorkerServer(config)
 
 
-def serve(server, ready_line, *, poll_s=1.0, log=print, count_workers=None):
+def serve(server, ready_line, *, poll_s=0.5, log=print):
     """Logs `ready_line`, then waits for SIGTERM / SIGINT and stops `server`.
 
     The servers' `join()` blocks in C++ where Python signal handlers never
-    run, so the main thread sleeps in short steps instead. With
-    `count_workers` (a dispatcher), every change in the number of live
-    workers is logged; a drop names the count lost (TensorFlow drops a
-    worker that misses heartbeats for `worker_timeout_ms`).
+    run, so the main thread sleeps in short steps instead.
 
     Returns:
         int. The signal number that stopped the server.
@@ -134,17 +137,9 @@ def serve(server, ready_line, *, poll_s=1.0, log=print, count_workers=None):
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     log(ready_line)
-    sys.stdout.flush()
-    workers = count_workers() if count_workers else None
     try:
         while not received:
             time.sleep(poll_s)
-            if count_workers:
-                now = count_workers()
-                if now != workers:
-                    lost = f" (lost {workers - now} worker(s))" if now < workers else ""
-                    log(f"workers: {workers} -> {now}{lost}")
-                    workers = now
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -192,7 +187,7 @@ def service_config(block, source, key):
     for name in SERVICE_SET_KEYS:
         if name in block:
             raise ConfigError(source, f"{key}.{name}", "is set by the data service "
-                              "input (one pass per job, short last batch kept); remove it.")
+                              "input (the workers repeat the data, full batches); remove it.")
     if not address.startswith("grpc://"):
         config["address"] = "grpc://" + address
     return config
@@ -220,15 +215,15 @@ def default_job_name(run_dir):
     return f"kf-{name}-{stage}-{digest}"
 
 
-def pass_seed(seed, start_step, pass_index):
-    """The pipeline seed of pass `pass_index` of a run (re)started at `start_step`.
+def run_seed(seed, start_step):
+    """The workers' pipeline seed for a run (re)started at `start_step`.
 
-    Pass 0 of a fresh run keeps `seed`; any other (start, pass) gets one mixed
-    by `np.random.SeedSequence`, so passes and resumed runs see new orders.
+    A fresh run keeps `seed`; a resumed one gets a seed mixed from (seed,
+    start step) by `np.random.SeedSequence`: a new order and new crops.
     """
-    if start_step == 0 and pass_index == 0:
+    if start_step == 0:
         return int(seed)
-    state = np.random.SeedSequence([int(seed), int(start_step), int(pass_index)])
+    state = np.random.SeedSequence([int(seed), int(start_step)])
     return int(state.generate_state(1, np.uint32)[0] >> 1)
 
 
@@ -256,48 +251,50 @@ def wait_for_dispatcher(address, timeout_s, *, source=None, key="datasets.train.
 
 # ---- the trainer's input -------------------------------------------------------
 def service_input_fn(make_dataset, config, *, global_batch, seed, start_step, job_name,
-                     num_passes, log=print, watchdog=True):
+                     log=print, watchdog=True, repeat=True):
     """The `dataset_fn` of `distribute_datasets_from_function` through the service.
+
+    One job per run (per start step), shared by every consumer. The workers
+    run the repeated train pipeline; the dispatcher hands out its shard files
+    pass after pass (TF's dynamic sharding), each file of a pass to one
+    worker. Why one endless job and not one finite job per pass: a finite
+    job ends only when every task of it ends, and the task of a killed
+    worker never does, so a lost worker would stall the run at the next
+    pass boundary; an endless job just goes on with the other workers.
 
     Args:
         make_dataset: callable `(seed, placement) -> tf.data.Dataset`: the train
-            pipeline (`builders.make_train_dataset` with this run's block), to
-            be built for the workers with `placement`.
+            pipeline (`builders.make_train_dataset` with this run's block),
+            built with `placement` for the workers.
         config: dict. `service_config`'s result.
         global_batch: int. Clips per global step.
         seed: int. The run's seed.
         start_step: int. Global step the run starts at (resume).
         job_name: str. Shared by every consumer of the run.
-        num_passes: int. Passes built ahead (each its own graph and seed);
-            after them the same passes repeat as new job iterations.
         log: callable for the one-line statement of what resume means.
-        watchdog: bool. Start the `Watchdog` on the first pipeline built.
+        watchdog: bool. Wrap the consumer in a `Watchdog`.
+        repeat: bool. False: one pass, the short last batch of each worker
+            kept (tests count the examples of a pass). Defaults to True.
 
     Returns:
         callable `InputContext -> tf.data.Dataset` of per-replica batches.
     """
     job = f"{job_name}-step{int(start_step)}"
     log(f"data service: {config['address']} job {job}, mode {config['mode']}: each "
-        "pass gives every example once over all consumers; resume is not exact: it "
-        "starts a new pass in a new order (the rest of the interrupted pass is skipped)")
+        "pass hands every shard file to one worker; resume is not exact: it starts a "
+        "new pass in a new order (the rest of the interrupted pass is skipped)")
     dog = Watchdog(config["address"], config["timeout_s"]) if watchdog else None
 
     def dataset_fn(context):
-        per_replica = context.get_per_replica_batch_size(global_batch)
-        passes = None
-        for p in range(max(int(num_passes), 1)):
-            placement = {"batch_size": per_replica, "repeat": False,
-                         "drop_remainder": False}
-            remote = make_dataset(pass_seed(seed, start_step, p), placement)
-            one = remote.apply(tf.data.experimental.service.distribute(
-                processing_mode=MODES[config["mode"]], service=config["address"],
-                job_name=f"{job}-pass{p}", compression=config["compression"],
-            ))
-            passes = one if passes is None else passes.concatenate(one)
-        ds = passes.repeat()
-        if dog is not None:
-            ds = dog.wrap(ds)
-        return ds.prefetch(1)
+        placement = {"batch_size": context.get_per_replica_batch_size(global_batch)}
+        if not repeat:
+            placement.update(repeat=False, drop_remainder=False)
+        remote = make_dataset(run_seed(seed, start_step), placement)
+        ds = remote.apply(tf.data.experimental.service.distribute(
+            processing_mode=MODES[config["mode"]], service=config["address"],
+            job_name=job, compression=config["compression"],
+        ))
+        return ds if dog is None else dog.wrap(ds)
 
     return dataset_fn
 
@@ -330,19 +327,20 @@ class Watchdog:
         """
         requests = tf.data.Dataset.range(2**62).map(
             lambda i: tf.py_function(self._requested, [i], tf.int64))
-        ds = tf.data.Dataset.zip((requests, ds)).map(self._strip_request)
 
-        def delivered(*batch):
+        def delivered(request, batch):
+            del request
             stamp = tf.py_function(self._delivered, [], tf.int64)
             with tf.control_dependencies([stamp]):
-                return tuple(tf.identity(x) for x in batch)
+                return tf.nest.map_structure(tf.identity, batch)
 
-        return ds.map(delivered)
-
-    @staticmethod
-    def _strip_request(request, batch):
-        del request
-        return batch
+        # No prefetch or parallel map between the stamps and the service:
+        # either would stamp requests ahead of time, and the delivery of the
+        # batch before would clear them.
+        options = tf.data.Options()
+        options.experimental_optimization.inject_prefetch = False
+        options.experimental_optimization.map_parallelization = False
+        return tf.data.Dataset.zip((requests, ds)).map(delivered).with_options(options)
 
     def _requested(self, i):
         with self._lock:
@@ -371,8 +369,8 @@ class Watchdog:
                 print(
                     f"kf-train: data service error: no batch from the tf.data service "
                     f"at {self.address} for {self.timeout_s:g} s (datasets.train.service."
-                    "timeout_s): no worker reachable, or no dispatcher to start the next "
-                    "pass. Check `kf-data-service worker --dispatcher ...` processes and "
+                    "timeout_s): no worker reachable, or the dispatcher gone. "
+                    "Check the `kf-data-service worker --dispatcher ...` processes and "
                     f"the dispatcher's log; resume with -r. Exiting with status "
                     f"{UNREACHABLE_EXIT}.", file=self._stream, flush=True)
                 sys.stdout.flush()

@@ -4,14 +4,12 @@ The one entry point the trainer calls; the service mechanics (jobs, passes,
 watchdog) live in `klassterfork.data.service`.
 """
 
-import math
-
 from klassterfork.data import service
 from klassterfork.training import builders
 
 
 def trainer_input_fn(block, info, source, key, *, global_batch, seed, start_step,
-                     total_steps, run_dir, log=print, watchdog=True):
+                     run_dir, log=print, watchdog=True):
     """`dataset_fn` for `distribute_datasets_from_function` through the service.
 
     Checks the `service` block, waits up to `timeout_s` for the dispatcher
@@ -25,8 +23,6 @@ def trainer_input_fn(block, info, source, key, *, global_batch, seed, start_step
         global_batch: int.
         seed: int. The run's seed.
         start_step: int. The step the run (re)starts at.
-        total_steps: int. Last step of the stage: passes built ahead cover
-            `total_steps - start_step` steps, plus one.
         run_dir: str. The stage folder; the job name derives from it.
         log, watchdog: see `service.service_input_fn`.
 
@@ -36,20 +32,17 @@ def trainer_input_fn(block, info, source, key, *, global_batch, seed, start_step
     config = service.service_config(block, source, key)
     service.wait_for_dispatcher(config["address"], config["timeout_s"], source=source,
                                 key=f"{key}.service")
-    # Each pass gets its own seed (see `service.pass_seed`), from the block's
+    # A resumed run gets a new seed (see `service.run_seed`), from the block's
     # `seed` when it sets one.
     seed = int(block.get("seed", seed))
     pipeline_block = {k: v for k, v in block.items() if k not in ("service", "seed")}
 
-    def make_dataset(pass_seed, placement):
+    def make_dataset(run_seed, placement):
         return builders.make_train_dataset(pipeline_block, info, source, key,
-                                           seed=pass_seed, placement=placement)
+                                           seed=run_seed, placement=placement)
 
-    views = int(block.get("repeated_views", 1))
-    examples = (info.num_examples or global_batch) * views
-    passes = math.ceil(max(total_steps - start_step, 1) * global_batch / examples) + 1
     job_name = config["job_name"] or service.default_job_name(run_dir)
     return service.service_input_fn(
         make_dataset, config, global_batch=global_batch, seed=seed, start_step=start_step,
-        job_name=job_name, num_passes=min(passes, 64), log=log, watchdog=watchdog,
+        job_name=job_name, log=log, watchdog=watchdog,
     )

@@ -1,10 +1,11 @@
 """tf.distribute strategies from a config name, and chief/worker paths."""
 
-import os
 import shutil
 import tempfile
 
 import tensorflow as tf
+
+from klassterfork.training import cluster as cluster_lib
 
 STRATEGIES = ("default", "auto", "mirrored", "multi_worker")
 
@@ -20,14 +21,16 @@ def split_cpu(num_devices):
     )
 
 
-def make_strategy(name="default", devices=None):
+def make_strategy(name="default", devices=None, cluster="tf_config"):
     """Returns a `tf.distribute.Strategy`.
 
     Args:
         name: str. "default" (no distribution), "mirrored" (all local GPUs, or
-            `devices`), "multi_worker" (cluster from TF_CONFIG), "auto"
+            `devices`), "multi_worker" (the cluster `cluster` names), "auto"
             (mirrored when more than one GPU is visible).
         devices: optional list of device names for "mirrored".
+        cluster: str. Where "multi_worker" finds its cluster: "tf_config",
+            "slurm" or "kubernetes" (see `training/cluster.py`).
     """
     if name not in STRATEGIES:
         raise ValueError(
@@ -42,9 +45,8 @@ def make_strategy(name="default", devices=None):
             cpus = tf.config.list_logical_devices("CPU")
             devices = [d.name for d in cpus]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if "TF_CONFIG" not in os.environ:
-        raise ValueError("strategy 'multi_worker' needs the TF_CONFIG environment variable.")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        cluster_resolver=cluster_lib.resolver(cluster))
 
 
 def task_info(strategy):

@@ -318,7 +318,6 @@ class Stage:
             fn = trainer_input_fn(
                 self.train_block, self.train_info, self.source, "datasets.train",
                 global_batch=self.global_batch, seed=self.seed, start_step=start_batch,
-                total_steps=int(self.loop["epochs"]) * self.steps_per_epoch,
                 run_dir=self.dirs["root"],
             )
         else:

@@ -55,22 +55,20 @@ def motion_data(tmp_path_factory):
     return d
 
 
-def id_input_fn(data_dir, address, job, *, start_step=0, num_passes=3):
-    """The service input over `id_data`; labels carry 1000 * pass + video id."""
+def id_input_fn(data_dir, address, job, *, start_step=0, repeat=False):
+    """The service input over `id_data` (label = video id); one pass unless
+    `repeat`."""
     files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "train-*")))
-    pass_of = {service.pass_seed(SEED, start_step, p): p for p in range(num_passes)}
 
     def make_dataset(seed, placement):
-        ds = pipeline.train_dataset(files, clip_len=2, crop_size=16, seed=seed,
-                                    shuffle_buffer=8, standardize="none", **placement)
-        offset = 1000 * pass_of[seed]
-        return ds.map(lambda x, y: (x, y + offset))
+        return pipeline.train_dataset(files, clip_len=2, crop_size=16, seed=seed,
+                                      shuffle_buffer=8, standardize="none", **placement)
 
     config = {**service.SERVICE_DEFAULTS, "address": address, "timeout_s": 60}
     lines = []
     fn = service.service_input_fn(
         make_dataset, config, global_batch=4, seed=SEED, start_step=start_step,
-        job_name=job, num_passes=num_passes, log=lines.append, watchdog=False)
+        job_name=job, log=lines.append, watchdog=False, repeat=repeat)
     return fn, lines
 
 
@@ -79,21 +77,18 @@ def context(pipes, pipe):
                                       num_replicas_in_sync=pipes)
 
 
-def read_until_pass(iterators, last_pass):
-    """Reads the consumers in turn until each has given a batch of `last_pass`.
-
-    Returns per consumer the list of (pass, id, clip) it received.
-    """
+def read_all(iterators):
+    """Reads the consumers in turn to their end; per consumer [(id, clip)]."""
     got = [[] for _ in iterators]
-    done = [False] * len(iterators)
-    while not all(done):
-        for k, it in enumerate(iterators):
-            if done[k]:
+    live = list(range(len(iterators)))
+    while live:
+        for k in list(live):
+            try:
+                clips, labels = next(iterators[k])
+            except StopIteration:
+                live.remove(k)
                 continue
-            clips, labels = next(it)
-            for clip, label in zip(clips.numpy(), labels.numpy()):
-                got[k].append((int(label) // 1000, int(label) % 1000, clip))
-            done[k] = any(p >= last_pass for p, _, _ in got[k])
+            got[k].extend(zip(labels.numpy().tolist(), clips.numpy()))
     return got
 
 
@@ -107,7 +102,6 @@ def test_cli_ready_lines_and_sigterm(tmp_path):
     dispatcher = (tmp_path / "dispatcher.log").read_text()
     worker = (tmp_path / "worker0.log").read_text()
     assert f"ready on grpc://localhost:{running.port} (fault-tolerant, journal" in dispatcher
-    assert "workers: 0 -> 1" in dispatcher
     assert "kf-data-service worker: ready on 127.0.0.1:" in worker
     assert "stopped on SIGTERM" in dispatcher and "stopped on SIGTERM" in worker
     assert os.listdir(tmp_path / "journal")  # the fault-tolerant journal
@@ -124,20 +118,18 @@ def test_help_is_fast_and_needs_no_tensorflow():
     assert "dispatcher" in out.stdout and "worker" in out.stdout
 
 
-def test_two_consumers_share_each_pass_every_example_once(svc, id_data):
+def test_two_consumers_share_a_pass_every_example_once(svc, id_data):
     # Two input pipelines = two consumers of one job (two MultiWorkerMirrored
-    # workers): disjoint batches, and every video exactly once per pass.
+    # workers) over 2 service workers: disjoint batches, every video of the
+    # pass exactly once.
     fn, _ = id_input_fn(id_data, svc.address, "two-consumers")
-    its = [iter(fn(context(2, k))) for k in range(2)]
-    got = read_until_pass(its, 1)
+    datasets = [fn(context(2, k)) for k in range(2)]
+    # Batches are per replica (global 4 / 2 pipelines), uint8 as configured.
+    assert datasets[0].element_spec[0].dtype == tf.uint8
+    got = read_all([iter(ds) for ds in datasets])
+    ids = [i for g in got for i, _ in g]
+    assert sorted(ids) == list(range(NUM_VIDEOS)), collections.Counter(ids)
     assert all(len(g) > 0 for g in got)
-    for p in (0,):
-        ids = [i for g in got for q, i, _ in g if q == p]
-        assert sorted(ids) == list(range(NUM_VIDEOS)), collections.Counter(ids)
-    # Batches are per replica (global 4 / 2 pipelines): 2 clips, a short last
-    # batch of a worker's share kept rather than dropped.
-    first = next(its[0])
-    assert first[0].shape[0] <= 2 and first[0].dtype == tf.uint8
 
 
 def test_resume_is_a_new_complete_pass_in_a_new_order(svc, id_data):
@@ -147,19 +139,35 @@ def test_resume_is_a_new_complete_pass_in_a_new_order(svc, id_data):
     fresh, lines = id_input_fn(id_data, svc.address, "resume", start_step=0)
     resumed, resumed_lines = id_input_fn(id_data, svc.address, "resume", start_step=3)
     assert "resume is not exact" in lines[0] and "job resume-step3" in resumed_lines[0]
-    a = read_until_pass([iter(fresh(context(1, 0)))], 1)[0]
-    b = read_until_pass([iter(resumed(context(1, 0)))], 1)[0]
+    a = read_all([iter(fresh(context(1, 0)))])[0]
+    b = read_all([iter(resumed(context(1, 0)))])[0]
     for got in (a, b):
-        assert sorted(i for p, i, _ in got if p == 0) == list(range(NUM_VIDEOS))
-    # Not exact: the resumed pass is not the rest of the first run's stream.
-    # The crops come from the new seed, so the clips of a video differ.
-    clip_a = {i: c for p, i, c in a if p == 0}
-    clip_b = {i: c for p, i, c in b if p == 0}
+        assert sorted(i for i, _ in got) == list(range(NUM_VIDEOS))
+    # Not exact: the resumed pass is not the rest of the first run's stream;
+    # its crops come from the new seed, so most videos' clips differ.
+    clip_a, clip_b = dict(a), dict(b)
     differ = sum(not np.array_equal(clip_a[i], clip_b[i]) for i in range(NUM_VIDEOS))
-    assert differ > NUM_VIDEOS // 2
-    # And a pass differs from the next one of the same run (new seed per pass).
-    clip_a1 = {i: c for p, i, c in a if p == 1}
-    assert sum(not np.array_equal(clip_a[i], clip_a1[i]) for i in clip_a1) > len(clip_a1) // 2
+    assert differ > NUM_VIDEOS // 2, differ
+    assert service.run_seed(SEED, 0) == SEED != service.run_seed(SEED, 3)
+
+
+def test_watchdog_fires_only_while_a_batch_is_awaited():
+    # A stand-in for the service: element 3 takes 4 s to come.
+    def slow(x):
+        if int(x) == 3:
+            time.sleep(4)
+        return x
+
+    ds = tf.data.Dataset.range(6).map(lambda x: tf.py_function(slow, [x], tf.int64))
+    fired = []
+    dog = service.Watchdog("grpc://h:1", 1.0, exit_fn=fired.append, stream=sys.stdout)
+    it = iter(dog.wrap(ds))
+    for _ in range(3):
+        next(it)
+    time.sleep(2.5)  # the consumer is busy elsewhere: no batch requested
+    assert fired == []
+    next(it)  # element 3: awaited 4 s > 1 s
+    assert fired == [service.UNREACHABLE_EXIT]
 
 
 def service_config(data_dir, exp, address, **loop):
@@ -183,6 +191,7 @@ def test_training_through_the_service_loss_falls(svc, motion_data, tmp_path, cap
     assert train_main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "data service: " + svc.address in out and "resume is not exact" in out
+    assert "each pass hands every shard file to one worker" in out
     losses = final_losses(exp)
     assert len(losses) == 5 and losses[-1] < 0.85 * losses[0], losses
 
@@ -196,7 +205,7 @@ def test_config_errors_are_located(motion_data, tmp_path):
         info = builders.dataset_info(block, source, "datasets.train")
         with pytest.raises(ConfigError, match=match):
             trainer_input_fn(block, info, source, "datasets.train", global_batch=4,
-                             seed=1, start_step=0, total_steps=10, run_dir=str(tmp_path))
+                             seed=1, start_step=0, run_dir=str(tmp_path))
 
     check({"address": "grpc://127.0.0.1"}, r"service\.address: must be")
     check({"address": "grpc://127.0.0.1:1", "mode": "parallel_epochs"},
@@ -226,3 +235,82 @@ def test_unreachable_address_is_a_located_error_within_the_timeout(motion_data, 
         f"grpc://127.0.0.1:{port} after 2 s" in err
     assert f"c.hjson:" in err and "Traceback" not in err
     assert elapsed < 60  # 2 s of retries plus building the stage, not a hang
+
+
+# ---- faults: real processes killed mid-run ---------------------------------------
+def start_training(data_dir, tmp_path, address, *, timeout_s=120, epochs=12):
+    exp = tmp_path / "exp"
+    config = service_config(data_dir, exp, address, epochs=epochs, plot=False,
+                            log_every_steps=1, eval_every_epochs=epochs,
+                            checkpoint_every_steps=1000)
+    config["datasets"]["train"]["service"]["timeout_s"] = timeout_s
+    path = tmp_path / "c.hjson"
+    path.write_text(json.dumps(config, indent=1))
+    log = open(tmp_path / "train.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "klassterfork.cli.train", str(path)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    return proc, exp
+
+
+def wait_for_step(proc, exp, step, timeout=300):
+    path = exp / "stage0" / "log_steps.csv"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) > step:
+            return
+        assert proc.poll() is None, "training ended before step %d" % step
+        time.sleep(0.1)
+    raise AssertionError(f"no step {step} after {timeout} s")
+
+
+def steps_done(exp):
+    return len((exp / "stage0" / "log_steps.csv").read_text().splitlines()) - 1
+
+
+@pytest.mark.slow
+def test_worker_sigkilled_mid_run_training_goes_on(motion_data, tmp_path):
+    with service.LocalService(2, tmp_path / "svc") as svc:
+        proc, exp = start_training(motion_data, tmp_path, svc.address)
+        wait_for_step(proc, exp, 5)
+        svc.workers[0].kill()  # SIGKILL
+        killed_at = steps_done(exp)
+        worker_log = (tmp_path / "svc" / "worker0.log").read_text()
+        port = worker_log.split("ready on 127.0.0.1:")[1].split(",")[0]
+        assert proc.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()
+        dispatcher_log = (tmp_path / "svc" / "dispatcher.log").read_text()
+    assert killed_at < 12 * 12  # it was mid-run
+    assert steps_done(exp) == 12 * 12
+    assert (exp / "stage0" / "DONE").exists()
+    # The dispatcher drops the silent worker after --worker-timeout-ms and names it.
+    assert f"Lost worker 127.0.0.1:{port} due to timeout" in dispatcher_log
+
+
+@pytest.mark.slow
+def test_dispatcher_restarted_from_its_work_dir_training_goes_on(motion_data, tmp_path):
+    with service.LocalService(2, tmp_path / "svc", work_dir=tmp_path / "journal") as svc:
+        proc, exp = start_training(motion_data, tmp_path, svc.address)
+        wait_for_step(proc, exp, 5)
+        svc.dispatcher.kill()
+        svc.dispatcher.wait()
+        killed_at = steps_done(exp)
+        svc.start_dispatcher()  # same port, same journal
+        assert proc.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()
+    assert killed_at < 12 * 12
+    assert steps_done(exp) == 12 * 12 and (exp / "stage0" / "DONE").exists()
+
+
+@pytest.mark.slow
+def test_no_worker_left_is_a_clear_error_not_a_hang(motion_data, tmp_path):
+    with service.LocalService(2, tmp_path / "svc") as svc:
+        proc, exp = start_training(motion_data, tmp_path, svc.address, timeout_s=5)
+        wait_for_step(proc, exp, 5)
+        for worker in svc.workers:
+            worker.kill()
+        killed = time.monotonic()
+        code = proc.wait(timeout=120)
+        waited = time.monotonic() - killed
+    out = (tmp_path / "train.log").read_text()
+    assert code == service.UNREACHABLE_EXIT, out
+    assert f"no batch from the tf.data service at {svc.address} for 5 s" in out
+    assert waited < 60 and steps_done(exp) < 12 * 12

@@ -1,0 +1,91 @@
+"""`kf-train CONFIG --workers N` (issue 12): N MultiWorkerMirrored processes on
+127.0.0.1 that end with identical weights, the first failure's status, and
+SIGTERM forwarded to every worker."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+
+from klassterfork import exit_codes
+from klassterfork.data import service
+from klassterfork.training import launcher
+from klassterfork.training.cluster import weights_digest
+from tests.training.tiny_data import tiny_config, write_split
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_strip_workers_flag_and_tf_configs():
+    assert launcher.strip_workers_flag(["c.hjson", "--workers", "2", "-r"]) == ["c.hjson", "-r"]
+    assert launcher.strip_workers_flag(["--workers=3", "c.hjson"]) == ["c.hjson"]
+    configs = [json.loads(c) for c in launcher.tf_configs(3)]
+    workers = configs[0]["cluster"]["worker"]
+    assert len(set(workers)) == 3 and all(w.startswith("127.0.0.1:") for w in workers)
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
+    assert all(c["cluster"] == configs[0]["cluster"] for c in configs)
+
+
+def test_first_failure_status_is_the_launchers(tmp_path):
+    # Both workers fail on a config error (status 2): so does the launcher.
+    missing = str(tmp_path / "missing.hjson")
+    assert launcher.launch([missing, "--workers", "2"], 2, log=lambda line: None) == \
+        exit_codes.CONFIG_ERROR
+
+
+def run_launcher(config_path, tmp_path, *extra):
+    log = open(tmp_path / "launcher.log", "w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "klassterfork.cli.train", str(config_path), "--workers", "2",
+         *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+
+@pytest.mark.slow
+def test_two_workers_through_the_service_end_with_identical_weights(tmp_path):
+    data = tmp_path / "data"
+    write_split(str(data), "train", 32, seed=0, num_shards=4)
+    write_split(str(data), "validation", 8, seed=1)
+    exp = tmp_path / "exp"
+    config = json.loads(tiny_config(data, exp, epochs=2, plot=False))
+    with service.LocalService(2, tmp_path / "svc") as svc:
+        config["datasets"]["train"]["service"] = {"address": svc.address, "timeout_s": 60}
+        path = tmp_path / "c.hjson"
+        path.write_text(json.dumps(config, indent=1))
+        proc = run_launcher(path, tmp_path)
+        code = proc.wait(timeout=900)
+    out = (tmp_path / "launcher.log").read_text()
+    assert code == 0, out
+    digests = dict(re.findall(r"\[worker \d\] worker (\d): final weights sha256 (\w+)", out))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], out
+    # The digest is of the weights the chief saved (an independent read).
+    model = keras.models.load_model(exp / "stage0" / "model.keras")
+    assert weights_digest(model) == digests["0"]
+    assert "2 replica(s), global batch 4 (2 per replica)" in out
+    assert "resume is not exact" in out
+
+
+@pytest.mark.slow
+def test_sigterm_is_forwarded_to_every_worker(tmp_path):
+    data = tmp_path / "data"
+    write_split(str(data), "train", 32, seed=0, num_shards=4)
+    write_split(str(data), "validation", 8, seed=1)
+    exp = tmp_path / "exp"
+    path = tmp_path / "c.hjson"
+    path.write_text(tiny_config(data, exp, epochs=200, plot=False, log_every_steps=1))
+    proc = run_launcher(path, tmp_path)
+    steps = exp / "stage0" / "log_steps.csv"
+    deadline = time.monotonic() + 600
+    while not (steps.exists() and len(steps.read_text().splitlines()) > 3):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == exit_codes.PREEMPTED
+    out = (tmp_path / "launcher.log").read_text()
+    assert "forwarding SIGTERM to 2 workers" in out
