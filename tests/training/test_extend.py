@@ -2,6 +2,7 @@
 and ends where a run planned that long from the start ends."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +49,33 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
     b = keras.saving.load_model(str(stage / "model.keras")).weights
     for wa, wb in zip(a, b):
         np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), atol=1e-6, rtol=0)
+
+
+def test_finished_stage_is_skipped_and_extension_refused_after_a_later_stage(tmp_path, capsys):
+    """In-process, without training: the DONE marker and a stand-in checkpoint
+    index are all the decision reads."""
+    from klassterfork.cli.train import main
+
+    data = tmp_path / "data"
+    write_split(str(data), "train", 24, seed=0)
+    write_split(str(data), "validation", 8, seed=1)
+    first = json.loads(tiny_config(data, tmp_path / "exp", epochs=1))
+    path = tmp_path / "c.hjson"
+    path.write_text(json.dumps(first))
+    stage0 = tmp_path / "exp" / "stage0"
+    stage0.mkdir(parents=True)
+    (stage0 / "DONE").write_text("6\n")
+    assert main([str(path), "-r"]) == 0
+    assert "stage 0: already complete at step 6 (the config plans 6), skipped" \
+        in capsys.readouterr().out
+
+    second = {"train_loop": {"epochs": 1}}  # a second stage, already started
+    path.write_text(json.dumps([first, second]))
+    ckpts = tmp_path / "exp" / "stage1" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n')
+    (ckpts / "ckpt-2.index").write_bytes(b"")
+    assert main([str(path), "-r", "--set", "train_loop.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "train_loop.epochs: stage 0 finished at step 6 and stage 1 has already trained " \
+        "from its weights" in err
