@@ -29,7 +29,8 @@ def parse_args(argv):
     parser.add_argument("--worker-timeout-ms", type=int, default=10000,
                         help="dispatcher: drop (and log) a worker silent this long "
                         "(default 10000)")
-    parser.add_argument("--dispatcher", help="worker: HOST:PORT of the dispatcher (required)")
+    parser.add_argument("--dispatcher",
+                        help="worker: HOST:PORT of the dispatcher (required)")
     parser.add_argument("--host", default="localhost",
                         help="worker: name or IP the trainers reach it by (default "
                         "localhost; on a cluster the pod IP or host name)")
@@ -40,10 +41,10 @@ def parse_args(argv):
         parser.error("dispatcher needs --port")
     if args.role == "worker" and not args.dispatcher:
         parser.error("worker needs --dispatcher HOST:PORT")
-    for flag in ("dispatcher", "host") if args.role == "dispatcher" else ("work_dir",):
-        default = parser.get_default(flag)
-        if getattr(args, flag) != default:
-            parser.error(f"--{flag.replace('_', '-')} is a {('worker', 'dispatcher')[args.role == 'worker']} option")
+    other = "worker" if args.role == "dispatcher" else "dispatcher"
+    for flag in ("dispatcher", "host") if other == "worker" else ("work_dir",):
+        if getattr(args, flag) != parser.get_default(flag):
+            parser.error(f"--{flag.replace('_', '-')} is a {other} option")
     return args
 
 
@@ -52,8 +53,8 @@ def main(argv=None):
     # The dispatcher's worker log is TensorFlow's INFO lines ("Registering new
     # worker at address ...", "Lost worker ... due to timeout"), so it logs at
     # INFO whatever the environment says; a worker only warns.
-    level = "0" if args.role == "dispatcher" else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if args.role == "dispatcher" else level
     from klassterfork.data import service  # TensorFlow loads here, after --help
 
     def log(line):

@@ -187,7 +187,8 @@ def service_config(block, source, key):
     for name in SERVICE_SET_KEYS:
         if name in block:
             raise ConfigError(source, f"{key}.{name}", "is set by the data service "
-                              "input (the workers repeat the data, full batches); remove it.")
+                              "input (the workers repeat the data, full batches); "
+                              "remove it.")
     if not address.startswith("grpc://"):
         config["address"] = "grpc://" + address
     return config
@@ -227,7 +228,8 @@ def run_seed(seed, start_step):
     return int(state.generate_state(1, np.uint32)[0] >> 1)
 
 
-def wait_for_dispatcher(address, timeout_s, *, source=None, key="datasets.train.service"):
+def wait_for_dispatcher(address, timeout_s, *, source=None,
+                        key="datasets.train.service"):
     """Raises a located ConfigError unless `address` accepts a connection
     within `timeout_s` seconds (the service client itself retries forever)."""
     host, port = _split_address(address)
@@ -368,11 +370,12 @@ class Watchdog:
             if since is not None and time.monotonic() - since > self.timeout_s:
                 print(
                     f"kf-train: data service error: no batch from the tf.data service "
-                    f"at {self.address} for {self.timeout_s:g} s (datasets.train.service."
-                    "timeout_s): no worker reachable, or the dispatcher gone. "
-                    "Check the `kf-data-service worker --dispatcher ...` processes and "
-                    f"the dispatcher's log; resume with -r. Exiting with status "
-                    f"{UNREACHABLE_EXIT}.", file=self._stream, flush=True)
+                    f"at {self.address} for {self.timeout_s:g} s "
+                    "(datasets.train.service.timeout_s): no worker reachable, or the "
+                    "dispatcher gone. Check the `kf-data-service worker --dispatcher "
+                    "...` processes and the dispatcher's log; resume with -r. "
+                    f"Exiting with status {UNREACHABLE_EXIT}.",
+                    file=self._stream, flush=True)
                 sys.stdout.flush()
                 self._exit(UNREACHABLE_EXIT)
                 return
@@ -389,7 +392,8 @@ class LocalService:
     """
 
     def __init__(self, num_workers, log_dir, *, work_dir=None, port=0,
-                 worker_timeout_ms=None, heartbeat_ms=None, ready_timeout_s=120.0, env=None):
+                 worker_timeout_ms=None, heartbeat_ms=None, ready_timeout_s=120.0,
+                 env=None):
         self.num_workers, self.log_dir = int(num_workers), str(log_dir)
         self.work_dir, self.port = work_dir, int(port) or free_port()
         self.worker_timeout_ms, self.heartbeat_ms = worker_timeout_ms, heartbeat_ms
@@ -455,7 +459,8 @@ class LocalService:
         return self.dispatcher
 
     def start_worker(self):
-        args = ["worker", "--dispatcher", f"127.0.0.1:{self.port}", "--host", "127.0.0.1"]
+        args = ["worker", "--dispatcher", f"127.0.0.1:{self.port}",
+                "--host", "127.0.0.1"]
         if self.heartbeat_ms:
             args += ["--heartbeat-ms", str(self.heartbeat_ms)]
         proc = self._spawn(f"worker{len(self.workers)}", args)

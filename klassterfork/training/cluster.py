@@ -67,7 +67,8 @@ def _require(env, names, cluster, who):
 def _port(env, default):
     value = env.get("KF_CLUSTER_PORT", str(default))
     if not value.isdigit():
-        raise ClusterError(f"KF_CLUSTER_PORT must be a port number. Received: {value!r}")
+        raise ClusterError("KF_CLUSTER_PORT must be a port number. "
+                           f"Received: {value!r}")
     return int(value)
 
 
@@ -104,8 +105,9 @@ def _kubernetes(env):
                            f"KF_NUM_WORKERS={count!r}")
     host, suffix = env["HOSTNAME"].split(".")[0], f"-{index}"
     if not host.endswith(suffix):
-        raise ClusterError(f"HOSTNAME {env['HOSTNAME']!r} is not '<job>-{index}': the pod "
-                           "must belong to an indexed Job (Kubernetes names its pods so).")
+        raise ClusterError(f"HOSTNAME {env['HOSTNAME']!r} is not '<job>-{index}': the "
+                           "pod must belong to an indexed Job (Kubernetes names its "
+                           "pods so).")
     job = host[: -len(suffix)]
     service, port = env["KF_CLUSTER_SERVICE"], _port(env, KUBERNETES_PORT)
     workers = [f"{job}-{i}.{service}:{port}" for i in range(int(count))]

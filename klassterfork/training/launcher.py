@@ -59,10 +59,12 @@ def launch(argv, num_workers, *, log=None):
     """
     log = log or (lambda line: print(f"kf-train: {line}", file=sys.stderr, flush=True))
     worker_argv = strip_workers_flag(argv) + [
-        "--set", "train_loop.strategy=multi_worker", "--set", "train_loop.cluster=tf_config"]
+        "--set", "train_loop.strategy=multi_worker",
+        "--set", "train_loop.cluster=tf_config"]
     configs = tf_configs(num_workers)
-    log(f"{num_workers} workers on 127.0.0.1 ({json.loads(configs[0])['cluster']['worker']}),"
-        " each with train_loop.strategy=multi_worker, train_loop.cluster=tf_config")
+    addresses = json.loads(configs[0])["cluster"]["worker"]
+    log(f"{num_workers} workers on 127.0.0.1 ({addresses}), each with "
+        "train_loop.strategy=multi_worker, train_loop.cluster=tf_config")
     procs, threads = [], []
     for i, config in enumerate(configs):
         env = dict(os.environ, TF_CONFIG=config)
@@ -108,7 +110,8 @@ def _wait(procs, log):
         failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
         if failed:
             index, code = failed[0]
-            log(f"worker {index} failed with status {_status(code)}; stopping the others")
+            log(f"worker {index} failed with status {_status(code)}; "
+                "stopping the others")
             _stop(procs)
             return _status(code)
         if all(c == 0 for c in codes):

@@ -43,6 +43,6 @@ def trainer_input_fn(block, info, source, key, *, global_batch, seed, start_step
 
     job_name = config["job_name"] or service.default_job_name(run_dir)
     return service.service_input_fn(
-        make_dataset, config, global_batch=global_batch, seed=seed, start_step=start_step,
-        job_name=job_name, log=log, watchdog=watchdog,
+        make_dataset, config, global_batch=global_batch, seed=seed,
+        start_step=start_step, job_name=job_name, log=log, watchdog=watchdog,
     )

@@ -57,7 +57,8 @@ def test_slurm_two_tasks_per_node(clean_env):
 
 def test_kubernetes_indexed_job(clean_env):
     for name, value in {"JOB_COMPLETION_INDEX": "2", "HOSTNAME": "kf-train-2",
-                        "KF_CLUSTER_SERVICE": "kf-train", "KF_NUM_WORKERS": "4"}.items():
+                        "KF_CLUSTER_SERVICE": "kf-train",
+                        "KF_NUM_WORKERS": "4"}.items():
         clean_env.setenv(name, value)
     r = cluster.resolver("kubernetes")
     assert spec(r) == {"worker": [f"kf-train-{i}.kf-train:2222" for i in range(4)]}
@@ -84,7 +85,8 @@ def test_errors_for_missing_environment_and_unknown_name(clean_env):
         cluster.resolver("tf_config")
     with pytest.raises(cluster.ClusterError, match="SLURM_PROCID.*set by srun"):
         cluster.resolver("slurm")
-    with pytest.raises(cluster.ClusterError, match=r"must be one of .*Received: cluster='k8s'"):
+    with pytest.raises(cluster.ClusterError,
+                       match=r"must be one of .*Received: cluster='k8s'"):
         cluster.resolver("k8s")
 
 
@@ -136,7 +138,8 @@ def test_kubernetes_job_file_builds_the_cluster_its_service_names(clean_env):
         trainer["command"]
     assert "--work-dir" in dispatcher["containers"][0]["command"]
     worker = kinds[("Deployment", "kf-data-worker")]["spec"]["template"]["spec"]
-    assert f"--dispatcher kf-data-dispatcher:{port}" in worker["containers"][0]["command"][2]
+    worker_command = worker["containers"][0]["command"][2]
+    assert f"--dispatcher kf-data-dispatcher:{port}" in worker_command
     # Each pod of the indexed Job: Kubernetes sets its index and host name.
     count = job["spec"]["completions"]
     for index in range(count):

@@ -23,12 +23,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_strip_workers_flag_and_tf_configs():
-    assert launcher.strip_workers_flag(["c.hjson", "--workers", "2", "-r"]) == ["c.hjson", "-r"]
+    stripped = launcher.strip_workers_flag(["c.hjson", "--workers", "2", "-r"])
+    assert stripped == ["c.hjson", "-r"]
     assert launcher.strip_workers_flag(["--workers=3", "c.hjson"]) == ["c.hjson"]
     configs = [json.loads(c) for c in launcher.tf_configs(3)]
     workers = configs[0]["cluster"]["worker"]
     assert len(set(workers)) == 3 and all(w.startswith("127.0.0.1:") for w in workers)
-    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
+    tasks = [{"type": "worker", "index": i} for i in range(3)]
+    assert [c["task"] for c in configs] == tasks
     assert all(c["cluster"] == configs[0]["cluster"] for c in configs)
 
 
@@ -42,8 +44,8 @@ def test_first_failure_status_is_the_launchers(tmp_path):
 def run_launcher(config_path, tmp_path, *extra):
     log = open(tmp_path / "launcher.log", "w")
     return subprocess.Popen(
-        [sys.executable, "-m", "klassterfork.cli.train", str(config_path), "--workers", "2",
-         *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "klassterfork.cli.train", str(config_path),
+         "--workers", "2", *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
 
 
@@ -55,14 +57,16 @@ def test_two_workers_through_the_service_end_with_identical_weights(tmp_path):
     exp = tmp_path / "exp"
     config = json.loads(tiny_config(data, exp, epochs=2, plot=False))
     with service.LocalService(2, tmp_path / "svc") as svc:
-        config["datasets"]["train"]["service"] = {"address": svc.address, "timeout_s": 60}
+        config["datasets"]["train"]["service"] = {"address": svc.address,
+                                                  "timeout_s": 60}
         path = tmp_path / "c.hjson"
         path.write_text(json.dumps(config, indent=1))
         proc = run_launcher(path, tmp_path)
         code = proc.wait(timeout=900)
     out = (tmp_path / "launcher.log").read_text()
     assert code == 0, out
-    digests = dict(re.findall(r"\[worker \d\] worker (\d): final weights sha256 (\w+)", out))
+    digests = dict(re.findall(
+        r"\[worker \d\] worker (\d): final weights sha256 (\w+)", out))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], out
     # The digest is of the weights the chief saved (an independent read).
     model = keras.models.load_model(exp / "stage0" / "model.keras")
