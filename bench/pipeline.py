@@ -1,6 +1,6 @@
 """Input-pipeline throughput: our train/eval pipelines against baselines.
 
-    python bench/pipeline.py [--files GLOB] [--videos DIR] [--seconds 10]
+    python bench/pipeline.py [--files GLOB] [--videos DIR] [--seconds 10] [--no-cache]
 
 Records: `--files` (existing shards), else real videos (`--videos`, default
 ../shared/data/videos) decoded with PyAV, short side resized to 128 and stored
@@ -26,10 +26,15 @@ Eval: videos/s of `pipeline.eval_dataset` for 25x1 and 10x3 views against
 the bound of decoding each needed unique frame once: float views, uint8
 views, and uint8 views in chunks of 10 (`views_per_chunk`).
 
+`--no-cache`: every row reads the same record files from disk, not from the
+page cache: a thread evicts the shards' pages (`posix_fadvise(DONTNEED)`, no
+root needed) every 20 ms while a row is measured, so each pass re-reads them.
+
 The last line is a one-line summary with the machine.
 """
 
 import argparse
+import contextlib
 import gc
 import glob
 import multiprocessing
@@ -39,6 +44,7 @@ import resource
 import shlex
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -216,6 +222,38 @@ def eval_bound_dataset(paths, num_clips):
     return ds.batch(1).prefetch(tf.data.AUTOTUNE)
 
 
+class CacheEvictor:
+    """While active, evicts `paths` from the page cache every `interval` s."""
+
+    def __init__(self, paths, interval=0.02):
+        self.paths, self.interval = paths, interval
+        self.stop = threading.Event()
+        self.thread = None
+
+    def evict(self):
+        for path in self.paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+    def __enter__(self):
+        self.evict()
+
+        def loop():
+            while not self.stop.wait(self.interval):
+                self.evict()
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
 def cpu_seconds():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -332,6 +370,8 @@ def main(argv=None):
     )
     parser.add_argument("--no-eval", action="store_true")
     parser.add_argument("--no-pyav", action="store_true")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="evict the shards from the page cache while measuring")
     args = parser.parse_args(argv)
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     print(f"command: {command}")
@@ -359,7 +399,8 @@ def main(argv=None):
             videos = synthetic_videos(8, 64)
             data = f"8 synthetic videos x 64 frames, short side {SHORT_SIDE}"
         paths = write_records(videos, tmp.name, args.quality, args.copies)
-    print(f"data: {data}")
+    print(f"data: {data}" + (" (read from disk: page cache evicted every 20 ms)"
+                             if args.no_cache else ""))
 
     results = {}
     ours = pipeline.train_dataset(
@@ -397,9 +438,10 @@ def main(argv=None):
     cpu = {name: [] for name in candidates}
     for _ in range(args.rounds):
         for name, ds in candidates.items():
-            rate, cpu_per_clip = measure(
-                batches(ds), args.seconds, args.warmup, with_cpu=True
-            )
+            with CacheEvictor(paths) if args.no_cache else contextlib.nullcontext():
+                rate, cpu_per_clip = measure(
+                    batches(ds), args.seconds, args.warmup, with_cpu=True
+                )
             rounds[name].append(rate)
             cpu[name].append(cpu_per_clip * 1e3)
     for name in candidates:
@@ -456,7 +498,8 @@ def main(argv=None):
                 eval_line += (f" eval{num_clips}x{num_crops}[{name}] "
                               f"{rate:.2f}/{bound:.2f} v/s")
     summary = (
-        f"SUMMARY train 16x112^2 b8 (best of {args.rounds} x "
+        f"SUMMARY train 16x112^2 b8{' no page cache' if args.no_cache else ''} "
+        f"(best of {args.rounds} x "
         f"{args.seconds:g} s): ours {results['ours']:.1f} clips/s; "
         + ", ".join(f"{k} {results[k]:.1f} (x{ratios[k]:.2f})" for k in ratios)
         + "; ours_u8/bound "

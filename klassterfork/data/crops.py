@@ -1,8 +1,8 @@
 """Crop windows and resizing.
 
 Crop functions return *windows* `[y, x, h, w]` (int32) computed from the
-image size alone, so that the pipeline decodes only the window
-(`tf.image.decode_and_crop_jpeg`); `crop_and_resize` / `resize` then bring
+image size alone, so that the pipeline keeps only the window of each decoded
+frame (`pipeline.decode_frames`); `crop_and_resize` / `resize` then bring
 frames to the output size. Shapes: `(T, H, W, C)` is one clip.
 """
 

@@ -6,7 +6,7 @@ keyed by (seed, epoch, block); resumable at any batch without re-reading
 the epochs done) -> enumerate (the example index is the per-example seed)
 -> parse -> sample clip indices -> gather only those JPEGs -> one crop
 window per clip (from the first frame's JPEG header) ->
-`decode_and_crop_jpeg` of the chosen frames -> resize -> flip with a label
+decode of the chosen frames, the window sliced -> resize -> flip with a label
 map -> standardize -> batch -> prefetch.
 
 eval: records in file order -> parse -> `num_clips` evenly spaced clips x
@@ -88,7 +88,15 @@ def list_files(files):
 
 
 def decode_frames(encoded, window=None, channels=3):
-    """Decodes JPEG frames, only inside `window` when one is given.
+    """Decodes JPEG frames, keeping only `window` when one is given.
+
+    The window is sliced from the full decode rather than decoded with
+    `tf.image.decode_and_crop_jpeg`: at the stored short side of 128 the
+    cropped decoder cost ~15 % more CPU than decoding the whole frame
+    (libjpeg's scanline skipping does not pay for 112^2 of 128x171; bench
+    in BENCHMARKS.md), and the sliced pixels are exactly those of the full
+    frame (the cropped decoder's chroma upsampling differs by up to 6 levels
+    at some window edges).
 
     Args:
         encoded: string [T]. With a static T the decodes are unrolled so that
@@ -101,9 +109,10 @@ def decode_frames(encoded, window=None, channels=3):
     """
 
     def one(contents):
+        image = tf.io.decode_jpeg(contents, channels=channels)
         if window is None:
-            return tf.io.decode_jpeg(contents, channels=channels)
-        return tf.image.decode_and_crop_jpeg(contents, window, channels=channels)
+            return image
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], channels])
 
     length = encoded.shape[0]
     if length is not None:
