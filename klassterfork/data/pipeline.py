@@ -266,7 +266,7 @@ def read_shards(paths, log=None):
 
 
 def _examples(layout, *, start_example, repeated_views, repeat, seeded=True):
-    """(index, epoch, file, record, serialized) from local example
+    """(index, (epoch, file, record, serialized)) from local example
     `start_example` on.
 
     `index` counts this pipeline's examples over epochs (the per-example
@@ -292,7 +292,7 @@ def _examples(layout, *, start_example, repeated_views, repeat, seeded=True):
         # copy its own key, hence its own clip, crop and flip.
         ds = ds.flat_map(lambda *x: tf.data.Dataset.from_tensors(x).repeat(repeated_views))
         ds = ds.skip(view)
-    return ds.enumerate(start=start_example).map(lambda i, x: (i, *x))
+    return ds.enumerate(start=start_example)
 
 
 def _diagnoser(layout, make_clip, *, batch_size, repeated_views, repeat):
@@ -307,7 +307,7 @@ def _diagnoser(layout, make_clip, *, batch_size, repeated_views, repeat):
         it = iter(ds.take(num_batches * batch_size))
         while True:
             try:
-                index, epoch, f, r, serialized = next(it)
+                index, (epoch, f, r, serialized) = next(it)
             except StopIteration:
                 break
             except tf.errors.OpError as err:  # the shard reader itself failed
@@ -542,7 +542,7 @@ def train_dataset(
     ds = _examples(layout, start_example=spec.start_batch * spec.batch_size,
                    repeated_views=spec.repeated_views, repeat=spec.repeat,
                    seeded=spec.seeded)
-    ds = ds.map(_graph_fn(lambda index, epoch, f, r, serialized: make_clip(index, serialized)),
+    ds = ds.map(_graph_fn(lambda index, record: make_clip(index, record[3])),
                 num_parallel_calls=spec.num_parallel_calls, deterministic=True)
     # Clips stay uint8 until batched: 4x less to copy, and the float work
     # runs on whole batches.
