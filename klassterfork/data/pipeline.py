@@ -21,6 +21,12 @@ gives the same batches, and `train_dataset(start_batch=K)` gives exactly
 batch K on (what the trainer's resume uses); the iterator can also be
 checkpointed: `tf.train.Checkpoint(iterator=iter(ds))`.
 
+Bad records (`data/bad_records.py`): a truncated shard is found by its
+headers when the pipeline is built, and its readable records are used; a
+record that fails to parse or decode is named by `BadRecordLog.diagnose`
+when the iterator raises, and every later build skips it (from the epoch it
+was found in on, so resumes stay exact); `max_bad_records` bounds them.
+
 Distribution (`train_dataset(num_input_pipelines=P, input_pipeline_id=i)`,
 one call per input pipeline, e.g. from
 `strategy.distribute_datasets_from_function`): pipeline `i` reads either its
