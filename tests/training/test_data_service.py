@@ -33,10 +33,21 @@ SEED = 3
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    """A dispatcher (fault-tolerant, with a work dir) and 2 workers."""
+    """A dispatcher (fault-tolerant, with a work dir) and 2 workers; at the
+    end each must stop on SIGTERM with status 0 and say so."""
     root = tmp_path_factory.mktemp("service")
     with service.LocalService(2, root / "logs", work_dir=root / "journal") as running:
         yield running
+        check_sigterm_stop(running, root / "logs")
+
+
+def check_sigterm_stop(running, log_dir):
+    procs = [running.dispatcher, *running.workers]
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=60) for p in procs] == [0] * len(procs)
+    for name in ["dispatcher"] + [f"worker{i}" for i in range(len(running.workers))]:
+        assert "stopped on SIGTERM" in (log_dir / f"{name}.log").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +103,10 @@ def read_all(iterators):
     return got
 
 
+@pytest.mark.slow  # the default run checks the SIGTERM stop on the `svc` fixture
 def test_cli_ready_lines_and_sigterm(tmp_path):
     with service.LocalService(1, tmp_path, work_dir=tmp_path / "journal") as running:
-        procs = [running.dispatcher, *running.workers]
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        codes = [p.wait(timeout=30) for p in procs]
-    assert codes == [0, 0]
+        check_sigterm_stop(running, tmp_path)
     dispatcher = (tmp_path / "dispatcher.log").read_text()
     worker = (tmp_path / "worker0.log").read_text()
     ready = f"ready on grpc://localhost:{running.port} (fault-tolerant, journal"
