@@ -117,8 +117,9 @@ def conv3d(x, filters, kernel_size, *, strides=1, padding=0, use_bias=False, nam
     the bug. That variable is no fallback: on the project's 2-core VM it
     made a train step of a small R(2+1)D (8 x 16 x 56^2) 70x slower in
     bfloat16 (33 s vs 0.46 s) and 18x in float32, while the explicit pads
-    cost float32 ~2 % (0.725 s vs 0.711 s, within the noise of a shared
-    machine). `tests/models/test_layers_bf16.py` checks the op and the route.
+    (one layer there) cost float32 nothing measurable above that shared
+    machine's noise (BENCHMARKS.md, `bench/mixed_precision.py`).
+    `tests/models/test_layers_bf16.py` checks the op and the route.
 
     Args:
         x: (B, T, H, W, C) tensor.
