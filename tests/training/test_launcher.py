@@ -49,12 +49,17 @@ def run_launcher(config_path, tmp_path, *extra):
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
 
 
-@pytest.mark.slow
-def test_two_workers_through_the_service_end_with_identical_weights(tmp_path):
+def write_data(tmp_path):
+    """(data dir, experiment dir): 32 train videos in 4 shards, 8 validation."""
     data = tmp_path / "data"
     write_split(str(data), "train", 32, seed=0, num_shards=4)
     write_split(str(data), "validation", 8, seed=1)
-    exp = tmp_path / "exp"
+    return data, tmp_path / "exp"
+
+
+@pytest.mark.slow
+def test_two_workers_through_the_service_end_with_identical_weights(tmp_path):
+    data, exp = write_data(tmp_path)
     config = json.loads(tiny_config(data, exp, epochs=2, plot=False))
     with service.LocalService(2, tmp_path / "svc") as svc:
         config["datasets"]["train"]["service"] = {"address": svc.address,
@@ -77,10 +82,7 @@ def test_two_workers_through_the_service_end_with_identical_weights(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_is_forwarded_to_every_worker(tmp_path):
-    data = tmp_path / "data"
-    write_split(str(data), "train", 32, seed=0, num_shards=4)
-    write_split(str(data), "validation", 8, seed=1)
-    exp = tmp_path / "exp"
+    data, exp = write_data(tmp_path)
     path = tmp_path / "c.hjson"
     path.write_text(tiny_config(data, exp, epochs=200, plot=False, log_every_steps=1))
     proc = run_launcher(path, tmp_path)
