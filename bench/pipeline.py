@@ -26,6 +26,9 @@ Eval: videos/s of `pipeline.eval_dataset` for 25x1 and 10x3 views against
 the bound of decoding each needed unique frame once: float views, uint8
 views, and uint8 views in chunks of 10 (`views_per_chunk`).
 
+`--malloc default` leaves glibc's malloc as it is; by default every row runs
+with the settings kf-train applies (`data/allocator.py`).
+
 `--no-cache`: every row reads the same record files from disk, not from the
 page cache: a thread evicts the shards' pages (`posix_fadvise(DONTNEED)`, no
 root needed) every 20 ms while a row is measured, so each pass re-reads them.
@@ -53,7 +56,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from klassterfork.data import pipeline, records, transforms  # noqa: E402
+from klassterfork.data import allocator, pipeline, records, transforms  # noqa: E402
 
 CLIP_LEN, CROP, BATCH, SHORT_SIDE = 16, 112, 8, 128
 REPO = Path(__file__).resolve().parents[1]
@@ -372,7 +375,14 @@ def main(argv=None):
     parser.add_argument("--no-pyav", action="store_true")
     parser.add_argument("--no-cache", action="store_true",
                         help="evict the shards from the page cache while measuring")
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                        help="glibc malloc for every row: as kf-train sets it "
+                        "(data/allocator.py) or glibc's defaults (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.malloc == "tuned":
+        print(allocator.describe(allocator.tune_for_records()))
+    else:
+        print(allocator.describe({}))
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     print(f"command: {command}")
     machine = (
@@ -498,7 +508,7 @@ def main(argv=None):
                 eval_line += (f" eval{num_clips}x{num_crops}[{name}] "
                               f"{rate:.2f}/{bound:.2f} v/s")
     summary = (
-        f"SUMMARY train 16x112^2 b8{' no page cache' if args.no_cache else ''} "
+        f"SUMMARY train 16x112^2 b8 malloc {args.malloc}{' no page cache' if args.no_cache else ''} "
         f"(best of {args.rounds} x "
         f"{args.seconds:g} s): ours {results['ours']:.1f} clips/s; "
         + ", ".join(f"{k} {results[k]:.1f} (x{ratios[k]:.2f})" for k in ratios)

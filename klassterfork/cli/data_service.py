@@ -67,6 +67,9 @@ def main(argv=None):
                 else "no journal: a restart loses its jobs")
         service.serve(server, f"ready on {server.target} ({mode})", log=log)
         return 0
+    from klassterfork.data import allocator  # the worker decodes the records
+
+    log(allocator.describe(allocator.tune_for_records()))
     try:
         server = service.start_worker(args.dispatcher, args.port or 0, host=args.host,
                                       heartbeat_interval_ms=args.heartbeat_ms)

@@ -60,8 +60,11 @@ def main(argv=None):
                   file=sys.stderr)
             return exit_codes.CONFIG_ERROR
         return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
+    from klassterfork.data import allocator
     from klassterfork.training.preemption import SignalWatcher
     from klassterfork.training.trainer import TrainingDiverged, WorkerLost
+
+    print(f"kf-train: {allocator.describe(allocator.tune_for_records())}", flush=True)
 
     try:
         # SIGTERM / SIGINT from here on: finish the step, checkpoint, exit

@@ -114,11 +114,18 @@ def decode_frames(encoded, window=None, channels=3):
         uint8 [T, h, w, channels].
     """
 
+    if window is not None:
+        # Built once, not per frame: each frame's slice then costs one node
+        # (a tf.data function runs every node, constants included).
+        window = tf.convert_to_tensor(window, tf.int32)
+        begin = tf.concat([window[:2], [0]], axis=0)
+        size = tf.concat([window[2:], [channels]], axis=0)
+
     def one(contents):
         image = tf.io.decode_jpeg(contents, channels=channels)
         if window is None:
             return image
-        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], channels])
+        return tf.slice(image, begin, size)
 
     length = encoded.shape[0]
     if length is not None:
@@ -550,8 +557,6 @@ def train_dataset(
                    seeded=spec.seeded)
     ds = ds.map(_graph_fn(lambda index, record: make_clip(index, record[3])),
                 num_parallel_calls=spec.num_parallel_calls, deterministic=True)
-    # Clips stay uint8 until batched: 4x less to copy, and the float work
-    # runs on whole batches.
     ds = ds.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
     ds = _batch_stages(ds, spec)
     return ds.prefetch(AUTOTUNE).with_options(_options())
@@ -634,6 +639,12 @@ def _clip_fn(spec):
                 **spec.rand_augment)
         if modality == "flow":
             clip = stack_flow(clip)
+        if spec.standardize != "none":
+            # Per clip, while its pixels are still in cache: on the batch the
+            # same work cost ~0.45 ms more CPU per 16x112^2 clip (bench in
+            # BENCHMARKS.md), more than copying float32 into the batch.
+            clip = transforms.standardize(clip, spec.standardize, mean=spec.mean,
+                                          std=spec.std)
         return clip, label
 
     return make_clip
@@ -655,15 +666,11 @@ def _clip_indices(num_frames, spec, seed_clip, seed_step):
 
 
 def _batch_stages(ds, spec):
-    """Standardize, random erasing, mixup / cutmix: the batch-level stages.
+    """Random erasing, mixup / cutmix: the batch-level stages.
 
     Erasing and mixing are seeded by the batch index (unique over pipelines,
     counted from the run's start), so a resumed run erases and mixes alike.
     """
-    if spec.standardize != "none":  # "none": uint8 clips as they are
-        ds = ds.map(_standardizer(spec.standardize, spec.mean, spec.std),
-                    num_parallel_calls=AUTOTUNE, deterministic=True)
-
     def batch_key(index, offset):
         batch_index = ((index + spec.start_batch) * spec.num_input_pipelines
                        + spec.input_pipeline_id)

@@ -179,6 +179,23 @@ def test_standardize_modes_against_numpy():
     assert tr.standardize(x, "none").dtype == tf.uint8
 
 
+def test_per_frame_matches_per_image_standardization():
+    # Our fewer-pass version against TensorFlow's: random frames, a constant
+    # one, and one whose std (0.276) is under the 1/sqrt(N) floor (0.289).
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (4, 2, 2, 3)).astype(np.float32)
+    frames[1] = 200.0
+    frames[2] = 7.0
+    frames[2, 0, 0, 0] = 8.0
+    frames[3] = rng.normal(120.0, 0.5, (2, 2, 3)).round()
+    want = tf.image.per_image_standardization(frames).numpy()
+    np.testing.assert_allclose(tr.standardize(frames, "per_frame"), want, atol=2e-6)
+    clips = rng.integers(0, 256, (2, 8, 56, 56, 3)).astype(np.uint8)
+    np.testing.assert_allclose(
+        tr.standardize(clips, "per_frame"),
+        tf.image.per_image_standardization(tf.cast(clips, tf.float32)), atol=2e-6)
+
+
 def test_standardize_errors():
     with pytest.raises(ValueError, match="Received: standardize='imagenet'"):
         tr.standardize(tf.zeros([1, 1, 1, 3]), "imagenet")
