@@ -170,9 +170,15 @@ def manifest_count(path):
     return None
 
 
-def cut_entry(path, readable, error, epoch=0):
-    """The entry of a shard that cannot be read past record `readable`."""
+def cut_entry(path, readable, error, epoch=0, known=None):
+    """The entry of a shard that cannot be read past record `readable`.
+
+    `known`: records the shard's headers show (a corrupt body mid-file leaves
+    them intact); the manifest's count is used when it has one (a truncated
+    file has lost the headers too)."""
     expected = manifest_count(path)
+    if expected is None:
+        expected = known
     lost = None if expected is None else max(int(expected) - readable, 0)
     return {"shard": os.path.basename(path), "record": readable, "readable": readable,
             "lost": lost, "video_id": None, "error": error, "epoch": int(epoch)}

@@ -358,7 +358,7 @@ def _unreadable_shards(layout, start_record, err):
                 readable += 1
         except tf.errors.OpError as shard_err:
             found.append(bad_records_lib.cut_entry(
-                path, readable, _first_line(shard_err), epoch=epoch))
+                path, readable, _first_line(shard_err), epoch=epoch, known=counts[f]))
     if not found:
         raise err
     return found
