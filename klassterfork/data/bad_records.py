@@ -28,6 +28,8 @@ loss counts 1); over it, training stops with one paragraph naming the
 shards and ids.
 """
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -61,12 +63,18 @@ class BadRecordLog:
         self.path = path
         self.entries = []
         self._diagnosers = {}
-        if path and os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                self.entries = [json.loads(line) for line in f if line.strip()]
+        if path:
+            self.entries = _read(path)
 
     def add(self, entries):
-        """Appends new entries (atomically rewrites the file)."""
+        """Adds new entries; the file is rewritten atomically.
+
+        Several processes may share the file (the workers of one
+        MultiWorkerMirrored run write the same stage directory): under an
+        exclusive lock on `<file>.lock`, the file is read again and the
+        entries other processes added are kept, so no worker's rewrite drops
+        another's.
+        """
         known = {_key(e) for e in self.entries}
         new = [e for e in entries if _key(e) not in known]
         if not new:
@@ -74,8 +82,12 @@ class BadRecordLog:
         self.entries += new
         if self.path:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.entries)
-            kf_files.write_text_atomic(self.path, text)
+            with _locked(self.path + ".lock"):
+                theirs = _read(self.path)
+                ours = {_key(e) for e in theirs}
+                self.entries = theirs + [e for e in self.entries if _key(e) not in ours]
+                text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.entries)
+                kf_files.write_text_atomic(self.path, text)
         for e in new:
             LOG.warning("bad record skipped: %s", describe(e))
         return new
@@ -132,6 +144,25 @@ class BadRecordLog:
             new += self.add(diagnose(first_batch, num_batches))
             self.check_budget(budget)
         return new
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+@contextlib.contextmanager
+def _locked(lock_path):
+    """An exclusive `flock` on `lock_path` (created if missing)."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _key(entry):

@@ -182,3 +182,37 @@ def test_trainer_run_completes_names_them_and_resume_passes_them(tmp_path):
     assert main([str(path), "-r"]) == 0  # epochs 2-3 meet the record again
     assert [json.loads(line) for line in open(jsonl)] == entries
     assert (tmp_path / "exp" / "stage0" / "DONE").exists()
+
+
+def _add_entries(path, worker, count, start):
+    log = bad_records.BadRecordLog(path)
+    start.wait(120)  # both built their log: they write at the same time
+    for r in range(count):
+        log.add([{"shard": f"w{worker}.tfrecord", "record": r, "video_id": f"w{worker}-{r}",
+                  "error": "x", "epoch": 0}])
+
+
+def test_workers_sharing_the_stage_file_keep_each_others_entries(tmp_path):
+    # Two MultiWorkerMirrored workers write one stage's bad_records.jsonl:
+    # each rewrite keeps what the other added (a plain rewrite lost entries).
+    import multiprocessing
+
+    path = str(tmp_path / "bad_records.jsonl")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_add_entries, args=(path, w, 150, start)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    entries = [json.loads(line) for line in open(path)]
+    assert sorted(e["video_id"] for e in entries) == sorted(
+        f"w{w}-{r}" for w in range(2) for r in range(150))
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
