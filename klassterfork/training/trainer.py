@@ -622,7 +622,9 @@ class Stage:
             f"({self.global_batch // self.strategy.num_replicas_in_sync} per replica), "
             f"{spe} steps/epoch, {loop['epochs']} epochs"
         )
-        best = -np.inf
+        # A resumed stage keeps the best so far (else its first evaluation
+        # would overwrite best.keras whatever it scored).
+        best = _best_logged(dirs["csv"], loop["best_metric"], int(self.step.numpy()))
         metrics = {}
         while int(self.step.numpy()) < total:
             step = int(self.step.numpy())
@@ -802,6 +804,25 @@ class Stage:
                 if not (k in ("epoch", "step") or k.endswith("videos")):
                     tf.summary.scalar(k if k.startswith("val") else "train/" + k, v)
         writer.flush()
+
+
+def _best_logged(csv_path, key, up_to_step):
+    """The best signed `key` (higher is better; losses negated) of the epoch
+    rows of `csv_path` at steps <= `up_to_step`; -inf when there is none."""
+    sign = -1.0 if key.endswith("loss") else 1.0
+    best = -np.inf
+    try:
+        with open(csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    step, value = int(row["step"]), float(row[key])
+                except (KeyError, TypeError, ValueError):
+                    continue  # a row without that metric (no evaluation then)
+                if step <= up_to_step and np.isfinite(value):
+                    best = max(best, sign * value)
+    except FileNotFoundError:
+        pass
+    return best
 
 
 def _format(metrics):

@@ -39,8 +39,21 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
     cfg, stage = runs["short"]
     assert (stage / "DONE").read_text().strip() == "6"
 
+    # The best so far survives the resume: with epoch 1 logged at val_top1
+    # 1.0, epoch 2 (anything <= 1.0) must not overwrite best.keras.
+    with open(stage / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["val_top1"] != ""
+    rows[0]["val_top1"] = "1.0"
+    with open(stage / "log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    best_before = (stage / "best.keras").read_bytes()
+
     proc = run_cli(cfg, "-r", "--set", "train_loop.epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (stage / "best.keras").read_bytes() == best_before
     assert "stage 0: finished at step 6; the config now plans 12 steps" in proc.stdout
     assert (stage / "DONE").read_text().strip() == "12"
     with open(stage / "log.csv") as f:
@@ -79,3 +92,16 @@ def test_finished_stage_is_skipped_and_extension_refused_after_a_later_stage(tmp
     err = capsys.readouterr().err
     assert "train_loop.epochs: stage 0 finished at step 6 and stage 1 has already trained " \
         "from its weights" in err
+
+
+def test_best_logged_reads_the_rows_up_to_the_restored_step(tmp_path):
+    from klassterfork.training.trainer import _best_logged
+
+    path = tmp_path / "log.csv"
+    path.write_text("epoch,step,loss,val_top1,val_loss\n1,6,2.0,0.5,1.5\n2,12,1.8,,\n"
+                    "3,18,1.5,0.75,1.2\n4,24,1.4,0.9,0.9\n")
+    assert _best_logged(str(path), "val_top1", 18) == 0.75
+    assert _best_logged(str(path), "val_top1", 24) == 0.9
+    assert _best_logged(str(path), "val_loss", 18) == -1.2  # losses: lower is better
+    assert _best_logged(str(path), "val_top1", 5) == -np.inf
+    assert _best_logged(str(tmp_path / "none.csv"), "val_top1", 5) == -np.inf
