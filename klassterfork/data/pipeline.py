@@ -9,11 +9,9 @@ window per clip (from the first frame's JPEG header) ->
 decode of the chosen frames, the window sliced -> resize -> flip with a label
 map -> standardize -> batch -> prefetch.
 
-eval: records in file order -> parse -> `num_clips` evenly spaced clips x
-`num_crops` spatial crops -> (B, V, T, H, W, C), no shuffling, no repeat, the
-last partial batch kept; with `views_per_chunk=K`, chunks of K views of a
-video (B, K, T, H, W, C) plus the video index and a view mask, so memory per
-batch does not grow with V.
+eval: `eval_dataset`, every video once as `num_clips x num_crops` views
+(`data/eval_pipeline.py`, re-exported here). What both share (shard list,
+decoding only the needed frames and window, flips) is in `data/clips.py`.
 
 Randomness is stateless: example `i` of the (repeated) stream gets the key
 `[seed, i]`, split into one seed per random decision, so the same `seed`
@@ -50,147 +48,14 @@ import tensorflow as tf
 from klassterfork.data import augment, records, resume, transforms
 from klassterfork.data import bad_records as bad_records_lib
 from klassterfork.data.checks import check_choice
+from klassterfork.data.clips import (  # noqa: F401  (decode_frames, flip_left_right: public)
+    AUTOTUNE, dataset_options, decode_clip, decode_frames, encoded_frames, first_image,
+    first_label, flip_clip, flip_left_right, graph_fn, list_files, stack_flow)
+from klassterfork.data.eval_pipeline import eval_dataset  # noqa: F401  (public name)
 from klassterfork.data.spec import (  # noqa: F401  (CROPS, MODALITIES: public names)
-    CROPS, MODALITIES, SHARD_POLICIES, EvalSpec, TrainSpec)
+    CROPS, MODALITIES, SHARD_POLICIES, TrainSpec)
 
-AUTOTUNE = tf.data.AUTOTUNE
 LOG = logging.getLogger(__name__)
-
-
-def list_files(files):
-    """Shard paths from a glob pattern, a directory, or a list of paths.
-
-    A directory means every `*.tfrecord` in it. Globs are sorted so the
-    order (and therefore the seeded shuffle) does not depend on the file
-    system.
-
-    Returns:
-        list of str, non-empty.
-
-    Raises:
-        ValueError: when nothing matches or a listed file does not exist.
-    """
-    if isinstance(files, (str, os.PathLike)):
-        pattern = os.fspath(files)
-        if tf.io.gfile.isdir(pattern):
-            pattern = os.path.join(pattern, "*.tfrecord")
-        paths = sorted(tf.io.gfile.glob(pattern))
-        if not paths:
-            raise ValueError(
-                "`files` matched no record files. Received: "
-                f"files={os.fspath(files)!r} (a glob pattern, a directory of "
-                "*.tfrecord, or a list of paths)"
-            )
-        return paths
-    paths = [os.fspath(f) for f in files]
-    if not paths:
-        raise ValueError("`files` must not be empty. Received: files=[]")
-    missing = [p for p in paths if not tf.io.gfile.exists(p)]
-    if missing:
-        raise ValueError(
-            f"`files` lists {len(missing)} missing file(s), e.g. {missing[0]!r}"
-        )
-    return paths
-
-
-def decode_frames(encoded, window=None, channels=3):
-    """Decodes JPEG frames, keeping only `window` when one is given.
-
-    The window is sliced from the full decode rather than decoded with
-    `tf.image.decode_and_crop_jpeg`: at the stored short side of 128 the
-    cropped decoder cost ~15 % more CPU than decoding the whole frame
-    (libjpeg's scanline skipping does not pay for 112^2 of 128x171; bench
-    in BENCHMARKS.md), and the sliced pixels are exactly those of the full
-    frame (the cropped decoder's chroma upsampling differs by up to 6 levels
-    at some window edges).
-
-    Args:
-        encoded: string [T]. With a static T the decodes are unrolled so that
-            tf.data runs them in parallel.
-        window: int32 [4] `[y, x, h, w]`, or None for full frames.
-        channels: int. 3 (RGB) or 1 (flow). Defaults to 3.
-
-    Returns:
-        uint8 [T, h, w, channels].
-    """
-
-    if window is not None:
-        # Built once, not per frame: each frame's slice then costs one node
-        # (a tf.data function runs every node, constants included).
-        window = tf.convert_to_tensor(window, tf.int32)
-        begin = tf.concat([window[:2], [0]], axis=0)
-        size = tf.concat([window[2:], [channels]], axis=0)
-
-    def one(contents):
-        image = tf.io.decode_jpeg(contents, channels=channels)
-        if window is None:
-            return image
-        return tf.slice(image, begin, size)
-
-    length = encoded.shape[0]
-    if length is not None:
-        return tf.stack([one(c) for c in tf.unstack(encoded, num=length)])
-    return tf.map_fn(one, encoded, fn_output_signature=tf.uint8)
-
-
-def _encoded(example, indices, modality):
-    """RGB: string [T]. Flow: string [T, 2], the (x, y) JPEGs of each index."""
-    if modality == "rgb":
-        return tf.gather(example["frames"], indices)
-    return tf.stack([tf.gather(example["flow_x"], indices),
-                     tf.gather(example["flow_y"], indices)], axis=1)
-
-
-def _first_image(encoded, modality):
-    return encoded[0] if modality == "rgb" else encoded[0, 0]
-
-
-def _decode(encoded, window, modality):
-    """uint8 [T, h, w, 3] (RGB) or [T, h, w, 2] (flow x, y)."""
-    if modality == "rgb":
-        return decode_frames(encoded, window)
-    return tf.concat([decode_frames(encoded[:, 0], window, channels=1),
-                      decode_frames(encoded[:, 1], window, channels=1)], axis=-1)
-
-
-def flip_left_right(clip):
-    """[T, H, W, C] -> the same, each frame mirrored left-right.
-
-    Reverses a [T * H, W, C] view: TF's reverse has a fast path for the
-    middle axis of a 3-D tensor with C <= 4 (row copies), ~3x faster than
-    reversing axis 2 of the 4-D clip (Eigen's generic per-element loop).
-    """
-    shape = tf.shape(clip)
-    rows = tf.reshape(clip, tf.stack([shape[0] * shape[1], shape[2], shape[3]]))
-    return tf.reshape(tf.reverse(rows, axis=[1]), shape)
-
-
-def _flip(clip, modality):
-    """Horizontal flip; for flow the x component also changes sign, which in
-    the 8-bit encoding q = (f + b) * 255 / 2b is q -> 255 - q."""
-    clip = tf.ensure_shape(flip_left_right(clip), clip.shape)
-    if modality == "flow":
-        clip = tf.concat([255 - clip[..., :1], clip[..., 1:]], axis=-1)
-    return clip
-
-
-def stack_flow(clip):
-    """[..., T, S, S, 2] flow clip -> [..., 1, S, S, 2T], channels x1, y1, x2, ...
-
-    The stacked-flow input of two-stream networks (one "frame" of 2L channels).
-    """
-    rank = len(clip.shape)
-    perm = list(range(rank - 4)) + [rank - 3, rank - 2, rank - 4, rank - 1]
-    moved = tf.transpose(clip, perm)  # [..., S, S, T, 2]
-    shape = tf.shape(moved)
-    stacked = tf.reshape(moved, tf.concat([shape[:-2], [shape[-2] * shape[-1]]], 0))
-    return tf.expand_dims(stacked, axis=-4)
-
-
-def first_label(labels):
-    """The first entry of `labels` as int32, -1 for an unlabelled video."""
-    labels = tf.cast(labels, tf.int32)
-    return tf.concat([labels, tf.constant([-1], tf.int32)], axis=0)[0]
 
 
 def shard_policy_for(num_files, num_input_pipelines, shard_policy="auto"):
@@ -555,11 +420,11 @@ def train_dataset(
     ds = _examples(layout, start_example=spec.start_batch * spec.batch_size,
                    repeated_views=spec.repeated_views, repeat=spec.repeat,
                    seeded=spec.seeded)
-    ds = ds.map(_graph_fn(lambda index, record: make_clip(index, record[3])),
+    ds = ds.map(graph_fn(lambda index, record: make_clip(index, record[3])),
                 num_parallel_calls=spec.num_parallel_calls, deterministic=True)
     ds = ds.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
     ds = _batch_stages(ds, spec)
-    return ds.prefetch(AUTOTUNE).with_options(_options())
+    return ds.prefetch(AUTOTUNE).with_options(dataset_options())
 
 
 def _layout(paths, spec, log):
@@ -619,18 +484,18 @@ def _clip_fn(spec):
         if spec.may_reverse:
             # Time reversal is free on indices: reverse them before decoding.
             indices = tf.where(reverse, tf.reverse(indices, [0]), indices)
-        encoded = _encoded(example, indices, modality)
+        encoded = encoded_frames(example, indices, modality)
         window = _train_window(
-            tf.image.extract_jpeg_shape(_first_image(encoded, modality)),
+            tf.image.extract_jpeg_shape(first_image(encoded, modality)),
             seed_crop,
             crop=spec.crop,
             crop_size=spec.crop_size,
             crop_scale=spec.crop_scale,
         )
-        clip = transforms.resize(_decode(encoded, window, modality),
+        clip = transforms.resize(decode_clip(encoded, window, modality),
                                  crop_size=spec.crop_size)
         if spec.may_flip:
-            clip = tf.cond(flip, lambda: _flip(clip, modality), lambda: clip)
+            clip = tf.cond(flip, lambda: flip_clip(clip, modality), lambda: clip)
         if spec.rand_augment is not None:
             # fold_in: a new stream, so the clip / crop / flip draws stay as
             # they are without RandAugment.
@@ -696,240 +561,6 @@ def _batch_stages(ds, spec):
     return ds
 
 
-def eval_dataset(
-    files,
-    *,
-    clip_len,
-    crop_size,
-    num_clips,
-    num_crops,
-    batch_size,
-    frame_step=1,
-    standardize="per_frame",
-    mean=None,
-    std=None,
-    resize_short_side=None,
-    num_segments=None,
-    new_length=1,
-    short_video="repeat",
-    with_ids=False,
-    flatten_views=False,
-    num_parallel_calls=AUTOTUNE,
-    modality="rgb",
-    views_per_chunk=None,
-):
-    """The evaluation pipeline: every video once, `num_clips * num_crops` views.
-
-    Clips are evenly spaced (`transforms.even_clip_indices`); crops are the
-    centre crop (`num_crops=1`) or three crops along the long side
-    (`transforms.spatial_crop_windows`). Each unique frame is decoded once
-    per video, even when clips overlap. View `v = clip * num_crops + crop`.
-
-    Args:
-        files: glob pattern, directory or list of paths; read in order.
-        clip_len, crop_size, batch_size, frame_step: as in `train_dataset`.
-        num_clips: int. Clips per video.
-        num_crops: int. 1 or 3.
-        standardize, mean, std: as in `train_dataset`.
-        resize_short_side: int or None. The crop is taken as if frames were
-            resized to this short side first. Defaults to None (crop at the
-            stored size).
-        num_segments, new_length: TSN segment sampling at segment centres
-            (`transforms.segment_indices`, clip k of `num_clips` shifted by
-            (k + 0.5) / num_clips of a segment); `clip_len` must be
-            `num_segments * new_length`. Defaults to None, 1.
-        short_video: str. "repeat" or "loop". Defaults to "repeat".
-        with_ids: bool. Add the video ids as a third element. Defaults to
-            False.
-        flatten_views: bool. Yield single views, (B, T, H, W, C), with the
-            video's label (and id) repeated. Defaults to False.
-
-        modality: str. "rgb", or "flow" (views of stacked flow, (1, S, S,
-            2 * clip_len) each; see `train_dataset`). Defaults to "rgb".
-        views_per_chunk: int or None. Bounds memory: each video's V views
-            are cut into ceil(V / K) chunks of K = `views_per_chunk`
-            consecutive views (the last one padded with zero views), and a
-            batch holds B chunks, possibly of different videos, so a batch
-            is at most B * K views whatever V is. The unique frames are
-            still decoded once per video (the chunks are gathered from the
-            decoded, cropped frames) and standardized after batching. Each
-            video's chunks follow each other in the stream. Must be in
-            [1, V]; excludes `flatten_views`. Defaults to None (no chunks).
-
-    Returns:
-        `tf.data.Dataset` of `(clips, labels[, ids])`: clips float32
-        (B, V, T, H, W, 3), V = num_clips * num_crops (or (B, T, H, W, 3)
-        with `flatten_views`), labels int32 (B,), ids string (B,).
-
-        With `views_per_chunk = K`: `(clips, labels[, ids], chunks)`, one
-        row per chunk: clips float32 (B, K, T, H, W, 3), labels and ids of
-        the chunk's video, and `chunks` a dict of
-        `video_index` int64 (B,): the video's position in the files (0, 1,
-            ...; the same for all chunks of one video),
-        `view_offset` int32 (B,): the first view of the chunk, a multiple
-            of K, so chunk row k holds views `view_offset + k`,
-        `view_mask` bool (B, K): False for the padding views.
-        The video score is the mean over its V unmasked views (see
-        `aggregate.ViewAccumulator`), as without chunks.
-
-    Raises:
-        ValueError: on a bad size or option, naming the argument.
-    """
-    options = dict(locals())
-    del options["files"]
-    spec = EvalSpec.create(**options)
-    num_views = spec.num_views
-    paths = list_files(files)
-    channels = 3 if modality == "rgb" else 2
-
-    def decode_video(serialized):
-        # -> crops [num_crops, U, S, S, ch] of the U unique frames, positions
-        # [num_clips, T] into U, label, id.
-        example = records.parse(serialized, with_flow=modality == "flow")
-        if num_segments is None:
-            indices = transforms.even_clip_indices(
-                example["num_frames"],
-                clip_len=clip_len,
-                num_clips=num_clips,
-                frame_step=frame_step,
-                short_video=short_video,
-            )
-        else:
-            indices = tf.stack(
-                [
-                    transforms.segment_indices(
-                        example["num_frames"],
-                        num_segments=num_segments,
-                        new_length=new_length,
-                        clip=k,
-                        num_clips=num_clips,
-                    )
-                    for k in range(num_clips)
-                ]
-            )
-        unique, position = tf.unique(tf.reshape(indices, [-1]))
-        encoded = _encoded(example, unique, modality)
-        windows = transforms.spatial_crop_windows(
-            tf.image.extract_jpeg_shape(_first_image(encoded, modality)),
-            crop_size=crop_size,
-            num_crops=num_crops,
-            resize_short_side=resize_short_side,
-        )
-        if num_crops == 1:
-            # One window: decode only it.
-            frames = _decode(encoded, windows[0], modality)
-            crops = [transforms.resize(frames, crop_size=crop_size)]
-        else:
-            frames = _decode(encoded, None, modality)
-            crops = [
-                transforms.crop_and_resize(frames, windows[j], crop_size=crop_size)
-                for j in range(num_crops)
-            ]
-        crops = tf.ensure_shape(
-            tf.stack(crops), [num_crops, None, crop_size, crop_size, channels]
-        )
-        position = tf.reshape(position, [num_clips, clip_len])
-        return crops, position, first_label(example["labels"]), example["id"]
-
-    def views_of(crops, position, view_ids):
-        views = _gather_views(crops, position, view_ids, num_crops=num_crops)
-        return stack_flow(views) if modality == "flow" else views
-
-    def make_views(serialized):
-        crops, position, label, vid = decode_video(serialized)
-        return views_of(crops, position, tf.range(num_views)), label, vid
-
-    ds = tf.data.TFRecordDataset(paths)
-    if views_per_chunk is None:
-        ds = ds.map(
-            _graph_fn(make_views), num_parallel_calls=num_parallel_calls,
-            deterministic=True,
-        )
-    else:
-        ds = ds.enumerate().map(
-            _graph_fn(lambda index, serialized: (*decode_video(serialized), index)),
-            num_parallel_calls=num_parallel_calls,
-            deterministic=True,
-        )
-        ds = ds.flat_map(
-            _graph_fn(
-                lambda crops, position, label, vid, index: _view_chunks(
-                    lambda ids: views_of(crops, position, ids),
-                    label, vid, index, num_views=num_views,
-                    views_per_chunk=views_per_chunk,
-                )
-            )
-        )
-    if flatten_views:
-        ds = ds.flat_map(
-            lambda views, label, vid: tf.data.Dataset.from_tensor_slices(
-                (views, tf.fill([num_views], label), tf.fill([num_views], vid))
-            )
-        )
-    if not with_ids:
-        ds = ds.map(lambda clips, labels, ids, *chunk: (clips, labels, *chunk))
-    ds = ds.batch(batch_size, drop_remainder=False)
-    if standardize != "none":  # "none": uint8 views as they are
-        ds = ds.map(
-            _standardizer(standardize, mean, std),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
-    ds = ds.prefetch(AUTOTUNE)
-    return ds.with_options(_options())
-
-
-def _gather_views(crops, position, view_ids, *, num_crops):
-    """Views `view_ids` of one video from its cropped unique frames.
-
-    Args:
-        crops: uint8 [num_crops, U, S, S, C], crop j of the U unique frames.
-        position: int32 [num_clips, T]. Row k: clip k's frames as indices
-            into U.
-        view_ids: int32 [K]. View v is clip v // num_crops, crop
-            v % num_crops.
-
-    Returns:
-        uint8 [K, T, S, S, C].
-    """
-    frame = tf.gather(position, view_ids // num_crops)  # [K, T]
-    crop = tf.broadcast_to((view_ids % num_crops)[:, None], tf.shape(frame))
-    return tf.gather_nd(crops, tf.stack([crop, frame], axis=-1))
-
-
-def _view_chunks(views_of, label, vid, index, *, num_views, views_per_chunk):
-    """The chunks of one video's views as a dataset (see `eval_dataset`).
-
-    Args:
-        views_of: callable int32 [K] view ids -> uint8 [K, ...] views.
-        label, vid, index: the video's label, id and position in the files.
-        num_views, views_per_chunk: V and K.
-
-    Returns:
-        `tf.data.Dataset` of ceil(V / K) elements `(views [K, ...], label,
-        vid, {"video_index", "view_offset", "view_mask"})`; the views past
-        V are zeros.
-    """
-    num_chunks = -(-num_views // views_per_chunk)
-
-    def chunk(k):
-        offset = tf.cast(k, tf.int32) * views_per_chunk
-        view_ids = offset + tf.range(views_per_chunk)
-        mask = view_ids < num_views
-        # Gather the real views, then append zero views: a broadcast
-        # `tf.where` over the chunk would cost ~10x the gather.
-        views = views_of(view_ids[: tf.minimum(views_per_chunk, num_views - offset)])
-        padding = tf.zeros(
-            tf.concat([[views_per_chunk - tf.shape(views)[0]], tf.shape(views)[1:]], 0),
-            views.dtype)
-        views = tf.concat([views, padding], axis=0)
-        views = tf.ensure_shape(views, [views_per_chunk] + views.shape[1:].as_list())
-        info = {"video_index": index, "view_offset": offset, "view_mask": mask}
-        return views, label, vid, info
-
-    return tf.data.Dataset.range(num_chunks).map(_graph_fn(chunk))
-
-
 # crop name -> (image_size, seed, crop_size, crop_scale) -> window [y, x, h, w]
 _CROP_WINDOWS = {
     "random": lambda size, seed, crop_size, scale: transforms.random_crop_window(
@@ -949,24 +580,3 @@ _CROP_WINDOWS = {
 
 def _train_window(image_size, seed, *, crop, crop_size, crop_scale):
     return _CROP_WINDOWS[crop](image_size, seed, crop_size, crop_scale)
-
-
-def _graph_fn(fn):
-    # Pure tensor code: autograph has nothing to convert (and warns on closures).
-    return tf.autograph.experimental.do_not_convert(fn)
-
-
-def _standardizer(mode, mean, std):
-    @tf.autograph.experimental.do_not_convert
-    def apply(clips, *rest):
-        return (transforms.standardize(clips, mode, mean=mean, std=std), *rest)
-
-    return apply
-
-
-def _options():
-    options = tf.data.Options()
-    options.deterministic = True
-    options.autotune.enabled = True
-    options.experimental_optimization.map_parallelization = True
-    return options

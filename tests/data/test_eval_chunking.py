@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from klassterfork.data import pipeline, records
+from klassterfork.data import clips, pipeline, records
 from klassterfork.evaluation import aggregate
 
 H, W = 24, 32
@@ -135,7 +135,7 @@ def reference_unique_count(num_frames, num_clips, clip_len=CLIP_LEN, step=2):
 def test_each_unique_frame_decoded_once_per_video(paths, monkeypatch, num_clips,
                                                   num_crops):
     calls = []
-    original = pipeline.decode_frames
+    original = clips.decode_frames
 
     def counting(encoded, window=None, channels=3):
         # Records how many JPEGs each executed decode call gets.
@@ -147,7 +147,7 @@ def test_each_unique_frame_decoded_once_per_video(paths, monkeypatch, num_clips,
         with tf.control_dependencies([n]):
             return original(tf.identity(encoded), window, channels)
 
-    monkeypatch.setattr(pipeline, "decode_frames", counting)
+    monkeypatch.setattr(clips, "decode_frames", counting)
     expected = [reference_unique_count(n, num_clips) for n, _ in VIDEOS]
     # Overlapping clips: far fewer decodes than views x frames.
     assert expected[1] < num_clips * CLIP_LEN

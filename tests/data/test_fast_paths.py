@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from klassterfork.data import pipeline  # noqa: E402
+from klassterfork.data import clips, pipeline  # noqa: E402
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3])
@@ -21,7 +21,7 @@ def test_flip_left_right_mirrors_every_frame(channels):
 
 def test_flow_flip_negates_x_component():
     clip = np.random.default_rng(0).integers(0, 256, size=(2, 3, 4, 2), dtype=np.uint8)
-    flipped = pipeline._flip(tf.constant(clip), "flow").numpy()
+    flipped = clips.flip_clip(tf.constant(clip), "flow").numpy()
     np.testing.assert_array_equal(flipped[..., 0], 255 - clip[:, :, ::-1, 0])
     np.testing.assert_array_equal(flipped[..., 1], clip[:, :, ::-1, 1])
 

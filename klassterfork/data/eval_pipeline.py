@@ -1,0 +1,254 @@
+"""The evaluation pipeline: every video once, in file order, as
+`num_clips x num_crops` views.
+
+records in file order -> parse -> `num_clips` evenly spaced clips x
+`num_crops` spatial crops -> (B, V, T, H, W, C), no shuffling, no repeat, the
+last partial batch kept; with `views_per_chunk=K`, chunks of K views of a
+video (B, K, T, H, W, C) plus the video index and a view mask, so memory per
+batch does not grow with V. Each unique frame of a video is decoded once,
+even when clips overlap.
+
+Public as `pipeline.eval_dataset` (the train pipeline's module re-exports it).
+"""
+
+import tensorflow as tf
+
+from klassterfork.data import records, transforms
+from klassterfork.data.clips import (
+    AUTOTUNE, dataset_options, decode_clip, encoded_frames, first_image, first_label,
+    graph_fn, list_files, stack_flow, standardizer)
+from klassterfork.data.spec import EvalSpec
+
+
+def eval_dataset(
+    files,
+    *,
+    clip_len,
+    crop_size,
+    num_clips,
+    num_crops,
+    batch_size,
+    frame_step=1,
+    standardize="per_frame",
+    mean=None,
+    std=None,
+    resize_short_side=None,
+    num_segments=None,
+    new_length=1,
+    short_video="repeat",
+    with_ids=False,
+    flatten_views=False,
+    num_parallel_calls=AUTOTUNE,
+    modality="rgb",
+    views_per_chunk=None,
+):
+    """The evaluation pipeline: every video once, `num_clips * num_crops` views.
+
+    Clips are evenly spaced (`transforms.even_clip_indices`); crops are the
+    centre crop (`num_crops=1`) or three crops along the long side
+    (`transforms.spatial_crop_windows`). Each unique frame is decoded once
+    per video, even when clips overlap. View `v = clip * num_crops + crop`.
+
+    Args:
+        files: glob pattern, directory or list of paths; read in order.
+        clip_len, crop_size, batch_size, frame_step: as in `train_dataset`.
+        num_clips: int. Clips per video.
+        num_crops: int. 1 or 3.
+        standardize, mean, std: as in `train_dataset`.
+        resize_short_side: int or None. The crop is taken as if frames were
+            resized to this short side first. Defaults to None (crop at the
+            stored size).
+        num_segments, new_length: TSN segment sampling at segment centres
+            (`transforms.segment_indices`, clip k of `num_clips` shifted by
+            (k + 0.5) / num_clips of a segment); `clip_len` must be
+            `num_segments * new_length`. Defaults to None, 1.
+        short_video: str. "repeat" or "loop". Defaults to "repeat".
+        with_ids: bool. Add the video ids as a third element. Defaults to
+            False.
+        flatten_views: bool. Yield single views, (B, T, H, W, C), with the
+            video's label (and id) repeated. Defaults to False.
+
+        modality: str. "rgb", or "flow" (views of stacked flow, (1, S, S,
+            2 * clip_len) each; see `train_dataset`). Defaults to "rgb".
+        views_per_chunk: int or None. Bounds memory: each video's V views
+            are cut into ceil(V / K) chunks of K = `views_per_chunk`
+            consecutive views (the last one padded with zero views), and a
+            batch holds B chunks, possibly of different videos, so a batch
+            is at most B * K views whatever V is. The unique frames are
+            still decoded once per video (the chunks are gathered from the
+            decoded, cropped frames) and standardized after batching. Each
+            video's chunks follow each other in the stream. Must be in
+            [1, V]; excludes `flatten_views`. Defaults to None (no chunks).
+
+    Returns:
+        `tf.data.Dataset` of `(clips, labels[, ids])`: clips float32
+        (B, V, T, H, W, 3), V = num_clips * num_crops (or (B, T, H, W, 3)
+        with `flatten_views`), labels int32 (B,), ids string (B,).
+
+        With `views_per_chunk = K`: `(clips, labels[, ids], chunks)`, one
+        row per chunk: clips float32 (B, K, T, H, W, 3), labels and ids of
+        the chunk's video, and `chunks` a dict of
+        `video_index` int64 (B,): the video's position in the files (0, 1,
+            ...; the same for all chunks of one video),
+        `view_offset` int32 (B,): the first view of the chunk, a multiple
+            of K, so chunk row k holds views `view_offset + k`,
+        `view_mask` bool (B, K): False for the padding views.
+        The video score is the mean over its V unmasked views (see
+        `aggregate.ViewAccumulator`), as without chunks.
+
+    Raises:
+        ValueError: on a bad size or option, naming the argument.
+    """
+    options = dict(locals())
+    del options["files"]
+    spec = EvalSpec.create(**options)
+    num_views = spec.num_views
+    paths = list_files(files)
+    channels = 3 if modality == "rgb" else 2
+
+    def decode_video(serialized):
+        # -> crops [num_crops, U, S, S, ch] of the U unique frames, positions
+        # [num_clips, T] into U, label, id.
+        example = records.parse(serialized, with_flow=modality == "flow")
+        if num_segments is None:
+            indices = transforms.even_clip_indices(
+                example["num_frames"],
+                clip_len=clip_len,
+                num_clips=num_clips,
+                frame_step=frame_step,
+                short_video=short_video,
+            )
+        else:
+            indices = tf.stack(
+                [
+                    transforms.segment_indices(
+                        example["num_frames"],
+                        num_segments=num_segments,
+                        new_length=new_length,
+                        clip=k,
+                        num_clips=num_clips,
+                    )
+                    for k in range(num_clips)
+                ]
+            )
+        unique, position = tf.unique(tf.reshape(indices, [-1]))
+        encoded = encoded_frames(example, unique, modality)
+        windows = transforms.spatial_crop_windows(
+            tf.image.extract_jpeg_shape(first_image(encoded, modality)),
+            crop_size=crop_size,
+            num_crops=num_crops,
+            resize_short_side=resize_short_side,
+        )
+        if num_crops == 1:
+            # One window: decode only it.
+            frames = decode_clip(encoded, windows[0], modality)
+            crops = [transforms.resize(frames, crop_size=crop_size)]
+        else:
+            frames = decode_clip(encoded, None, modality)
+            crops = [
+                transforms.crop_and_resize(frames, windows[j], crop_size=crop_size)
+                for j in range(num_crops)
+            ]
+        crops = tf.ensure_shape(
+            tf.stack(crops), [num_crops, None, crop_size, crop_size, channels]
+        )
+        position = tf.reshape(position, [num_clips, clip_len])
+        return crops, position, first_label(example["labels"]), example["id"]
+
+    def views_of(crops, position, view_ids):
+        views = _gather_views(crops, position, view_ids, num_crops=num_crops)
+        return stack_flow(views) if modality == "flow" else views
+
+    def make_views(serialized):
+        crops, position, label, vid = decode_video(serialized)
+        return views_of(crops, position, tf.range(num_views)), label, vid
+
+    ds = tf.data.TFRecordDataset(paths)
+    if views_per_chunk is None:
+        ds = ds.map(
+            graph_fn(make_views), num_parallel_calls=num_parallel_calls,
+            deterministic=True,
+        )
+    else:
+        ds = ds.enumerate().map(
+            graph_fn(lambda index, serialized: (*decode_video(serialized), index)),
+            num_parallel_calls=num_parallel_calls,
+            deterministic=True,
+        )
+        ds = ds.flat_map(
+            graph_fn(
+                lambda crops, position, label, vid, index: _view_chunks(
+                    lambda ids: views_of(crops, position, ids),
+                    label, vid, index, num_views=num_views,
+                    views_per_chunk=views_per_chunk,
+                )
+            )
+        )
+    if flatten_views:
+        ds = ds.flat_map(
+            lambda views, label, vid: tf.data.Dataset.from_tensor_slices(
+                (views, tf.fill([num_views], label), tf.fill([num_views], vid))
+            )
+        )
+    if not with_ids:
+        ds = ds.map(lambda clips, labels, ids, *chunk: (clips, labels, *chunk))
+    ds = ds.batch(batch_size, drop_remainder=False)
+    if standardize != "none":  # "none": uint8 views as they are
+        ds = ds.map(
+            standardizer(standardize, mean, std),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+    ds = ds.prefetch(AUTOTUNE)
+    return ds.with_options(dataset_options())
+
+
+def _gather_views(crops, position, view_ids, *, num_crops):
+    """Views `view_ids` of one video from its cropped unique frames.
+
+    Args:
+        crops: uint8 [num_crops, U, S, S, C], crop j of the U unique frames.
+        position: int32 [num_clips, T]. Row k: clip k's frames as indices
+            into U.
+        view_ids: int32 [K]. View v is clip v // num_crops, crop
+            v % num_crops.
+
+    Returns:
+        uint8 [K, T, S, S, C].
+    """
+    frame = tf.gather(position, view_ids // num_crops)  # [K, T]
+    crop = tf.broadcast_to((view_ids % num_crops)[:, None], tf.shape(frame))
+    return tf.gather_nd(crops, tf.stack([crop, frame], axis=-1))
+
+
+def _view_chunks(views_of, label, vid, index, *, num_views, views_per_chunk):
+    """The chunks of one video's views as a dataset (see `eval_dataset`).
+
+    Args:
+        views_of: callable int32 [K] view ids -> uint8 [K, ...] views.
+        label, vid, index: the video's label, id and position in the files.
+        num_views, views_per_chunk: V and K.
+
+    Returns:
+        `tf.data.Dataset` of ceil(V / K) elements `(views [K, ...], label,
+        vid, {"video_index", "view_offset", "view_mask"})`; the views past
+        V are zeros.
+    """
+    num_chunks = -(-num_views // views_per_chunk)
+
+    def chunk(k):
+        offset = tf.cast(k, tf.int32) * views_per_chunk
+        view_ids = offset + tf.range(views_per_chunk)
+        mask = view_ids < num_views
+        # Gather the real views, then append zero views: a broadcast
+        # `tf.where` over the chunk would cost ~10x the gather.
+        views = views_of(view_ids[: tf.minimum(views_per_chunk, num_views - offset)])
+        padding = tf.zeros(
+            tf.concat([[views_per_chunk - tf.shape(views)[0]], tf.shape(views)[1:]], 0),
+            views.dtype)
+        views = tf.concat([views, padding], axis=0)
+        views = tf.ensure_shape(views, [views_per_chunk] + views.shape[1:].as_list())
+        info = {"video_index": index, "view_offset": offset, "view_mask": mask}
+        return views, label, vid, info
+
+    return tf.data.Dataset.range(num_chunks).map(graph_fn(chunk))
