@@ -12,6 +12,8 @@ map -> standardize -> batch -> prefetch.
 eval: `eval_dataset`, every video once as `num_clips x num_crops` views
 (`data/eval_pipeline.py`, re-exported here). What both share (shard list,
 decoding only the needed frames and window, flips) is in `data/clips.py`.
+(design.md puts all three in this module; they were split when it passed
+950 lines, so each reads as one pipeline. The public names stay here.)
 
 Randomness is stateless: example `i` of the (repeated) stream gets the key
 `[seed, i]`, split into one seed per random decision, so the same `seed`
