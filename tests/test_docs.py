@@ -388,7 +388,10 @@ def test_documented_block_runs_on_stand_in_data(block, tmp_path, tmp_path_factor
             for name in ("runs", "tools"):
                 os.symlink(ROOT / name, cache / name)
         demo_folder(cache, trained=setup == "demo_trained")
-        for name in ("demo_data", "experiments"):
+        # Only the trained setup gets the trained run: a block that trains the
+        # demo must start from an empty experiments folder.
+        names = ("demo_data", "experiments") if setup == "demo_trained" else ("demo_data",)
+        for name in names:
             if (cache / name).exists():
                 shutil.copytree(cache / name, work / name, symlinks=True)
     elif setup:

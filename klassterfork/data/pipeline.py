@@ -198,7 +198,7 @@ def _diagnoser(layout, make_clip, *, batch_size, repeated_views, repeat):
             if (f, r) in seen:
                 continue
             try:
-                make_clip(index, serialized)
+                make_clip(index, (epoch, f, r, serialized))
             except tf.errors.OpError as err:
                 seen.add((f, r))
                 found.append({
@@ -286,6 +286,7 @@ def train_dataset(
     input_pipeline_id=0,
     shard_policy="auto",
     max_bad_records=None,
+    example_key="position",
     bad_records=None,
 ):
     """The training pipeline: random clips, one random crop per clip, flips.
@@ -394,6 +395,15 @@ def train_dataset(
             truncated shards) tolerated before the run stops with a
             paragraph naming them (see `data/bad_records.py`). Defaults to
             None: 0.1 % of the records, at least 1.
+        example_key: str. What an example's random draws (clip, crop, flip,
+            augmentations; erasing and mixing per batch) are keyed by:
+            "position", its place in this pipeline's stream (the stream of
+            one seed is then reproducible whatever the files are called), or
+            "record": (shard file name, epoch, record, view), so pipelines
+            that number their examples alike still draw apart. The
+            tf.data service sets "record": each worker numbers what it reads
+            from 0. Either way a resume at `start_batch` is exact.
+            Defaults to "position".
         bad_records: `bad_records.BadRecordLog`, a path to a
             `bad_records.jsonl`, or None. The records it names are skipped
             (from the epoch they were found in on); truncated shards found
@@ -414,7 +424,7 @@ def train_dataset(
     del options["files"], options["bad_records"]
     spec = TrainSpec.create(**options)
     layout, log, budget = _layout(list_files(files), spec, bad_records)
-    make_clip = _clip_fn(spec)
+    make_clip = _clip_fn(spec, [os.path.basename(p) for p in layout.shards.paths])
     log.register(spec.input_pipeline_id, _diagnoser(
         layout, make_clip, batch_size=spec.batch_size,
         repeated_views=spec.repeated_views, repeat=spec.repeat), budget)
@@ -422,7 +432,7 @@ def train_dataset(
     ds = _examples(layout, start_example=spec.start_batch * spec.batch_size,
                    repeated_views=spec.repeated_views, repeat=spec.repeat,
                    seeded=spec.seeded)
-    ds = ds.map(graph_fn(lambda index, record: make_clip(index, record[3])),
+    ds = ds.map(graph_fn(make_clip),
                 num_parallel_calls=spec.num_parallel_calls, deterministic=True)
     ds = ds.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
     ds = _batch_stages(ds, spec)
@@ -458,18 +468,27 @@ def _layout(paths, spec, log):
     return layout, log, budget
 
 
-def _clip_fn(spec):
-    """`(index, serialized) -> (clip, label)`: one random clip of a video.
+def _clip_fn(spec, shard_names):
+    """`(index, (epoch, file, record, serialized)) -> (clip, label)`: one
+    random clip of a video (`(clip, label, key)` with example_key="record").
 
-    Example `index` of pipeline i draws every random number from the key
-    `[seed, index * P + i]` (unique over pipelines).
+    example_key="position": example `index` of pipeline i draws every random
+    number from the key `[seed, index * P + i]` (unique over pipelines).
+    "record": from `_record_key`, which the batch stages also use.
     """
     modality = spec.modality
+    names = tf.constant(shard_names)
 
-    def make_clip(index, serialized):
+    def make_clip(index, record):
+        epoch, file, record_index, serialized = record
         example = records.parse(serialized, with_flow=modality == "flow")
-        unique = tf.cast(index, tf.int64) * spec.num_input_pipelines + spec.input_pipeline_id
-        key = tf.stack([tf.constant(spec.seed, tf.int64), unique])
+        if spec.example_key == "record":
+            key = _record_key(spec.seed, tf.gather(names, file), epoch, record_index,
+                              tf.cast(index, tf.int64) % spec.repeated_views)
+        else:
+            unique = (tf.cast(index, tf.int64) * spec.num_input_pipelines
+                      + spec.input_pipeline_id)
+            key = tf.stack([tf.constant(spec.seed, tf.int64), unique])
         seed_clip, seed_crop, seed_aug, seed_step = tf.unstack(
             tf.random.experimental.stateless_split(key, num=4)
         )
@@ -512,9 +531,22 @@ def _clip_fn(spec):
             # BENCHMARKS.md), more than copying float32 into the batch.
             clip = transforms.standardize(clip, spec.standardize, mean=spec.mean,
                                           std=spec.std)
+        if spec.example_key == "record":
+            return clip, label, key[1]
         return clip, label
 
     return make_clip
+
+
+def _record_key(seed, shard_name, epoch, record_index, view):
+    """int64 [2]: the draws' key of view `view` of record `record_index` of
+    shard `shard_name` in `epoch` (the name, not the file's index: pipelines
+    that list other files still agree)."""
+    key = tf.stack([tf.constant(seed, tf.int64),
+                    tf.strings.to_hash_bucket_fast(shard_name, 2**62)])
+    for part in (epoch, record_index, view):
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(part, tf.int64))
+    return key
 
 
 def _clip_indices(num_frames, spec, seed_clip, seed_step):
@@ -538,7 +570,9 @@ def _batch_stages(ds, spec):
     Erasing and mixing are seeded by the batch index (unique over pipelines,
     counted from the run's start), so a resumed run erases and mixes alike.
     """
-    def batch_key(index, offset):
+    def batch_key(index, batch, offset):
+        if spec.example_key == "record":  # the batch's first example's key
+            return tf.stack([tf.constant(spec.seed + offset, tf.int64), batch[2][0]])
         batch_index = ((index + spec.start_batch) * spec.num_input_pipelines
                        + spec.input_pipeline_id)
         return tf.stack([tf.constant(spec.seed + offset, tf.int64), batch_index])
@@ -546,20 +580,24 @@ def _batch_stages(ds, spec):
     if spec.random_erasing is not None:
 
         def erase(index, batch):
-            return (augment.random_erasing(batch[0], batch_key(index, 3),
-                                           **spec.random_erasing), batch[1])
+            clips = augment.random_erasing(batch[0], batch_key(index, batch, 3),
+                                           **spec.random_erasing)
+            return (clips, *batch[1:])
 
         ds = ds.enumerate().map(erase, num_parallel_calls=AUTOTUNE, deterministic=True)
     if spec.mixes:
 
         def mix(index, batch):
-            return transforms.mix_batch(
-                batch[0], batch[1], batch_key(index, 2), num_classes=spec.num_classes,
+            mixed = transforms.mix_batch(
+                batch[0], batch[1], batch_key(index, batch, 2), num_classes=spec.num_classes,
                 mixup_alpha=spec.mixup_alpha, cutmix_alpha=spec.cutmix_alpha,
                 switch_prob=spec.mix_switch_prob, prob=spec.mix_prob,
                 label_smoothing=spec.label_smoothing)
+            return (*mixed, *batch[2:])
 
         ds = ds.enumerate().map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if spec.example_key == "record":
+        ds = ds.map(lambda clips, labels, keys: (clips, labels))
     return ds
 
 

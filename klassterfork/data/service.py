@@ -288,7 +288,10 @@ def service_input_fn(make_dataset, config, *, global_batch, seed, start_step, jo
     dog = Watchdog(config["address"], config["timeout_s"]) if watchdog else None
 
     def dataset_fn(context):
-        placement = {"batch_size": context.get_per_replica_batch_size(global_batch)}
+        # Each worker numbers what it reads from 0: key the draws by record,
+        # or the k-th example of every worker would draw alike.
+        placement = {"batch_size": context.get_per_replica_batch_size(global_batch),
+                     "example_key": "record"}
         if not repeat:
             placement.update(repeat=False, drop_remainder=False)
         remote = make_dataset(run_seed(seed, start_step), placement)

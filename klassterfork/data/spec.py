@@ -21,6 +21,8 @@ from klassterfork.data.crops import check_scale
 MODALITIES = ("rgb", "flow")
 CROPS = ("random", "multi_scale", "random_resized", "centre")
 SHARD_POLICIES = ("auto", "file", "data")
+# What keys an example's random draws (see `pipeline.train_dataset`).
+EXAMPLE_KEYS = ("position", "record")
 RAND_AUGMENT_OPS = {"default": augment.DEFAULT_OPS, "increasing": augment.INCREASING_OPS}
 
 
@@ -107,6 +109,7 @@ class TrainSpec:
     input_pipeline_id: int = 0
     shard_policy: str = "auto"
     max_bad_records: int = None
+    example_key: str = "position"
     step_choices: tuple = None
     seeded: bool = True
 
@@ -140,6 +143,7 @@ class TrainSpec:
                 f"num_input_pipelines={o.num_input_pipelines}"
             )
         check_choice(o.shard_policy, SHARD_POLICIES, "shard_policy")
+        check_choice(o.example_key, EXAMPLE_KEYS, "example_key")
         if o.max_bad_records is not None and not (
                 _is_int(o.max_bad_records) and o.max_bad_records >= 0):
             raise ValueError("`max_bad_records` must be an int >= 0 or None (0.1 % of the "

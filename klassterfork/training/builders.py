@@ -207,7 +207,8 @@ def flip_map(block, info, source, key):
 
 
 # Train-pipeline arguments the trainer sets from the strategy and the step.
-PLACEMENT_KEYS = ("start_batch", "num_input_pipelines", "input_pipeline_id", "bad_records")
+PLACEMENT_KEYS = ("start_batch", "num_input_pipelines", "input_pipeline_id", "bad_records",
+                  "example_key")
 
 
 def make_train_dataset(block, info, source, key, *, seed, placement=None):
