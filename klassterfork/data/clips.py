@@ -7,7 +7,6 @@ import os
 
 import tensorflow as tf
 
-from klassterfork.data import transforms
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -151,14 +150,6 @@ def first_label(labels):
 def graph_fn(fn):
     # Pure tensor code: autograph has nothing to convert (and warns on closures).
     return tf.autograph.experimental.do_not_convert(fn)
-
-
-def standardizer(mode, mean, std):
-    @tf.autograph.experimental.do_not_convert
-    def apply(clips, *rest):
-        return (transforms.standardize(clips, mode, mean=mean, std=std), *rest)
-
-    return apply
 
 
 def dataset_options():

@@ -16,7 +16,7 @@ import tensorflow as tf
 from klassterfork.data import records, transforms
 from klassterfork.data.clips import (
     AUTOTUNE, dataset_options, decode_clip, encoded_frames, first_image, first_label,
-    graph_fn, list_files, stack_flow, standardizer)
+    graph_fn, list_files, stack_flow)
 from klassterfork.data.spec import EvalSpec
 
 
@@ -195,7 +195,7 @@ def eval_dataset(
     ds = ds.batch(batch_size, drop_remainder=False)
     if standardize != "none":  # "none": uint8 views as they are
         ds = ds.map(
-            standardizer(standardize, mean, std),
+            _standardizer(standardize, mean, std),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
@@ -252,3 +252,11 @@ def _view_chunks(views_of, label, vid, index, *, num_views, views_per_chunk):
         return views, label, vid, info
 
     return tf.data.Dataset.range(num_chunks).map(graph_fn(chunk))
+
+
+def _standardizer(mode, mean, std):
+    @tf.autograph.experimental.do_not_convert
+    def apply(clips, *rest):
+        return (transforms.standardize(clips, mode, mean=mean, std=std), *rest)
+
+    return apply

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from klassterfork import files
 from klassterfork.cli.train import main
 from klassterfork.data import bad_records, pipeline, records
 from tests.data.test_pipeline import video_record, write_shards
@@ -209,10 +210,4 @@ def test_workers_sharing_the_stage_file_keep_each_others_entries(tmp_path):
     entries = [json.loads(line) for line in open(path)]
     assert sorted(e["video_id"] for e in entries) == sorted(
         f"w{w}-{r}" for w in range(2) for r in range(150))
-    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~_umask())
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~files.current_umask())
