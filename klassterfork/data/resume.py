@@ -34,7 +34,9 @@ import struct
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
-READ_BUFFER = 256 * 1024  # TFRecordDataset's default
+# Remote file systems (gs://, s3://, hdfs://) read through TFRecordDataset's
+# default buffer: there every unbuffered header read would be a request.
+REMOTE_READ_BUFFER = 256 * 1024
 
 
 def count_records(path):
@@ -268,16 +270,26 @@ def plan_start(layout, epoch, record):
 def read_shard(path, first, count):
     """Records `first` .. `count - 1` of one shard (the record-reading stage).
 
-    `skip` on a `TFRecordDataset` seeks over record bodies, reading only the
-    12-byte headers when the reader is unbuffered; a shard that starts at an
-    offset is therefore read unbuffered (one read per header or body; the
-    default 256 KiB buffer would read most of every skipped body). `take`
-    stops before a truncated tail. A module-level function so that tests
-    can count what is read.
+    Local shards are read unbuffered (one read per 12-byte header, one per
+    body): the default 256 KiB buffer copies every record a second time,
+    ~0.07 ms of CPU per 1.3 MB record (~10 % of reading it; bench in
+    BENCHMARKS.md), and `skip` then seeks over record bodies reading only
+    their headers. Remote shards (a "scheme://" path) keep a read buffer,
+    since there each read is a request (unless it starts at an offset: a
+    buffer would read the skipped bodies). `take` stops before a truncated
+    tail. A module-level function so that tests can count what is read.
     """
-    buffer_size = tf.where(first > 0, tf.constant(0, tf.int64), READ_BUFFER)
-    reader = tf.data.TFRecordDataset(path, buffer_size=buffer_size)
+    reader = tf.data.TFRecordDataset(path, buffer_size=read_buffer_size(path, first))
     return reader.skip(first).take(count - first)
+
+
+def read_buffer_size(path, first):
+    """int64 scalar: `REMOTE_READ_BUFFER` for a remote shard read from its
+    first record, else 0 (unbuffered)."""
+    remote = tf.strings.regex_full_match(path, "[a-zA-Z][a-zA-Z0-9+.-]*://.*")
+    local = tf.strings.regex_full_match(path, "file://.*")
+    buffered = remote & ~local & tf.equal(tf.cast(first, tf.int64), 0)
+    return tf.where(buffered, tf.constant(REMOTE_READ_BUFFER, tf.int64), 0)
 
 
 def _epoch_records(layout, epoch, files, firsts):
@@ -292,8 +304,13 @@ def _epoch_records(layout, epoch, files, firsts):
         counts = tf.where(cut, tf.minimum(counts, readable), counts)
 
     def read(f, first):
-        records = read_shard(tf.gather(paths, f), first, tf.gather(counts, f))
-        return records.enumerate(start=first).map(lambda r, s: (epoch, f, r, s))
+        count = tf.gather(counts, f)
+        records = read_shard(tf.gather(paths, f), first, count)
+        # zip, not enumerate + map: no function call per record.
+        return tf.data.Dataset.zip((
+            tf.data.Dataset.from_tensors(epoch).repeat(),
+            tf.data.Dataset.from_tensors(f).repeat(),
+            tf.data.Dataset.range(first, count), records))
 
     ds = tf.data.Dataset.from_tensor_slices((files, tf.cast(firsts, tf.int64)))
     ds = ds.interleave(

@@ -194,3 +194,25 @@ def test_count_records_reads_headers_and_finds_a_truncated_tail(tmp_path):
     with open(paths[0], "r+b") as f:
         f.truncate(size - 3 - 3 * 19 - 5)  # inside a header
     assert resume.count_records(paths[0]) == (1, True)
+
+
+def syscr():
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("syscr"))
+
+
+def test_local_shards_are_read_unbuffered_remote_ones_buffered(tmp_path):
+    size = lambda path, first=0: int(resume.read_buffer_size(tf.constant(path), first))
+    assert size(str(tmp_path / "a.tfrecord")) == 0
+    assert size("relative/a.tfrecord") == 0
+    assert size("file:///data/a.tfrecord") == 0
+    assert size("gs://bucket/a.tfrecord") == resume.REMOTE_READ_BUFFER
+    assert size("s3://bucket/a.tfrecord") == resume.REMOTE_READ_BUFFER
+    # A remote shard resumed at an offset skips bodies unbuffered.
+    assert size("gs://bucket/a.tfrecord", first=5) == 0
+    # Unbuffered: the reader makes a read per header and one per body (the
+    # 256 KiB buffer would read these 300 small records in one or two).
+    (path,) = tiny_shards(tmp_path, [300])
+    before = syscr()
+    assert len(list(resume.read_shard(tf.constant(path), 0, 300))) == 300
+    assert syscr() - before >= 2 * 300

@@ -191,9 +191,17 @@ def test_per_frame_matches_per_image_standardization():
     want = tf.image.per_image_standardization(frames).numpy()
     np.testing.assert_allclose(tr.standardize(frames, "per_frame"), want, atol=2e-6)
     clips = rng.integers(0, 256, (2, 8, 56, 56, 3)).astype(np.uint8)
+    want = tf.image.per_image_standardization(tf.cast(clips, tf.float32))
+    np.testing.assert_allclose(tr.standardize(clips, "per_frame"), want, atol=2e-6)
+    # Frames unknown when traced (one sum of squares for all), and more than
+    # the per-frame ops are unrolled for: the same values.
+    dynamic = tf.function(lambda x: tr.standardize(x, "per_frame"),
+                          input_signature=[tf.TensorSpec([None, 8, 56, 56, 3], tf.uint8)])
+    np.testing.assert_allclose(dynamic(clips), want, atol=2e-6)
+    many = rng.integers(0, 256, (tr.MAX_UNROLLED_FRAMES + 1, 4, 4, 3)).astype(np.uint8)
     np.testing.assert_allclose(
-        tr.standardize(clips, "per_frame"),
-        tf.image.per_image_standardization(tf.cast(clips, tf.float32)), atol=2e-6)
+        tr.standardize(many, "per_frame"),
+        tf.image.per_image_standardization(tf.cast(many, tf.float32)), atol=2e-6)
 
 
 def test_standardize_errors():
