@@ -8,14 +8,17 @@ as JPEG (quality 90), else generated textured frames. Train clips are
 16 x 112^2, batch 8. Measured in one run, on the same records:
 
   (1) ours        `pipeline.train_dataset` defaults (gathers the 16 sampled
-                  JPEGs, one random 112^2 window per clip,
-                  decode_and_crop_jpeg, flip, per-frame standardization to
+                  JPEGs, one random 112^2 window per clip, decode +
+                  window slice, flip, per-frame standardization to
                   float32).
       ours_u8     the same with standardize="none": uint8 clips, the model
                   standardizes (the float work moves to the accelerator).
       ours_scale  crop_scale=(0.8, 1.0): scale jitter + bilinear resize.
   (2) bound       parse + `tf.io.decode_jpeg` of exactly the 16 needed frames,
                   nothing else (one pixel a frame is batched).
+      bound_unbuf the bound reading its shards unbuffered, as our pipeline
+                  reads local shards (`resume.read_shard`): the default
+                  256 KiB buffer copies each record once more.
       bound_clip  the same plus what every clip pipeline adds: the 112^2
                   window of each frame (fixed offset), stacked and batched.
   (3) garden      Model-Garden style: parse, gather 16 frames, decode full
@@ -147,10 +150,10 @@ def write_records(videos, out_dir, quality, copies, num_shards=4):
     return paths
 
 
-def source_dataset(paths, seed=0):
+def source_dataset(paths, seed=0, buffer_size=None):
     ds = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths), seed=seed)
     ds = ds.interleave(
-        tf.data.TFRecordDataset,
+        lambda path: tf.data.TFRecordDataset(path, buffer_size=buffer_size),
         cycle_length=len(paths),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -163,14 +166,15 @@ def _clip_indices(index, example):
     return transforms.random_clip_indices(example["num_frames"], key, clip_len=CLIP_LEN)
 
 
-def bound_dataset(paths):
+def bound_dataset(paths, buffer_size=None):
     def fn(index, serialized):
         example = records.parse(serialized)
         encoded = tf.gather(example["frames"], _clip_indices(index, example))
         # Videos differ in size: keep one pixel per frame so clips batch.
         return pipeline.decode_frames(encoded)[:, 0, 0, 0]
 
-    ds = source_dataset(paths).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = source_dataset(paths, buffer_size=buffer_size).map(
+        fn, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
 
 
@@ -452,6 +456,7 @@ def main(argv=None):
         "ours_u8": ours_u8,
         "ours_scale": ours_scale,
         "bound": bound_dataset(paths),
+        "bound_unbuf": bound_dataset(paths, buffer_size=0),
         "bound_clip": bound_clip_dataset(paths),
         "garden": garden_dataset(paths),
         "all_frames": all_frames_dataset(paths),
@@ -483,7 +488,8 @@ def main(argv=None):
         print(f"train {'pyav':>10}: {results['pyav']:8.1f} clips/s (2 processes)")
     ratios = {k: results["ours"] / v for k, v in results.items() if k != "ours"}
     print("ratios ours/x: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
-    ratios_u8 = {k: results["ours_u8"] / results[k] for k in ("bound", "bound_clip", "garden")}
+    ratios_u8 = {k: results["ours_u8"] / results[k]
+                 for k in ("bound", "bound_unbuf", "bound_clip", "garden")}
     print(
         "ratios ours_u8/x: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios_u8.items())
     )
@@ -530,6 +536,8 @@ def main(argv=None):
         + ", ".join(f"{k} {results[k]:.1f} (x{ratios[k]:.2f})" for k in ratios)
         + "; ours_u8/bound "
         + f"{ratios_u8['bound']:.2f}"
+        + ", ours_u8/bound_unbuf "
+        + f"{ratios_u8['bound_unbuf']:.2f}"
         + ", ours_u8/bound_clip "
         + f"{ratios_u8['bound_clip']:.2f}"
         + ", ours_u8/garden "
