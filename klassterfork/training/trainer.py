@@ -12,9 +12,11 @@ and the dropout RNG states; the data position follows from the step (see
 data position. TensorFlow writes checkpoint data under temporary names and
 updates the `checkpoint` index file last, so a killed run never leaves a
 half-written checkpoint as the latest one.
+
+What a stage reads (its input function, steps per epoch, the data checks)
+is in `stage_input.py`; its CSV and TensorBoard logs in `run_logs.py`.
 """
 
-import csv
 import os
 import time
 
@@ -26,15 +28,16 @@ import tqdm
 from klassterfork import files
 from klassterfork.analysis.plot_training import plot_training
 from klassterfork.config.loader import ConfigError
-from klassterfork.data import preflight
 from klassterfork.data.bad_records import FILE_NAME as BAD_RECORDS_FILE
 from klassterfork.data.bad_records import BadRecordLog, BadRecordsError
 from klassterfork.data.bad_records import describe as describe_bad_record
 from klassterfork.evaluation import aggregate
 from klassterfork.evaluation.predictions import write_predictions
-from klassterfork.files import atomic_write
-from klassterfork.training import builders, preemption
+from klassterfork.training import builders, preemption, run_logs
 from klassterfork.training import strategy as strategies
+# What a stage reads, kept importable from here (runs/, launcher, dry_run).
+from klassterfork.training.stage_input import (  # noqa: F401
+    check_data, planned_steps, steps_from_manifest, train_input_fn)
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,8 +49,6 @@ class WorkerLost(RuntimeError):
     last checkpoint step and how to resume."""
 
 
-STEP_CSV_FIELDS = ("step", "epoch", "loss", "lr", "clips_per_s")
-TRAIN_CSV_FIELDS = ("epoch", "step", "loss", "top1", "top5", "lr", "clips_per_s")
 
 
 def stage_dirs(experiment_dir, stage_index):
@@ -90,111 +91,6 @@ def save_keras_atomic(model, path):
         model.save(tmp)
 
 
-def train_input_fn(block, info, source, key, *, global_batch, seed, start_step,
-                   bad_records=None):
-    """The `dataset_fn` of `strategy.distribute_datasets_from_function`.
-
-    Called once per input pipeline (one per worker) with its
-    `tf.distribute.InputContext`, it builds that pipeline's share of the
-    train set (`pipeline.train_dataset` with `num_input_pipelines`,
-    `input_pipeline_id` and `shard_policy`, config key
-    `datasets.train.shard_policy`), batched per replica. A global step takes
-    one batch per replica, i.e. `num_replicas_in_sync / num_input_pipelines`
-    batches from every pipeline, so resuming at `start_step` skips
-    `start_step` times that many batches of each pipeline. Batch-level
-    mixup / cutmix therefore mixes within a per-replica batch (as timm and
-    VideoMAE do per GPU).
-
-    Returns:
-        callable `InputContext -> tf.data.Dataset` of (B / replicas, ...)
-        batches.
-    """
-
-    def dataset_fn(context):
-        batches_per_step = context.num_replicas_in_sync // context.num_input_pipelines
-        placement = {
-            "batch_size": context.get_per_replica_batch_size(global_batch),
-            "start_batch": start_step * batches_per_step,
-            "num_input_pipelines": context.num_input_pipelines,
-            "input_pipeline_id": context.input_pipeline_id,
-        }
-        if bad_records is not None:  # skipped records, named (data/bad_records.py)
-            placement["bad_records"] = bad_records
-        return builders.make_train_dataset(
-            block, info, source, key, seed=seed, placement=placement
-        )
-
-    return dataset_fn
-
-
-def steps_from_manifest(info, block, source):
-    """Steps per epoch: every video once, with all its repeated views.
-
-    With `datasets.train.repeated_views: k` an epoch is k x videos clips
-    (VideoMAE's `num_sample`: each video, k views per visit), so
-    steps = videos * k // global batch.
-    """
-    count = info.num_examples
-    if count is None:
-        raise ConfigError(
-            source, "datasets.train", "the manifest gives no video count: set "
-            "train_loop.steps_per_epoch or datasets.train.num_examples."
-        )
-    views = int(block.get("repeated_views", 1))
-    batch = int(block["batch_size"])
-    steps = count * views // batch
-    if steps < 1:
-        raise ConfigError(
-            source, "datasets.train.batch_size",
-            f"batch_size {batch} is larger than the {count} training "
-            f"videos x {views} view(s).",
-        )
-    return steps
-
-
-def check_data(stage, source, *, warn=print, missing_ok=False):
-    """Checks every dataset of a stage against its manifest and the config
-    (`data/preflight.py`) before anything is built.
-
-    Returns:
-        list of str: the dataset keys whose data was not found (only with
-        `missing_ok`, for `--dry-run`; otherwise that raises).
-    """
-    model = stage.get("model")
-    num_classes, classes_key = None, "model"
-    if isinstance(model, dict) and len(model) == 1:
-        (name, kwargs), = model.items()
-        if isinstance(kwargs, dict) and kwargs.get("num_classes") is not None:
-            num_classes, classes_key = int(kwargs["num_classes"]), f"model.{name}.num_classes"
-    missing = []
-    for role, block in (stage.get("datasets") or {}).items():
-        key = f"datasets.{role}"
-        try:
-            info = builders.dataset_info(block, source, key)
-        except ConfigError as err:
-            if not missing_ok:
-                raise
-            missing.append(f"{key} ({err.problem})")
-            continue
-        preflight.check_dataset(
-            block, info, source, key, warn=warn, num_classes_key=classes_key,
-            num_classes=None if block.get("class_embeddings") else num_classes,
-        )
-    return missing
-
-
-def planned_steps(stage, source):
-    """`train_loop.epochs` x steps per epoch of a stage, from its config and
-    manifest alone (no model built); None for a stage without a train set."""
-    loop = builders.train_loop_config(stage, source)
-    block = (stage.get("datasets") or {}).get("train")
-    if block is None:
-        return None
-    spe = loop["steps_per_epoch"] or steps_from_manifest(
-        builders.dataset_info(block, source, "datasets.train"), block, source)
-    return int(loop["epochs"]) * int(spe)
-
-
 class Stage:
     """One training stage: built from a resolved stage dict.
 
@@ -233,7 +129,7 @@ class Stage:
             matrix = builders.class_matrix(datasets[key], source, f"datasets.{key}")
             self.val_sets[key] = (datasets[key], info, matrix)
         self.val_info = self.val_sets[self.val_keys[0]][1] if self.val_keys else None
-        self.csv_fields = list(TRAIN_CSV_FIELDS)
+        self.csv_fields = list(run_logs.TRAIN_CSV_FIELDS)
         for key, (_, _, matrix) in self.val_sets.items():
             prefix = "val_" if key == "val" else f"{key}/"
             names = ("top1", "top5") if matrix is not None else ("loss", "top1", "top5")
@@ -624,7 +520,7 @@ class Stage:
         )
         # A resumed stage keeps the best so far (else its first evaluation
         # would overwrite best.keras whatever it scored).
-        best = _best_logged(dirs["csv"], loop["best_metric"], int(self.step.numpy()))
+        best = run_logs.best_logged(dirs["csv"], loop["best_metric"], int(self.step.numpy()))
         metrics = {}
         while int(self.step.numpy()) < total:
             step = int(self.step.numpy())
@@ -734,7 +630,7 @@ class Stage:
                 if key in metrics and sign * metrics[key] > best:
                     best = sign * metrics[key]
                     save_keras_atomic(self.model, dirs["best"])
-            log(_format(metrics))
+            log(run_logs.format_metrics(metrics))
             if preempted and step < total:
                 return self._preempted(step, total, signals, manager, writer, log)
         strategies.remove_worker_dir(write_ckpt_dir, self.strategy)
@@ -760,73 +656,11 @@ class Stage:
         self.epoch_sums.assign(tf.constant(values, tf.float64))
 
     def _truncate_logs(self, step, log):
-        """Drops CSV rows past the restored `step` (written after the
-        checkpoint by the interrupted run), so a resumed run logs no step
-        twice."""
-        for path in (os.path.join(self.dirs["root"], "log_steps.csv"), self.dirs["csv"]):
-            if not os.path.exists(path):
-                continue
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                fields, rows = reader.fieldnames, list(reader)
-            kept = [r for r in rows if int(r["step"]) <= step]
-            if len(kept) == len(rows):
-                continue
-            with atomic_write(path) as f:
-                w = csv.DictWriter(f, fieldnames=fields)
-                w.writeheader()
-                w.writerows(kept)
-            log(f"{path}: removed {len(rows) - len(kept)} row(s) past step {step} "
-                "(logged after the checkpoint the run resumes from)")
+        run_logs.truncate_rows(
+            (os.path.join(self.dirs["root"], "log_steps.csv"), self.dirs["csv"]), step, log)
 
     def _log_step(self, row, writer):
-        path = os.path.join(self.dirs["root"], "log_steps.csv")
-        new = not os.path.exists(path)
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=STEP_CSV_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        with writer.as_default(step=row["step"]):
-            tf.summary.scalar("train/loss_step", row["loss"])
-            tf.summary.scalar("train/lr", row["lr"])
-            tf.summary.scalar("train/clips_per_s", row["clips_per_s"])
+        run_logs.append_step(os.path.join(self.dirs["root"], "log_steps.csv"), row, writer)
 
     def _log_epoch(self, metrics, writer):
-        new = not os.path.exists(self.dirs["csv"])
-        with open(self.dirs["csv"], "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.csv_fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: metrics.get(k, "") for k in self.csv_fields})
-        with writer.as_default(step=metrics["step"]):
-            for k, v in metrics.items():
-                if not (k in ("epoch", "step") or k.endswith("videos")):
-                    tf.summary.scalar(k if k.startswith("val") else "train/" + k, v)
-        writer.flush()
-
-
-def _best_logged(csv_path, key, up_to_step):
-    """The best signed `key` (higher is better; losses negated) of the epoch
-    rows of `csv_path` at steps <= `up_to_step`; -inf when there is none."""
-    sign = -1.0 if key.endswith("loss") else 1.0
-    best = -np.inf
-    try:
-        with open(csv_path, newline="") as f:
-            for row in csv.DictReader(f):
-                try:
-                    step, value = int(row["step"]), float(row[key])
-                except (KeyError, TypeError, ValueError):
-                    continue  # a row without that metric (no evaluation then)
-                if step <= up_to_step and np.isfinite(value):
-                    best = max(best, sign * value)
-    except FileNotFoundError:
-        pass
-    return best
-
-
-def _format(metrics):
-    parts = []
-    for k, v in metrics.items():
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts)
+        run_logs.append_epoch(self.dirs["csv"], self.csv_fields, metrics, writer)

@@ -95,13 +95,13 @@ def test_finished_stage_is_skipped_and_extension_refused_after_a_later_stage(tmp
 
 
 def test_best_logged_reads_the_rows_up_to_the_restored_step(tmp_path):
-    from klassterfork.training.trainer import _best_logged
+    from klassterfork.training.run_logs import best_logged
 
     path = tmp_path / "log.csv"
     path.write_text("epoch,step,loss,val_top1,val_loss\n1,6,2.0,0.5,1.5\n2,12,1.8,,\n"
                     "3,18,1.5,0.75,1.2\n4,24,1.4,0.9,0.9\n")
-    assert _best_logged(str(path), "val_top1", 18) == 0.75
-    assert _best_logged(str(path), "val_top1", 24) == 0.9
-    assert _best_logged(str(path), "val_loss", 18) == -1.2  # losses: lower is better
-    assert _best_logged(str(path), "val_top1", 5) == -np.inf
-    assert _best_logged(str(tmp_path / "none.csv"), "val_top1", 5) == -np.inf
+    assert best_logged(str(path), "val_top1", 18) == 0.75
+    assert best_logged(str(path), "val_top1", 24) == 0.9
+    assert best_logged(str(path), "val_loss", 18) == -1.2  # losses: lower is better
+    assert best_logged(str(path), "val_top1", 5) == -np.inf
+    assert best_logged(str(tmp_path / "none.csv"), "val_top1", 5) == -np.inf
