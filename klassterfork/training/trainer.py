@@ -58,6 +58,7 @@ def stage_dirs(experiment_dir, stage_index):
         "checkpoints": os.path.join(root, "checkpoints"),
         "tensorboard": os.path.join(root, "tensorboard"),
         "csv": os.path.join(root, "log.csv"),
+        "steps_csv": os.path.join(root, "log_steps.csv"),
         "done": os.path.join(root, "DONE"),
         "model": os.path.join(root, "model.keras"),
         "best": os.path.join(root, "best.keras"),
@@ -496,7 +497,8 @@ class Stage:
             restored = self.restore(dirs["checkpoints"])
             log(f"resumed from {restored} at step {int(self.step.numpy())}")
             if self.chief:
-                self._truncate_logs(int(self.step.numpy()), log)
+                run_logs.truncate_rows((self.dirs["steps_csv"], self.dirs["csv"]),
+                                       int(self.step.numpy()), log)
         elif previous_checkpoints:
             restored = self.restore(previous_checkpoints, model_only=True)
             if restored:
@@ -567,7 +569,7 @@ class Stage:
                         "loss": values["loss"] / values["count"],
                         "lr": builders.current_lr(self.optimizer), "clips_per_s": rate,
                     }
-                    self._log_step(row, writer)
+                    run_logs.append_step(self.dirs["steps_csv"], row, writer)
                 # Any worker's signal (the all-reduced flag) stops every worker
                 # after this same step; a lone worker also stops on its own
                 # signal that arrived during the step.
@@ -624,7 +626,7 @@ class Stage:
             self.epoch_sums.assign(tf.zeros([5], tf.float64))
             manager.save(checkpoint_number=step)
             if self.chief:
-                self._log_epoch(metrics, writer)
+                run_logs.append_epoch(self.dirs["csv"], self.csv_fields, metrics, writer)
                 key = loop["best_metric"]
                 sign = -1.0 if key.endswith("loss") else 1.0
                 if key in metrics and sign * metrics[key] > best:
@@ -654,13 +656,3 @@ class Stage:
     def _save_epoch_sums(self, sums, seconds):
         values = [sums["loss"], sums["top1"], sums["top5"], sums["count"], seconds]
         self.epoch_sums.assign(tf.constant(values, tf.float64))
-
-    def _truncate_logs(self, step, log):
-        run_logs.truncate_rows(
-            (os.path.join(self.dirs["root"], "log_steps.csv"), self.dirs["csv"]), step, log)
-
-    def _log_step(self, row, writer):
-        run_logs.append_step(os.path.join(self.dirs["root"], "log_steps.csv"), row, writer)
-
-    def _log_epoch(self, metrics, writer):
-        run_logs.append_epoch(self.dirs["csv"], self.csv_fields, metrics, writer)
