@@ -187,10 +187,29 @@ def service_config(data_dir, exp, address, **loop):
     return config
 
 
-def final_losses(exp):
+def epoch_log(exp):
+    """The stage's log.csv as columns: {"loss": [...], "val_top1": [...], ...}."""
     with open(os.path.join(exp, "stage0", "log.csv")) as f:
-        rows = f.read().splitlines()[1:]
-    return [float(r.split(",")[2]) for r in rows]
+        header, *rows = [line.split(",") for line in f.read().splitlines()]
+    return {name: [float(r[i]) for r in rows] for i, name in enumerate(header)}
+
+
+def check_learned(exp, epochs=5):
+    """The run learned the motion task from the service's batches.
+
+    The service's batch order is not deterministic and one epoch is 12 steps
+    of 4 clips, so a single epoch's mean loss is noisy (in 40 runs on one
+    machine the last epoch ranged 0.11-0.42 from ~0.6, and CI once saw 0.55
+    after 0.29). So the claim is over the later epochs: their lowest loss is
+    under 0.7 x the first epoch's (worst of 40 runs: 0.51), and validation
+    (8 held-out videos, chance 0.5) reaches 1.0 (all 40 runs by epoch 3).
+    Data that carried no signal or wrong labels fails both.
+    """
+    log = epoch_log(exp)
+    loss, val = log["loss"], log["val_top1"]
+    assert len(loss) == epochs, log
+    assert min(loss[2:]) < 0.7 * loss[0], log
+    assert max(val) == 1.0, log
 
 
 def test_training_through_the_service_loss_falls(svc, motion_data, tmp_path, capsys):
@@ -203,8 +222,7 @@ def test_training_through_the_service_loss_falls(svc, motion_data, tmp_path, cap
     out = capsys.readouterr().out
     assert "data service: " + svc.address in out and "resume is not exact" in out
     assert "each pass hands every shard file to one worker" in out
-    losses = final_losses(exp)
-    assert len(losses) == 5 and losses[-1] < 0.85 * losses[0], losses
+    check_learned(exp)
 
 
 @pytest.mark.slow
@@ -220,8 +238,7 @@ def test_mirrored_two_logical_cpus_through_the_service(svc, motion_data, tmp_pat
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 replica(s), global batch 4 (2 per replica)" in out.stdout
-    losses = final_losses(exp)
-    assert len(losses) == 5 and losses[-1] < 0.85 * losses[0], losses
+    check_learned(exp)
 
 
 def test_config_errors_are_located(motion_data, tmp_path):
