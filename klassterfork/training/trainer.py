@@ -14,7 +14,9 @@ updates the `checkpoint` index file last, so a killed run never leaves a
 half-written checkpoint as the latest one.
 
 What a stage reads (its input function, steps per epoch, the data checks)
-is in `stage_input.py`; its CSV and TensorBoard logs in `run_logs.py`.
+is in `stage_input.py`; its traced train step in `train_step.py`; its
+multi-view evaluation in `stage_eval.py`; its CSV and TensorBoard logs in
+`run_logs.py`.
 """
 
 import os
@@ -31,13 +33,12 @@ from klassterfork.config.loader import ConfigError
 from klassterfork.data.bad_records import FILE_NAME as BAD_RECORDS_FILE
 from klassterfork.data.bad_records import BadRecordLog, BadRecordsError
 from klassterfork.data.bad_records import describe as describe_bad_record
-from klassterfork.evaluation import aggregate
-from klassterfork.evaluation.predictions import write_predictions
-from klassterfork.training import builders, preemption, run_logs
+from klassterfork.training import builders, preemption, run_logs, stage_eval
 from klassterfork.training import strategy as strategies
 # What a stage reads, kept importable from here (runs/, launcher, dry_run).
 from klassterfork.training.stage_input import (  # noqa: F401
     check_data, planned_steps, steps_from_manifest, train_input_fn)
+from klassterfork.training.train_step import make_sync_fn, make_train_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,8 +48,6 @@ class TrainingDiverged(RuntimeError):
 class WorkerLost(RuntimeError):
     """A peer worker of a multi-worker run died; the message says which, the
     last checkpoint step and how to resume."""
-
-
 
 
 def stage_dirs(experiment_dir, stage_index):
@@ -63,14 +62,6 @@ def stage_dirs(experiment_dir, stage_index):
         "model": os.path.join(root, "model.keras"),
         "best": os.path.join(root, "best.keras"),
     }
-
-
-def _top_k_correct(labels, logits, k):
-    if labels.shape.rank == 2:  # mixup/cutmix soft labels: score the dominant class
-        labels = tf.argmax(labels, axis=-1)
-    k = min(k, logits.shape[-1])
-    hits = tf.math.in_top_k(tf.cast(labels, tf.int32), tf.cast(logits, tf.float32), k)
-    return tf.reduce_sum(tf.cast(hits, tf.float32))
 
 
 def seed_generator_states(model):
@@ -252,123 +243,13 @@ class Stage:
         return steps_from_manifest(self.train_info, self.stage["datasets"]["train"],
                                    self.source)
 
-    # ---- steps ---------------------------------------------------------------
-    def _make_train_step(self):
-        model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
-        global_batch = self.global_batch
-
-        matrix = None if self.train_matrix is None else tf.constant(self.train_matrix)
-
-        def step_fn(clips, labels, stop):
-            with tf.GradientTape() as tape:
-                outputs = tf.cast(model(clips, training=True), tf.float32)
-                if matrix is None:
-                    logits = outputs
-                    per_example = loss_fn(labels, outputs)
-                else:
-                    # Regress the class-name embedding; rank classes by cosine.
-                    per_example = loss_fn(tf.gather(matrix, labels), outputs)
-                    logits = tf.matmul(tf.math.l2_normalize(outputs, axis=-1), matrix,
-                                       transpose_b=True)
-                # Gradients are summed over replicas, so each replica divides by
-                # the GLOBAL batch: the sum is then the mean over all examples.
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-                if model.losses:
-                    loss += tf.nn.scale_regularization_loss(
-                        tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
-                    )
-                scaled_loss = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled_loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return {
-                "loss": tf.reduce_sum(per_example),
-                "top1": _top_k_correct(labels, logits, 1),
-                "top5": _top_k_correct(labels, logits, 5),
-                "count": tf.cast(tf.shape(labels)[0], tf.float32),
-                # The workers' stop requests, summed over all replicas: every
-                # worker sees the same value after the same step. (An explicit
-                # all-reduce: `strategy.reduce` below treats a value that is
-                # not per-replica as equal everywhere and would not send it.)
-                # (tf.identity places the value on this replica's device.)
-                "stop": tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, tf.identity(stop)),
-            }
-
-        def train_step(iterator, stop):
-            clips, labels = next(iterator)
-            out = self.strategy.run(step_fn, args=(clips, labels, stop))
-            self.step.assign_add(1)
-            return {
-                k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in out.items()
-            }
-
-        return tf.function(train_step, jit_compile=bool(self.loop["jit_compile"]))
-
-    def _make_sync_fn(self):
-        """Averages float non-trainable variables (BN moving statistics) over
-        all replicas and workers.
-
-        Keras 3 creates them with aggregation "none", so every replica updates
-        its own copy from its own share of the batch and the copies drift
-        apart. Averaging before each save keeps one value everywhere; the
-        mean of per-replica moving averages is the moving average of the
-        per-replica batch statistics, as the averages are linear.
-        """
-        variables = [
-            v for v in self.model.non_trainable_variables
-            if v.dtype in ("float16", "bfloat16", "float32", "float64")
-        ]
-        if not variables or self.strategy.num_replicas_in_sync == 1:
-            return lambda: None
-
-        def sync_fn():
-            ctx = tf.distribute.get_replica_context()
-            means = ctx.all_reduce(
-                tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables]
-            )
-            for v, mean in zip(variables, means):
-                v.assign(mean)
-
-        return tf.function(lambda: self.strategy.run(sync_fn))
-
     def _predict_fn(self, *, zero_shot, chunked=False):
-        """The traced predict function, built once per mode.
-
-        Unchunked: (B, V, T, H, W, C) -> (B, D), the views' mean. Chunked
-        (`views_per_chunk`): (B, K, T, H, W, C) -> (B, K, D) per-view
-        outputs, averaged per video by `aggregate.ViewAccumulator`; the
-        model then sees at most B * K clips per call. D: class
-        probabilities, or raw features for a zero-shot (embedding) model.
-        """
+        """`stage_eval.make_predict_fn` of the model, traced once per mode."""
         cache = self.__dict__.setdefault("_predict_fns", {})
         if (zero_shot, chunked) not in cache:
-            cache[zero_shot, chunked] = self._make_predict_fn(
-                zero_shot=zero_shot, chunked=chunked
-            )
+            cache[zero_shot, chunked] = stage_eval.make_predict_fn(
+                self.model, zero_shot=zero_shot, chunked=chunked)
         return cache[zero_shot, chunked]
-
-    def _make_predict_fn(self, *, zero_shot, chunked):
-        model = self.model
-
-        def view_outputs(clips):
-            # Views folded into the batch: softmax scores for a classifier,
-            # raw features for an embedding model -> (B, V, D).
-            shape = tf.shape(clips)
-            flat = tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0))
-            outputs = tf.cast(model(flat, training=False), tf.float32)
-            if not zero_shot:
-                outputs = tf.nn.softmax(outputs, axis=-1)
-            return tf.reshape(outputs, [shape[0], shape[1], -1])
-
-        @tf.function(reduce_retracing=True)
-        def predict(clips):
-            # Averaged over views; L2-normalized features for an embedding
-            # model (the zero-shot recipe's clip averaging).
-            mean = tf.reduce_mean(view_outputs(clips), axis=1)
-            return tf.math.l2_normalize(mean, axis=-1) if zero_shot else mean
-
-        return tf.function(view_outputs, reduce_retracing=True) if chunked else predict
 
     # ---- evaluation ----------------------------------------------------------
     def evaluate(self, predictions_dir=None):
@@ -386,60 +267,13 @@ class Stage:
         metrics = {}
         for key, (block, info, matrix) in self.val_sets.items():
             prefix = "val_" if key == "val" else f"{key}/"
-            path = os.path.join(predictions_dir, f"predictions_{key}") if predictions_dir else None
-            out = self._evaluate_set(key, block, info, matrix, path)
+            path = None
+            if predictions_dir and self.chief:
+                path = os.path.join(predictions_dir, f"predictions_{key}")
+            out = stage_eval.evaluate_set(self._predict_fn, key, block, info, matrix,
+                                          self.source, predictions_path=path)
             metrics.update({prefix + k: v for k, v in out.items()})
         return metrics
-
-    def _evaluate_set(self, key, block, info, matrix, predictions_path):
-        dataset = builders.make_eval_dataset(block, info, self.source, f"datasets.{key}")
-        if block.get("views_per_chunk") is not None:
-            ids, scores, labels = self._predict_chunked(dataset, block, matrix)
-        else:
-            predict = self._predict_fn(zero_shot=matrix is not None)
-            ids, scores, labels = [], [], []
-            for clips, batch_labels, batch_ids in dataset:
-                out = predict(clips).numpy()
-                scores.append(out if matrix is None else out @ matrix.T)
-                labels.append(batch_labels.numpy())
-                ids.extend(x.decode("utf-8") for x in batch_ids.numpy())
-            scores = np.concatenate(scores)
-            labels = np.concatenate(labels).astype(np.int64)
-        labelled = labels >= 0
-        s, y = scores[labelled], labels[labelled]
-        order = np.argsort(-s, axis=1, kind="stable")
-        nan = float("nan")
-        metrics = {
-            "top1": float(np.mean(order[:, 0] == y)) if len(y) else nan,
-            "top5": float(np.mean((order[:, :5] == y[:, None]).any(axis=1))) if len(y) else nan,
-            "videos": int(len(ids)),
-        }
-        if matrix is None:
-            picked = s[np.arange(len(y)), y]
-            metrics["loss"] = float(-np.mean(np.log(np.maximum(picked, 1e-12)))) if len(y) else nan
-        if predictions_path and self.chief:
-            names = info.label_names or [str(i) for i in range(scores.shape[1])]
-            write_predictions(predictions_path, ids, scores, labels, names)
-        return metrics
-
-    def _predict_chunked(self, dataset, block, matrix):
-        """(ids, scores (N, C), labels (N,)) of a chunked eval dataset."""
-        predict = self._predict_fn(zero_shot=matrix is not None, chunked=True)
-        num_views = int(block["num_clips"]) * int(block["num_crops"])
-        accumulator = aggregate.ViewAccumulator(num_views)
-        for clips, batch_labels, batch_ids, chunks in dataset:
-            accumulator.add(
-                chunks["video_index"].numpy(), predict(clips).numpy(),
-                chunks["view_mask"].numpy(), batch_labels.numpy(),
-                [x.decode("utf-8") for x in batch_ids.numpy()],
-            )
-        scores, labels, ids = accumulator.result()
-        if labels is None:  # no videos
-            return [], np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-        if matrix is not None:  # as tf.math.l2_normalize, then cosines
-            sum_sq = np.sum(scores * scores, axis=-1, keepdims=True)
-            scores = (scores / np.sqrt(np.maximum(sum_sq, 1e-12))) @ matrix.T
-        return ids, scores.astype(np.float32), labels
 
     # ---- training ------------------------------------------------------------
     def restore(self, checkpoint_dir, *, model_only=False):
@@ -508,8 +342,12 @@ class Stage:
         total = int(loop["epochs"]) * spe
         self.train_iterator = self._train_iterator(start_batch=int(self.step.numpy()))
         stop_after = loop["stop_after_steps"]
-        train_step = self._make_train_step()
-        sync_replicas = self._make_sync_fn()
+        train_step = make_train_step(
+            self.model, self.optimizer, self.loss_fn, self.strategy, self.step,
+            global_batch=self.global_batch, class_matrix=self.train_matrix,
+            jit_compile=loop["jit_compile"],
+        )
+        sync_replicas = make_sync_fn(self.model, self.strategy)
         writer = tf.summary.create_file_writer(
             strategies.write_dir(dirs["tensorboard"], self.strategy)
         )

@@ -1,0 +1,139 @@
+"""Multi-view evaluation of a stage's model: the traced predict functions,
+one validation set's scores and metrics, and its predictions file.
+
+`Stage.evaluate` (trainer.py) calls `evaluate_set` once per validation set;
+the functions here take the model and the set's blocks as plain values.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from klassterfork.evaluation import aggregate
+from klassterfork.evaluation.predictions import write_predictions
+from klassterfork.training import builders
+
+
+def make_predict_fn(model, *, zero_shot, chunked):
+    """The traced predict function of `model` for one evaluation mode.
+
+    Args:
+        model: keras.Model. (N, T, H, W, C) clips -> (N, D).
+        zero_shot: bool. D is raw features (an embedding model), not logits.
+        chunked: bool. The set is read in chunks of views
+            (`views_per_chunk`).
+
+    Returns:
+        Unchunked: (B, V, T, H, W, C) -> (B, D), the views' mean: softmax
+        scores, or L2-normalized features when `zero_shot`. Chunked:
+        (B, K, T, H, W, C) -> (B, K, D) per-view outputs, averaged per video
+        by `aggregate.ViewAccumulator`; the model then sees at most B * K
+        clips per call.
+    """
+
+    def view_outputs(clips):
+        # Views folded into the batch: softmax scores for a classifier,
+        # raw features for an embedding model -> (B, V, D).
+        shape = tf.shape(clips)
+        flat = tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0))
+        outputs = tf.cast(model(flat, training=False), tf.float32)
+        if not zero_shot:
+            outputs = tf.nn.softmax(outputs, axis=-1)
+        return tf.reshape(outputs, [shape[0], shape[1], -1])
+
+    @tf.function(reduce_retracing=True)
+    def predict(clips):
+        # Averaged over views; L2-normalized features for an embedding
+        # model (the zero-shot recipe's clip averaging).
+        mean = tf.reduce_mean(view_outputs(clips), axis=1)
+        return tf.math.l2_normalize(mean, axis=-1) if zero_shot else mean
+
+    return tf.function(view_outputs, reduce_retracing=True) if chunked else predict
+
+
+def evaluate_set(predict_fn, key, block, info, matrix, source, *, predictions_path=None):
+    """Scores one validation set; writes its predictions file if asked.
+
+    Args:
+        predict_fn: callable `(zero_shot, chunked) -> traced predict
+            function` (`make_predict_fn` of the model, cached by the caller).
+        key: str. The set's key under `datasets` (`val`, `val_<name>`).
+        block: dict. The set's config block.
+        info: the set's `builders.dataset_info`.
+        matrix: float (C, E) class-name embeddings for a zero-shot set, or
+            None for a classifier.
+        source: config Source, for located errors.
+        predictions_path: str or None. Where the predictions go (without
+            extension); None writes nothing.
+
+    Returns:
+        dict: `top1`, `top5` over the labelled videos (NaN when none),
+        `videos`, and `loss` (mean cross-entropy of the averaged softmax
+        scores) for a classifier.
+    """
+    dataset = builders.make_eval_dataset(block, info, source, f"datasets.{key}")
+    if block.get("views_per_chunk") is not None:
+        num_views = int(block["num_clips"]) * int(block["num_crops"])
+        predict = predict_fn(zero_shot=matrix is not None, chunked=True)
+        ids, scores, labels = predict_chunked(predict, dataset, num_views, matrix)
+    else:
+        predict = predict_fn(zero_shot=matrix is not None, chunked=False)
+        ids, scores, labels = [], [], []
+        for clips, batch_labels, batch_ids in dataset:
+            out = predict(clips).numpy()
+            scores.append(out if matrix is None else out @ matrix.T)
+            labels.append(batch_labels.numpy())
+            ids.extend(x.decode("utf-8") for x in batch_ids.numpy())
+        scores = np.concatenate(scores)
+        labels = np.concatenate(labels).astype(np.int64)
+    scored = score_metrics(scores, labels, with_loss=matrix is None)
+    metrics = {"top1": scored["top1"], "top5": scored["top5"], "videos": int(len(ids)), **scored}
+    if predictions_path:
+        names = info.label_names or [str(i) for i in range(scores.shape[1])]
+        write_predictions(predictions_path, ids, scores, labels, names)
+    return metrics
+
+
+def score_metrics(scores, labels, *, with_loss):
+    """top1 / top5 (and the loss of probability scores) of the labelled rows.
+
+    Args:
+        scores: float (N, C). Higher is more likely; probabilities when
+            `with_loss`.
+        labels: int (N,). -1 for an unlabelled video (left out).
+        with_loss: bool. Also report `loss`, -mean log p(label).
+
+    Returns:
+        dict of floats; NaN when no row is labelled. Ties rank the lower
+        class index first.
+    """
+    labelled = labels >= 0
+    s, y = scores[labelled], labels[labelled]
+    nan = float("nan")
+    order = np.argsort(-s, axis=1, kind="stable")
+    metrics = {
+        "top1": float(np.mean(order[:, 0] == y)) if len(y) else nan,
+        "top5": float(np.mean((order[:, :5] == y[:, None]).any(axis=1))) if len(y) else nan,
+    }
+    if with_loss:
+        picked = s[np.arange(len(y)), y]
+        metrics["loss"] = float(-np.mean(np.log(np.maximum(picked, 1e-12)))) if len(y) else nan
+    return metrics
+
+
+def predict_chunked(predict, dataset, num_views, matrix):
+    """(ids, scores (N, C), labels (N,)) of a chunked eval dataset."""
+    accumulator = aggregate.ViewAccumulator(num_views)
+    for clips, batch_labels, batch_ids, chunks in dataset:
+        accumulator.add(
+            chunks["video_index"].numpy(), predict(clips).numpy(),
+            chunks["view_mask"].numpy(), batch_labels.numpy(),
+            [x.decode("utf-8") for x in batch_ids.numpy()],
+        )
+    scores, labels, ids = accumulator.result()
+    if labels is None:  # no videos
+        return [], np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    if matrix is not None:  # as tf.math.l2_normalize, then cosines
+        sum_sq = np.sum(scores * scores, axis=-1, keepdims=True)
+        scores = (scores / np.sqrt(np.maximum(sum_sq, 1e-12))) @ matrix.T
+    return ids, scores.astype(np.float32), labels
+
