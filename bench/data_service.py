@@ -25,7 +25,8 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from klassterfork.data import pipeline, records, service  # noqa: E402
+from klassterfork.data import pipeline, records
+from klassterfork.data.runtime import service  # noqa: E402
 
 BATCH = 8
 

@@ -6,7 +6,7 @@ Each model does one SGD `train_on_batch` (forward, backward, update) on random
 clips; the first step (tracing / compilation) is not timed, the next
 `--steps` are. Baselines are measured in the same run, on the same input,
 batch and threads: PyTorch CPU implementations written independently of
-klassterfork (`tests/models/torch_reference.py`: torchvision's R(2+1)D-18,
+klassterfork (`references/torch_reference.py`: torchvision's R(2+1)D-18,
 ResNet-50 TSN, VideoMAE ViT-S), eager, float32, SGD step. Both use
 `--threads` intra-op threads (default 1). The table gives
 Keras clips/s, PyTorch clips/s and their ratio (> 1: Keras is faster).
@@ -19,7 +19,7 @@ The accelerator comparison of issue 4 (needs no TensorFlow: the GPU machine
 has none): R(2+1)D-18 at 16x112^2, batch 32, and ViT-B at 16x224^2, batch 8,
 trained with Keras on the JAX backend in mixed_bfloat16 (`train_on_batch`,
 jit-compiled, SGD with momentum, inputs already on the device), against the
-same networks in PyTorch with bf16 autocast (`tests/models/torch_reference.py`:
+same networks in PyTorch with bf16 autocast (`references/torch_reference.py`:
 torchvision's R(2+1)D-18 layout in channels_last_3d; VideoMAE's ViT-B with
 `F.scaled_dot_product_attention`, eager). MFU = 3 x forward FLOPs (XLA's cost
 analysis of the Keras forward) x clips/s / peak bf16 FLOP/s (`--peak-tflops`,
@@ -87,7 +87,7 @@ def keras_seconds(name, batch, steps):
 def torch_seconds(kind, batch, steps):
     import torch
 
-    from tests.models import torch_reference as ref
+    from references import torch_reference as ref
 
     if kind == "r2plus1d":
         net, shape = ref.VideoResNet("r2plus1d", NUM_CLASSES), (batch, 3, 8, 112, 112)
@@ -189,7 +189,7 @@ def torch_accelerator(case, steps, device):
     """Seconds per step of the PyTorch baseline with bf16 autocast."""
     import torch
 
-    from tests.models import torch_reference as ref
+    from references import torch_reference as ref
 
     builder, kwargs, batch, kind = case
     if kind == "r2plus1d":

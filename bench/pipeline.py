@@ -32,7 +32,7 @@ the bound of decoding each needed unique frame once: float views, uint8
 views, and uint8 views in chunks of 10 (`views_per_chunk`).
 
 `--malloc default` leaves glibc's malloc as it is; by default every row runs
-with the settings kf-train applies (`data/allocator.py`).
+with the settings kf-train applies (`data/runtime/allocator.py`).
 
 `--no-cache`: every row reads the same record files from disk, not from the
 page cache: a thread evicts the shards' pages (`posix_fadvise(DONTNEED)`, no
@@ -61,7 +61,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from klassterfork.data import allocator, pipeline, records, transforms  # noqa: E402
+from klassterfork.data.runtime import allocator
+from klassterfork.data import pipeline, records, transforms  # noqa: E402
 
 CLIP_LEN, CROP, BATCH, SHORT_SIDE = 16, 112, 8, 128
 REPO = Path(__file__).resolve().parents[1]
@@ -396,7 +397,7 @@ def main(argv=None):
                         help="evict the shards from the page cache while measuring")
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                         help="glibc malloc for every row: as kf-train sets it "
-                        "(data/allocator.py) or glibc's defaults (default: %(default)s)")
+                        "(data/runtime/allocator.py) or glibc's defaults (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.malloc == "tuned":
         print(allocator.describe(allocator.tune_for_records()))

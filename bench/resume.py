@@ -9,7 +9,7 @@ videos). For each epoch E, the pipeline is built at
 timed to its first batch, against a baseline in the same run:
 
   ours     `pipeline.train_dataset(..., start_batch=K)` (the record stage
-           of data/resume.py: open shards skip by headers, one shuffle
+           of data/reading/resume.py: open shards skip by headers, one shuffle
            block read).
   replay   the previous design's cost: the same record stream read from
            the run's first record, throwing away the K * B consumed records
@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tensorflow as tf  # noqa: E402
 
 import pipeline as bench_pipeline  # noqa: E402  (bench/pipeline.py)
-from klassterfork.data import pipeline, resume  # noqa: E402
+from klassterfork.data import pipeline
+from klassterfork.data.reading import resume  # noqa: E402
 
 CLIP_LEN, CROP, BATCH = 16, 112, 8
 

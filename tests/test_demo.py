@@ -67,8 +67,8 @@ def object_span(frame):
 
 def test_rotating_objects_are_drawn_larger_than_the_others():
     # The demo's cause of cw/ccw confusion (module docstring of
-    # data/synthetic.py): measured on rendered frames, not on the constants.
-    from klassterfork.data import synthetic
+    # data/conversion/synthetic.py): measured on rendered frames, not on the constants.
+    from klassterfork.data.conversion import synthetic
 
     spans = {"rotate": [], "other": []}
     for class_index, motion in enumerate(synthetic.CLASSES):

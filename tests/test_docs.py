@@ -256,7 +256,7 @@ def stand_in_video(path, seed):
     """A short synthetic H.264 clip (a sliding square) at `path`."""
     import numpy as np
 
-    from klassterfork.data.synthetic import write_video
+    from klassterfork.data.conversion.synthetic import write_video
 
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 80, size=(12, 48, 64, 3), dtype=np.uint8)

@@ -64,8 +64,8 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
 
 
 def test_converter_outputs_are_0644(tmp_path, umask_022):
-    from klassterfork.data import convert, synthetic
-    from klassterfork.data.sources import SOURCES
+    from klassterfork.data.conversion import convert, synthetic
+    from klassterfork.data.conversion.sources import SOURCES
 
     data = tmp_path / "synthetic"
     synthetic.generate(data, num_train=2, num_val=0, seed=1, workers=1,

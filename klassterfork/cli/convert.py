@@ -1,4 +1,4 @@
-"""`kf-convert`: videos -> sharded TFRecords (see `klassterfork.data.convert`).
+"""`kf-convert`: videos -> sharded TFRecords (see `klassterfork.data.conversion.convert`).
 
     kf-convert --csv list.csv --out records/ --split train
     kf-convert --dataset synthetic --annotations data/synthetic --split train \
@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from klassterfork.data.sources import SOURCES
+from klassterfork.data.conversion.sources import SOURCES
 
 
 def _reader_args(pairs):
@@ -127,7 +127,7 @@ def main(argv=None):
     --strict, 2 usage errors)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from klassterfork.data import convert as convert_lib
+    from klassterfork.data.conversion import convert as convert_lib
 
     logging.basicConfig(format="%(levelname)s: %(message)s")
     try:
@@ -177,7 +177,7 @@ def main(argv=None):
     )
     try:
         if args.runner == "beam":
-            from klassterfork.data import beam_convert
+            from klassterfork.data.conversion import beam_convert
 
             manifest = beam_convert.run(annotation, args.out,
                                         beam_options=args.beam_options, **kwargs)

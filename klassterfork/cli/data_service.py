@@ -55,7 +55,7 @@ def main(argv=None):
     # INFO whatever the environment says; a worker only warns.
     level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if args.role == "dispatcher" else level
-    from klassterfork.data import service  # TensorFlow loads here, after --help
+    from klassterfork.data.runtime import service  # TensorFlow loads here, after --help
 
     def log(line):
         print(f"kf-data-service {args.role}: {line}", flush=True)
@@ -67,7 +67,7 @@ def main(argv=None):
                 else "no journal: a restart loses its jobs")
         service.serve(server, f"ready on {server.target} ({mode})", log=log)
         return 0
-    from klassterfork.data import allocator  # the worker decodes the records
+    from klassterfork.data.runtime import allocator  # the worker decodes the records
 
     log(allocator.describe(allocator.tune_for_records()))
     try:

@@ -89,7 +89,7 @@ def explain(path, model, transform, names, *, out_dir, true_index=None,
 def main(argv=None):
     """Console entry point; returns the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from klassterfork.data.video import VideoDecodeError
+    from klassterfork.data.conversion.video import VideoDecodeError
 
     if len(args.true_label) not in (0, 1, len(args.videos)):
         print("kf-gradcam: give --true-label once, or once per video. Received: "

@@ -66,7 +66,7 @@ def main(argv=None):
     except (inference.PredictError, ValueError) as err:
         print(f"kf-predict: {err}", file=sys.stderr)
         return 2
-    from klassterfork.data.video import VideoDecodeError
+    from klassterfork.data.conversion.video import VideoDecodeError
 
     results, failed = [], 0
     for path in args.videos:

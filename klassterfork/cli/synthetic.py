@@ -3,7 +3,7 @@
 import argparse
 import time
 
-from klassterfork.data import synthetic
+from klassterfork.data.conversion import synthetic
 
 
 def main(argv=None):

@@ -60,7 +60,7 @@ def main(argv=None):
                   file=sys.stderr)
             return exit_codes.CONFIG_ERROR
         return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
-    from klassterfork.data import allocator
+    from klassterfork.data.runtime import allocator
     from klassterfork.training.preemption import SignalWatcher
     from klassterfork.training.trainer import TrainingDiverged, WorkerLost
 

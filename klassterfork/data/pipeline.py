@@ -1,6 +1,6 @@
 """tf.data input pipelines over the records of `data/records.py`.
 
-train: the record stage (`data/resume.py`: per epoch, shards in an order
+train: the record stage (`data/reading/resume.py`: per epoch, shards in an order
 drawn from (seed, epoch) -> interleave (deterministic) -> block shuffle
 keyed by (seed, epoch, block); resumable at any batch without re-reading
 the epochs done) -> enumerate (the example index is the per-example seed)
@@ -10,8 +10,8 @@ decode of the chosen frames, the window sliced -> resize -> flip with a label
 map -> standardize -> batch -> prefetch.
 
 eval: `eval_dataset`, every video once as `num_clips x num_crops` views
-(`data/eval_pipeline.py`, re-exported here). What both share (shard list,
-decoding only the needed frames and window, flips) is in `data/clips.py`.
+(`data/reading/eval_pipeline.py`, re-exported here). What both share (shard list,
+decoding only the needed frames and window, flips) is in `data/reading/clips.py`.
 (design.md puts all three in this module; they were split when it passed
 950 lines, so each reads as one pipeline. The public names stay here.)
 
@@ -21,7 +21,7 @@ gives the same batches, and `train_dataset(start_batch=K)` gives exactly
 batch K on (what the trainer's resume uses); the iterator can also be
 checkpointed: `tf.train.Checkpoint(iterator=iter(ds))`.
 
-Bad records (`data/bad_records.py`): a truncated shard is found by its
+Bad records (`data/reading/bad_records.py`): a truncated shard is found by its
 headers when the pipeline is built, and its readable records are used; a
 record that fails to parse or decode is named by `BadRecordLog.diagnose`
 when the iterator raises, and every later build skips it (from the epoch it
@@ -47,13 +47,15 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from klassterfork.data import augment, records, resume, transforms
-from klassterfork.data import bad_records as bad_records_lib
-from klassterfork.data.checks import check_choice
-from klassterfork.data.clips import (  # noqa: F401  (decode_frames, flip_left_right: public)
+from klassterfork.data.transforms import augment
+from klassterfork.data import records, transforms
+from klassterfork.data.reading import resume
+from klassterfork.data.reading import bad_records as bad_records_lib
+from klassterfork.data.transforms.checks import check_choice
+from klassterfork.data.reading.clips import (  # noqa: F401  (decode_frames, flip_left_right: public)
     AUTOTUNE, dataset_options, decode_clip, decode_frames, encoded_frames, first_image,
     first_label, flip_clip, flip_left_right, graph_fn, list_files, stack_flow)
-from klassterfork.data.eval_pipeline import eval_dataset  # noqa: F401  (public name)
+from klassterfork.data.reading.eval_pipeline import eval_dataset  # noqa: F401  (public name)
 from klassterfork.data.spec import (  # noqa: F401  (CROPS, MODALITIES: public names)
     CROPS, MODALITIES, SHARD_POLICIES, TrainSpec)
 
@@ -305,7 +307,7 @@ def train_dataset(
             each run of S consecutive records of an epoch's interleaved
             stream comes out in a random order drawn from (seed, epoch,
             block), so a resume reads one block, not the stream so far
-            (see `data/resume.py`). Holds S encoded videos, as a shuffle
+            (see `data/reading/resume.py`). Holds S encoded videos, as a shuffle
             buffer of S would. Defaults to 256.
         flip_label_map: sequence of int or None. `flip_label_map[label]` is
             the label after a horizontal flip, -1 = never flip that class;
@@ -360,7 +362,7 @@ def train_dataset(
             grow with the epochs done: the shard order and shuffle of an
             epoch depend only on (seed, epoch), each open shard skips its
             own consumed records by their headers, and one shuffle block is
-            read (`data/resume.py`). Defaults to 0.
+            read (`data/reading/resume.py`). Defaults to 0.
         repeated_views: int. Repeated augmentation (DeiT's RASampler,
             VideoMAE's `num_sample`): each video is emitted k times in a row,
             after the example shuffle and before the per-example keys, so a
@@ -393,7 +395,7 @@ def train_dataset(
 
         max_bad_records: int or None. Bad records (plus records lost in
             truncated shards) tolerated before the run stops with a
-            paragraph naming them (see `data/bad_records.py`). Defaults to
+            paragraph naming them (see `data/reading/bad_records.py`). Defaults to
             None: 0.1 % of the records, at least 1.
         example_key: str. What an example's random draws (clip, crop, flip,
             augmentations; erasing and mixing per batch) are keyed by:

@@ -14,9 +14,10 @@ import os
 
 import tensorflow as tf
 
-from klassterfork.data import augment, transforms
-from klassterfork.data.checks import check_choice, check_positive
-from klassterfork.data.crops import check_scale
+from klassterfork.data.transforms import augment
+from klassterfork.data import transforms
+from klassterfork.data.transforms.checks import check_choice, check_positive
+from klassterfork.data.transforms.crops import check_scale
 
 MODALITIES = ("rgb", "flow")
 CROPS = ("random", "multi_scale", "random_resized", "centre")

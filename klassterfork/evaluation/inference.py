@@ -326,7 +326,7 @@ def decode_views(path, transform):
     Raises:
         VideoDecodeError: the file cannot be decoded (names the file).
     """
-    from klassterfork.data.video import decode_video
+    from klassterfork.data.conversion.video import decode_video
 
     decoded = decode_video(path, **transform["decode"])
     return video_views(decoded.frames, **transform["view"]), len(decoded.frames)

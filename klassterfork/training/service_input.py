@@ -1,10 +1,10 @@
 """The trainer's train input through the tf.data service (`datasets.train.service`).
 
 The one entry point the trainer calls; the service mechanics (jobs, passes,
-watchdog) live in `klassterfork.data.service`.
+watchdog) live in `klassterfork.data.runtime.service`.
 """
 
-from klassterfork.data import service
+from klassterfork.data.runtime import service
 from klassterfork.training import builders
 
 

@@ -3,7 +3,7 @@
 data checks made before anything is built."""
 
 from klassterfork.config.loader import ConfigError
-from klassterfork.data import preflight
+from klassterfork.data.reading import preflight
 from klassterfork.training import builders
 
 
@@ -35,7 +35,7 @@ def train_input_fn(block, info, source, key, *, global_batch, seed, start_step,
             "num_input_pipelines": context.num_input_pipelines,
             "input_pipeline_id": context.input_pipeline_id,
         }
-        if bad_records is not None:  # skipped records, named (data/bad_records.py)
+        if bad_records is not None:  # skipped records, named (data/reading/bad_records.py)
             placement["bad_records"] = bad_records
         return builders.make_train_dataset(
             block, info, source, key, seed=seed, placement=placement
@@ -71,7 +71,7 @@ def steps_from_manifest(info, block, source):
 
 def check_data(stage, source, *, warn=print, missing_ok=False):
     """Checks every dataset of a stage against its manifest and the config
-    (`data/preflight.py`) before anything is built.
+    (`data/reading/preflight.py`) before anything is built.
 
     Returns:
         list of str: the dataset keys whose data was not found (only with

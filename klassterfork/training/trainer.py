@@ -30,9 +30,9 @@ import tqdm
 from klassterfork import files
 from klassterfork.analysis.plot_training import plot_training
 from klassterfork.config.loader import ConfigError
-from klassterfork.data.bad_records import FILE_NAME as BAD_RECORDS_FILE
-from klassterfork.data.bad_records import BadRecordLog, BadRecordsError
-from klassterfork.data.bad_records import describe as describe_bad_record
+from klassterfork.data.reading.bad_records import FILE_NAME as BAD_RECORDS_FILE
+from klassterfork.data.reading.bad_records import BadRecordLog, BadRecordsError
+from klassterfork.data.reading.bad_records import describe as describe_bad_record
 from klassterfork.training import builders, preemption, run_logs, stage_eval
 from klassterfork.training import strategy as strategies
 # What a stage reads, kept importable from here (runs/, launcher, dry_run).
@@ -219,7 +219,7 @@ class Stage:
     def _skip_bad_records(self, err, step, log):
         """A record failed to parse / decode, or a shard to read, in `step`:
         name it in the stage's bad_records.jsonl and rebuild the pipeline at
-        this same step without it (see data/bad_records.py).
+        this same step without it (see data/reading/bad_records.py).
 
         Raises:
             `err` when no record of the step's batches fails on its own (not

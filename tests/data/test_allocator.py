@@ -1,4 +1,4 @@
-"""`data/allocator.py`: the malloc settings kf-train applies.
+"""`data/runtime/allocator.py`: the malloc settings kf-train applies.
 
 Measured by what they are for: a block of record-sized buffers allocated,
 touched and freed over and over (the block shuffle's pattern) page-faults
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 PROBE = r"""
 import json, resource, sys
-from klassterfork.data import allocator
+from klassterfork.data.runtime import allocator
 applied = allocator.tune_for_records() if sys.argv[1] == "tune" else {}
 again = allocator.tune_for_records() if sys.argv[1] == "tune" else {}
 size, count = 1536 * 1024, 48  # 48 records of 1.5 MiB: one shuffle block

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
-from klassterfork.data import augment as aug
+from klassterfork.data.transforms import augment as aug
 
 
 def seed(i):

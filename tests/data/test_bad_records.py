@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from klassterfork import files
 from klassterfork.cli.train import main
-from klassterfork.data import bad_records, pipeline, records
+from klassterfork.data.reading import bad_records
+from klassterfork.data import pipeline, records
 from tests.data.test_pipeline import video_record, write_shards
 from tests.training.tiny_data import tiny_config, write_split
 

@@ -18,8 +18,9 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from klassterfork.data import beam_convert, convert, records  # noqa: E402
-from klassterfork.data.sources import SOURCES  # noqa: E402
+from klassterfork.data.conversion import beam_convert, convert
+from klassterfork.data import records  # noqa: E402
+from klassterfork.data.conversion.sources import SOURCES  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"

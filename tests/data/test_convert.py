@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from klassterfork.cli import convert as cli
-from klassterfork.data import convert, records, synthetic, video
-from klassterfork.data.sources import SOURCES
+from klassterfork.data.conversion import convert, synthetic, video
+from klassterfork.data import records
+from klassterfork.data.conversion.sources import SOURCES
 
 SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 VIDEOS = SHARED / "videos"

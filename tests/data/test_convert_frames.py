@@ -107,7 +107,7 @@ def test_label_remap_drops_removed_classes_and_reindexes(tmp_path):
     import json
 
     from klassterfork.cli.convert import apply_label_remap
-    from klassterfork.data.sources import Annotation, VideoEntry
+    from klassterfork.data.conversion.sources import Annotation, VideoEntry
 
     annotation = Annotation(
         entries=[VideoEntry(f"v{i}", f"/v{i}.mp4", (i % 3,), "") for i in range(6)],

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from klassterfork.data import clips, pipeline, records
+from klassterfork.data.reading import clips
+from klassterfork.data import pipeline, records
 from klassterfork.evaluation import aggregate
 
 H, W = 24, 32

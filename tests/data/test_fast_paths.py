@@ -8,7 +8,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from klassterfork.data import clips, pipeline  # noqa: E402
+from klassterfork.data.reading import clips
+from klassterfork.data import pipeline  # noqa: E402
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3])

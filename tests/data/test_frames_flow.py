@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from klassterfork.data import flow, frames, records
-from klassterfork.data.sources.frame_list import FrameEntry, encode_entry
+from klassterfork.data.conversion import flow, frames
+from klassterfork.data import records
+from klassterfork.data.conversion.sources.frame_list import FrameEntry, encode_entry
 
 SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 IMGS = SHARED / "frames" / "mmaction2_imgs"

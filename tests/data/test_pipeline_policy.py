@@ -18,9 +18,9 @@ import pytest
 import tensorflow as tf
 
 from klassterfork.data import records
-from klassterfork.data.label_maps import load_ssv2_label_maps
+from klassterfork.data.transforms.label_maps import load_ssv2_label_maps
 from klassterfork.data.pipeline import train_dataset
-from klassterfork.data.sources import ssv2
+from klassterfork.data.conversion.sources import ssv2
 
 SSV2 = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
                     "annotations", "ssv2")

@@ -1,4 +1,4 @@
-"""Resume cost and exactness of the record stage (`data/resume.py`).
+"""Resume cost and exactness of the record stage (`data/reading/resume.py`).
 
 The records are real TFRecord files; what is read is counted twice, by a
 counting hook on the record reader and by the bytes the process read from
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from klassterfork.data import pipeline, resume
+from klassterfork.data import pipeline
+from klassterfork.data.reading import resume
 from tests.data.test_pipeline import video_record, write_shards
 
 

@@ -13,10 +13,10 @@ import re
 
 import pytest
 
-from klassterfork.data.sources import SOURCES
-from klassterfork.data.sources import ssv2 as ssv2_lib
-from klassterfork.data.sources.frame_list import FrameEntry
-from klassterfork.data.sources.json_list import load_label_names
+from klassterfork.data.conversion.sources import SOURCES
+from klassterfork.data.conversion.sources import ssv2 as ssv2_lib
+from klassterfork.data.conversion.sources.frame_list import FrameEntry
+from klassterfork.data.conversion.sources.json_list import load_label_names
 
 SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ANN = SHARED / "annotations"

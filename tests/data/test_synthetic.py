@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from klassterfork.cli import synthetic as cli
-from klassterfork.data import synthetic, video
-from klassterfork.data.sources import SOURCES
+from klassterfork.data.conversion import synthetic, video
+from klassterfork.data.conversion.sources import SOURCES
 
 NUM_TRAIN, NUM_VAL = 16, 8
 

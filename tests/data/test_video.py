@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from klassterfork.data import video
+from klassterfork.data.conversion import video
 
 SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 VIDEOS = SHARED / "videos"

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from klassterfork.data import pipeline, records
-from klassterfork.data.video import decode_video
+from klassterfork.data.conversion.video import decode_video
 from klassterfork.evaluation import inference
 
 TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")

@@ -9,7 +9,7 @@ import pytest
 
 from klassterfork.cli import predict
 from klassterfork.evaluation import inference
-from klassterfork.data.synthetic import write_video
+from klassterfork.data.conversion.synthetic import write_video
 
 VIEW = dict(clip_len=4, crop_size=16, num_clips=10, num_crops=3, frame_step=1)
 

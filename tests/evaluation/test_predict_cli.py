@@ -12,7 +12,7 @@ import tensorflow as tf
 from klassterfork.cli import predict
 from klassterfork.evaluation import inference
 from klassterfork.data import pipeline, records
-from klassterfork.data.synthetic import write_video
+from klassterfork.data.conversion.synthetic import write_video
 from tests.training.tiny_data import ALL_LABELS as LABELS
 from tests.training.tiny_data import motion_video, tiny_config, write_split
 

@@ -42,8 +42,8 @@ def test_tdn_torch_names_by_hand():
 
 
 torch = pytest.importorskip("torch")
-torch_tdn_reference = pytest.importorskip("tests.models.torch_tdn_reference")
-torch_reference = pytest.importorskip("tests.models.torch_reference")
+torch_tdn_reference = pytest.importorskip("references.torch_tdn_reference")
+torch_reference = pytest.importorskip("references.torch_reference")
 
 
 def checkpoint_keys(state):

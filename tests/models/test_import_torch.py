@@ -41,7 +41,7 @@ def test_torch_names_by_hand():
 
 
 torch = pytest.importorskip("torch")
-torch_reference = pytest.importorskip("tests.models.torch_reference")
+torch_reference = pytest.importorskip("references.torch_reference")
 
 
 def keras_clip(shape, seed=0):

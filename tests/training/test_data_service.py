@@ -21,7 +21,8 @@ import tensorflow as tf
 
 from klassterfork.cli.train import main as train_main
 from klassterfork.config.loader import ConfigError, load_text
-from klassterfork.data import pipeline, service
+from klassterfork.data import pipeline
+from klassterfork.data.runtime import service
 from klassterfork.training import builders
 from klassterfork.training.service_input import trainer_input_fn
 from tests.training.test_input_sharding import NUM_VIDEOS, write_data

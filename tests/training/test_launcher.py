@@ -14,7 +14,7 @@ import keras
 import pytest
 
 from klassterfork import exit_codes
-from klassterfork.data import service
+from klassterfork.data.runtime import service
 from klassterfork.training import launcher
 from klassterfork.training.cluster import weights_digest
 from tests.training.tiny_data import tiny_config, write_split

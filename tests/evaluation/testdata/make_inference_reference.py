@@ -61,7 +61,7 @@ def transform():
 
 
 def main(argv):
-    from klassterfork.data.synthetic import write_video
+    from klassterfork.data.conversion.synthetic import write_video
 
     if not os.path.exists(VIDEO):
         write_video(VIDEO, clip_frames(), fps=8)

@@ -22,11 +22,11 @@ folder counterpart of `video.decode_to_jpeg`), with optional optical flow.
 import dataclasses
 import os
 
-from klassterfork.data import flow as flow_lib
-from klassterfork.data import frames as frames_lib
-from klassterfork.data import video
-from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
-from klassterfork.data.sources.json_list import (
+from klassterfork.data.conversion import flow as flow_lib
+from klassterfork.data.conversion import frames as frames_lib
+from klassterfork.data.conversion import video
+from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
+from klassterfork.data.conversion.sources.json_list import (
     join_video_path,
     load_label_names,
     read_lines,

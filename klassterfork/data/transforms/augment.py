@@ -33,7 +33,7 @@ import math
 
 import tensorflow as tf
 
-from klassterfork.data.augment_ops import (  # noqa: F401
+from klassterfork.data.transforms.augment_ops import (  # noqa: F401
     DEFAULT_OPS,
     FILL,
     INCREASING_OPS,

@@ -17,8 +17,8 @@ sits beside the labels json.
 import json
 import os
 
-from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
-from klassterfork.data.sources.json_list import split_existing
+from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
+from klassterfork.data.conversion.sources.json_list import split_existing
 
 LABELS_FILE = "something-something-v2-labels.json"
 MAPPINGS_FILE = "augmentation_mappings.json"

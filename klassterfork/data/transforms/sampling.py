@@ -8,7 +8,7 @@ indices.
 
 import tensorflow as tf
 
-from klassterfork.data.checks import check_choice, check_positive
+from klassterfork.data.transforms.checks import check_choice, check_positive
 
 # Short videos: "repeat" repeats the last frame, "loop" wraps to the start.
 SHORT_VIDEO_MODES = ("repeat", "loop")

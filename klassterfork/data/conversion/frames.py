@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 # One resize rule for videos and frame folders (re-exported for flow.py).
-from klassterfork.data import video
-from klassterfork.data.video import resize_short_side, short_side_size
+from klassterfork.data.conversion import video
+from klassterfork.data.conversion.video import resize_short_side, short_side_size
 
 __all__ = [
     "frame_paths",

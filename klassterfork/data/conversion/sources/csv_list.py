@@ -19,8 +19,8 @@ hold `clip1.mp4`, or one folder `clip1.avi` and `clip1.mp4`).
 import csv
 import os
 
-from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
-from klassterfork.data.sources.json_list import (
+from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
+from klassterfork.data.conversion.sources.json_list import (
     check_label_kinds,
     load_label_names,
     split_existing,

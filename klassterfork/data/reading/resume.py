@@ -8,7 +8,7 @@ therefore a pure function of (seed, epoch) and the shards' record counts:
 - the shards are interleaved round-robin, `cycle_length` at a time
   (`tf.data` interleave, deterministic; `Interleave` below replays its
   order from the counts alone, no record read);
-- records marked bad (`Shards.skip`, see `data/bad_records.py`) are
+- records marked bad (`Shards.skip`, see `data/reading/bad_records.py`) are
   dropped, from the epoch they were found in on, before anything else
   counts them, so positions are positions among good records;
 - with P data-sharded pipelines, pipeline i keeps positions i, i + P, ...;

@@ -25,7 +25,7 @@ calls, to a temporary name, then renamed.
 import os
 import shlex
 
-from klassterfork.data import convert
+from klassterfork.data.conversion import convert
 
 
 def pipeline_options(beam_options, workers):

@@ -10,8 +10,8 @@ Class ids are 0-based here: `classInd` index 1 is class 0.
 
 import os
 
-from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
-from klassterfork.data.sources.json_list import (
+from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
+from klassterfork.data.conversion.sources.json_list import (
     join_video_path,
     load_label_names,
     read_lines,

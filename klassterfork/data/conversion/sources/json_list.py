@@ -19,7 +19,7 @@ import json
 import os
 import re
 
-from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
+from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 
 _INDEXED_LINE = re.compile(r"^\s*(\d+)\s*[:, ]\s*(.+?)\s*$")
 

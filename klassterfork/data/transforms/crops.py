@@ -10,7 +10,7 @@ import math
 
 import tensorflow as tf
 
-from klassterfork.data.checks import check_choice, check_positive
+from klassterfork.data.transforms.checks import check_choice, check_positive
 
 
 def random_crop_window(image_size, seed, *, crop_size=None, scale=(0.8, 1.0)):

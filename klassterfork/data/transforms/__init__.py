@@ -22,8 +22,8 @@ one clip, `T` frames in time order.
 
 import tensorflow as tf
 
-from klassterfork.data.checks import check_choice
-from klassterfork.data.crops import (  # noqa: F401
+from klassterfork.data.transforms.checks import check_choice
+from klassterfork.data.transforms.crops import (  # noqa: F401
     FIXED_OFFSETS,
     MULTI_SCALES,
     check_scale,
@@ -34,7 +34,7 @@ from klassterfork.data.crops import (  # noqa: F401
     resize,
     spatial_crop_windows,
 )
-from klassterfork.data.label_maps import (  # noqa: F401
+from klassterfork.data.transforms.label_maps import (  # noqa: F401
     AUGMENT_POLICIES,
     choose_augmentations,
     flip_label_lookup,
@@ -42,8 +42,8 @@ from klassterfork.data.label_maps import (  # noqa: F401
     random_flip,
     tdn_flip_label_map,
 )
-from klassterfork.data.mixing import mix_batch, soft_labels  # noqa: F401
-from klassterfork.data.sampling import (  # noqa: F401
+from klassterfork.data.transforms.mixing import mix_batch, soft_labels  # noqa: F401
+from klassterfork.data.transforms.sampling import (  # noqa: F401
     SHORT_VIDEO_MODES,
     even_clip_indices,
     fit_indices,

@@ -6,7 +6,7 @@ silently, and every later batch and random key would shift by one). So the
 pipeline stays exact and simple: when the train iterator raises (a record
 that does not parse, a frame that does not decode, an unreadable stretch of
 a shard), the trainer calls `BadRecordLog.diagnose(first_batch, ...)`,
-which replays the record stage of those batches (cheap: `data/resume.py`),
+which replays the record stage of those batches (cheap: `data/reading/resume.py`),
 parses and decodes each of their examples eagerly with the same function and
 the same keys to name the failing record(s), appends them to the file, and
 the trainer rebuilds the pipeline at the same batch with those records

@@ -14,8 +14,8 @@ split-file names, where "_" < "t"); pass `label_map=` to use such a list.
 import os
 import re
 
-from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
-from klassterfork.data.sources.json_list import (
+from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
+from klassterfork.data.conversion.sources.json_list import (
     join_video_path,
     load_label_names,
     read_lines,

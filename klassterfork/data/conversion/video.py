@@ -447,7 +447,7 @@ def decode_to_jpeg(path, *, short_side=None, fps=None, max_frames=None, quality=
     """
     video = decode_video(path, short_side=short_side, fps=fps, max_frames=max_frames,
                          keep_truncated=keep_truncated)
-    # Optical flow (klassterfork.data.flow.farneback_frames) would be computed
+    # Optical flow (klassterfork.data.conversion.flow.farneback_frames) would be computed
     # here, from `video.frames`, before they are JPEG-encoded.
     return EncodedVideo(
         frames=[encode_jpeg(f, quality) for f in video.frames],

@@ -14,7 +14,7 @@ Public as `pipeline.eval_dataset` (the train pipeline's module re-exports it).
 import tensorflow as tf
 
 from klassterfork.data import records, transforms
-from klassterfork.data.clips import (
+from klassterfork.data.reading.clips import (
     AUTOTUNE, dataset_options, decode_clip, encoded_frames, first_image, first_label,
     graph_fn, list_files, stack_flow)
 from klassterfork.data.spec import EvalSpec

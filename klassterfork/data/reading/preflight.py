@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from klassterfork.config.loader import ConfigError
 from klassterfork.data import records
-from klassterfork.data.resume import count_records
+from klassterfork.data.reading.resume import count_records
 
 SAMPLE_RECORDS = 32  # records read for frame counts, sizes and labels
 SAMPLE_SHARDS = 4  # spread over this many shards

@@ -1,6 +1,6 @@
 """Annotation readers, one module per dataset, registered in `SOURCES`."""
 
-from klassterfork.data.sources import (  # noqa: F401  (registers the readers)
+from klassterfork.data.conversion.sources import (  # noqa: F401  (registers the readers)
     csv_list,
     frame_list,
     hmdb51,
@@ -10,6 +10,6 @@ from klassterfork.data.sources import (  # noqa: F401  (registers the readers)
     synthetic,
     ucf101,
 )
-from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
+from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 
 __all__ = ["SOURCES", "Annotation", "VideoEntry"]

@@ -45,8 +45,9 @@ import av
 import numpy as np
 import tqdm
 
-from klassterfork.data import records, video
-from klassterfork.data.sources import frame_list
+from klassterfork.data import records
+from klassterfork.data.conversion import video
+from klassterfork.data.conversion.sources import frame_list
 from klassterfork.files import atomic_write, write_text_atomic
 
 LOG = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ backwards); -1 means the class must never be flipped (reversed).
 
 import tensorflow as tf
 
-from klassterfork.data.checks import check_choice
+from klassterfork.data.transforms.checks import check_choice
 
 AUGMENT_POLICIES = ("independent", "uniform")
 

@@ -17,8 +17,8 @@ import glob
 import os
 import re
 
-from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
-from klassterfork.data.sources.json_list import load_label_names
+from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
+from klassterfork.data.conversion.sources.json_list import load_label_names
 
 REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
 _VERSION = re.compile(r"kinetics-?(\d+)", re.IGNORECASE)

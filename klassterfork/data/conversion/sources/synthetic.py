@@ -1,4 +1,4 @@
-"""Reader for the bundled synthetic dataset (`klassterfork.data.synthetic`).
+"""Reader for the bundled synthetic dataset (`klassterfork.data.conversion.synthetic`).
 
 `annotations` is the dataset folder (or its `{split}.json`): SSv2-style
 `{split}.json` entries `{"id", "label", "template"}`, `labels.json`
@@ -9,8 +9,8 @@ import json
 import os
 import re
 
-from klassterfork.data.sources.base import SOURCES, Annotation, VideoEntry
-from klassterfork.data.sources.json_list import split_existing
+from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
+from klassterfork.data.conversion.sources.json_list import split_existing
 
 SPLITS = {"train": "train", "validation": "validation", "val": "validation"}
 EXTENSIONS = (".mp4", ".webm")

@@ -19,7 +19,7 @@ flow[T - 1] = flow[T - 2]; a one-frame video gets one zero-flow image.
 import cv2
 import numpy as np
 
-from klassterfork.data import frames as frames_lib
+from klassterfork.data.conversion import frames as frames_lib
 
 DEFAULT_BOUND = 20.0
 DEFAULT_QUALITY = 95  # denseflow's imwrite default

@@ -1,0 +1,1 @@
+"""Videos and annotations -> sharded TFRecords: readers, decoding, writers, Beam."""

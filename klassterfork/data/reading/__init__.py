@@ -1,0 +1,1 @@
+"""Records -> clips: the record stage, bad records, the train and eval pipelines, preflight."""

@@ -1,0 +1,1 @@
+"""Process-level pieces of the input: the tf.data service and the allocator settings."""
