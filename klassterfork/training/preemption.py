@@ -28,12 +28,15 @@ The all-reduced flag gives the same guarantee (all workers stop after the
 same step) and the checkpoint goes through our own `CheckpointManager`.
 """
 
+import json
 import os
+import re
 import signal
 import sys
 import threading
+import traceback
 
-from klassterfork import exit_codes
+from klassterfork import exit_codes, files
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -103,51 +106,146 @@ class NoSignals:
         return self
 
 
-# The errors a collective op or the coordination service raises when a peer
-# process is gone (connection refused or reset, heartbeat timeout, a peer's
-# error propagated to the cluster).
-PEER_FAILURES = (
-    "UnavailableError", "AbortedError", "CancelledError", "DeadlineExceededError",
-    "InternalError", "UnknownError", "FailedPreconditionError",
-)
+# A lost peer is recognised by what the error says, not by its class alone:
+# the class must be one a dead connection gives (or the message must be the
+# coordination service's heartbeat / failed-task report), AND the message must
+# name another task of the cluster (`/job:worker/replica:0/task:1` or its
+# address). Anything else is an ordinary failure, exit 1 with its whole
+# traceback, never requeued as "worker lost" (`exit_codes.WORKER_LOST`): an
+# InternalError, UnknownError, FailedPrecondition or Cancelled (a bug or a bad
+# input, even when a peer's name appears in it), and any error that names no
+# other task, an Unavailable included (a tf.data service, a file system or a
+# server that is not a worker of this run; a real lost peer is named: TF 2.21
+# says "... from remote target /job:worker/replica:0/task:1 ...").
+PEER_FAILURES = ("UnavailableError", "DeadlineExceededError", "AbortedError")
+# What the coordination service says of a peer whatever the error's class
+# (TF 2.21 coordination_service.cc: "... tasks are unhealthy (stopped sending
+# heartbeats)", "Task /job:worker/replica:0/task:1 ... failed", "heartbeat
+# timeout").
+_COORDINATION = re.compile(
+    r"heartbeat|tasks? (are|is) unhealthy|task\s+\S*/job:\S+.*\bfail", re.IGNORECASE)
+_TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)(?!\d)")
 
 
-def is_peer_failure(err):
-    """True when `err` (a `tf.errors.OpError`) is of a kind a lost peer causes."""
-    return type(err).__name__ in PEER_FAILURES
+def is_peer_failure(err, strategy=None):
+    """True when `err` says that another worker of the cluster is gone.
+
+    Args:
+        err: Exception, usually a `tf.errors.OpError`.
+        strategy: a `tf.distribute` strategy with a `cluster_resolver`, or
+            None. Without one the cluster is read from `TF_CONFIG`; with
+            neither, any task the message names counts (this process cannot
+            tell its own). Defaults to None.
+
+    Returns:
+        bool. The error's class is one of `PEER_FAILURES` (or its message
+        is the coordination service's report of a failed task) and its
+        message names a task other than this one (`lost_workers`).
+    """
+    kind = type(err).__name__ in PEER_FAILURES or bool(_COORDINATION.search(str(err)))
+    return kind and bool(lost_workers(err, strategy))
 
 
-def lost_workers(err, strategy):
-    """The task ids of other workers that `err`'s message names, or []."""
+def _cluster(strategy):
+    """(own (job, index) or None, {job: {index: address}}) of this process,
+    from `strategy.cluster_resolver`, else `TF_CONFIG`, else ({}, None)."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return []
-    own = (resolver.task_type, resolver.task_id)
+    if resolver is not None:
+        spec = resolver.cluster_spec().as_dict()
+        own = (resolver.task_type, resolver.task_id)
+    else:
+        try:
+            config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        except ValueError:
+            config = {}
+        spec, task = config.get("cluster") or {}, config.get("task") or {}
+        own = (task.get("type"), task.get("index")) if task else None
+    cluster = {job: dict(a.items() if isinstance(a, dict) else enumerate(a))
+               for job, a in spec.items()}
+    return own, cluster
+
+
+def lost_workers(err, strategy=None):
+    """The other tasks `err`'s message names, as "job index (address)", or [].
+
+    A task is named by `/job:J/replica:0/task:I` (or `/job:J/task:I`) or by
+    its address; `task:1` does not match `task:10`, nor `host:123` match
+    `host:1234`. `strategy`: as in `is_peer_failure`.
+    """
+    own, cluster = _cluster(strategy)
     message = str(err)
+    named = {(job, int(index)) for job, index in _TASK.findall(message)}
+    if not cluster:
+        return [f"{job} {index}" for job, index in sorted(named)]
     found = []
-    for job, addresses in resolver.cluster_spec().as_dict().items():
-        items = addresses.items() if isinstance(addresses, dict) else enumerate(addresses)
-        for index, address in items:
-            named = (f"/job:{job}/replica:0/task:{index}" in message
-                     or f"/job:{job}/task:{index}" in message or address in message)
-            if named and (job, index) != own:
+    for job, addresses in cluster.items():
+        for index, address in addresses.items():
+            by_address = re.search(re.escape(address) + r"(?!\d)", message)
+            if ((job, int(index)) in named or by_address) and (job, index) != own:
                 found.append(f"{job} {index} ({address})")
     return found
 
 
-def worker_lost_message(err, strategy, last_checkpoint, stage_index):
-    """One paragraph for a multi-worker run whose peer died."""
+def worker_lost_message(err, strategy, last_checkpoint, stage_index, *, dump_dir=None):
+    """One paragraph for a multi-worker run whose peer died.
+
+    The paragraph names the lost workers, the checkpoint `-r` resumes from
+    and the one line of the TensorFlow error that says what went wrong, in
+    full. The whole error (the gRPC dump, many lines) goes to a file in the
+    stage folder, which the paragraph names, so that N workers' logs keep
+    one readable paragraph each.
+
+    Args:
+        err: the `tf.errors.OpError`.
+        strategy: the run's strategy (its `cluster_resolver` names this task).
+        last_checkpoint: str or None. `tf.train.latest_checkpoint` of the stage.
+        stage_index: int.
+        dump_dir: str or None. The stage folder: the whole error is written
+            there (atomically) to `worker_lost.<task type><task id>.txt`.
+            None writes no file and the paragraph says so. Defaults to None.
+
+    Returns:
+        str. One line.
+    """
     task_type, task_id = (strategy.cluster_resolver.task_type,
                           strategy.cluster_resolver.task_id)
     lost = lost_workers(err, strategy)
     who = ", ".join(lost) if lost else "a peer worker (the error names none)"
     first = _cause(str(err)) or type(err).__name__
     step = last_checkpoint.rsplit("-", 1)[-1] if last_checkpoint else None
-    where = (f"the last checkpoint is step {step} of stage {stage_index} ({last_checkpoint})"
-             if step else f"stage {stage_index} has no checkpoint yet (it restarts from step 0)")
+    where = (f"the last checkpoint is step {step} of stage {stage_index} "
+             f"({last_checkpoint})" if step else
+             f"stage {stage_index} has no checkpoint yet (it restarts from step 0)")
+    if dump_dir is None:
+        whole = "the whole error was not kept"
+    else:
+        path = os.path.join(dump_dir, f"worker_lost.{task_type}{task_id}.txt")
+        files.write_text_atomic(path, f"{type(err).__name__}: {err}\n")
+        whole = f"the whole error: {path}"
     return (f"{task_type} {task_id}: lost contact with {who}; training cannot go on "
             f"with fewer workers; {where}. (TensorFlow: {type(err).__name__}: "
-            f"{first[:300]}) Restart every worker with -r")
+            f"{first}; {whole}) Restart every worker with -r")
+
+
+def failure_report(err):
+    """What to print for an error that is not a lost peer: its whole traceback.
+
+    Nothing is cut: the exception chain, every frame and the whole TensorFlow
+    message (for an `OpError`, the op and the gRPC details a bug report needs).
+    The caller exits with `exit_codes.FAILED` (a scheduler does not requeue).
+
+    Args:
+        err: Exception, as caught (its `__traceback__` is used).
+
+    Returns:
+        str. A "kf-train: failed with <error> (exit 1 ...)" line, then the
+            traceback, as Python prints it.
+    """
+    head = (f"kf-train: failed with {type(err).__name__} (exit {exit_codes.FAILED}: "
+            "neither a preemption nor a lost peer worker; fix the cause, then run "
+            "again). The whole traceback:")
+    lines = traceback.format_exception(type(err), err, err.__traceback__)
+    return head + "\n" + "".join(lines)
 
 
 _CAUSE_WORDS = ("reset by peer", "refused", "socket closed", "heartbeat", "unavailable",
