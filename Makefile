@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` and `make test`. Each creates .venv if missing.
+# The README's two commands: `make demo` and `make test`. Each creates .venv if missing;
+# then `source .venv/bin/activate` puts the kf-* commands on PATH.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,15 +9,24 @@ WORKERS ?= 2
 
 .PHONY: demo test test-slow install clean-demo
 
-$(VENV)/.installed: setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+# make demo: the package alone (TensorFlow, PyAV, OpenCV, ...); the demo's
+# steps import nothing of the test extra (tests/test_make_demo.py).
+$(VENV)/.installed-demo: setup.py | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# make test: the package with the test extra (pytest, torch, jax, apache-beam, ...).
+$(VENV)/.installed: setup.py | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-demo
 	$(PY) tools/make_synthetic.py --out $(DEMO_DIR)/synthetic --workers $(WORKERS)
 	$(PY) tools/convert_videos.py --dataset synthetic --annotations $(DEMO_DIR)/synthetic \
 		--videos $(DEMO_DIR)/synthetic/videos --split train --out $(DEMO_DIR)/records \

