@@ -1,4 +1,7 @@
-"""Types and ranges of the config values the trainer itself reads.
+"""Types and ranges of the `train_loop` values.
+
+(Dataset blocks are checked against their typed spec, `data/spec.py`, by
+`training.builders.check_datasets`.)
 
 Names are checked by the registry and the loaders; this checks values, before
 anything is built, so `batch_size: "eight"` or `batch_size: -8` gives the same
@@ -7,7 +10,7 @@ one-paragraph located error as an unknown name instead of a traceback (or, for
 by their builders, whose errors `build_component` locates.
 
 A rule is a row of `RULES`: (dotted key pattern, kind, minimum). `*` matches
-one dataset role (train, val, val_<name>). Kinds: "int", "number", "bool",
+one key. Kinds: "int", "number", "bool",
 "int_or_list" (an int, or a list of numbers: `frame_step`'s multi-rate form).
 A null value means "unset" wherever the default is None (see `NULLABLE`).
 """
@@ -31,26 +34,10 @@ RULES = (
     ("train_loop.progress", "bool", None),
     ("train_loop.sync_batchnorm", "bool", None),
     ("train_loop.plot", "bool", None),
-    ("datasets.*.batch_size", "int", 1),
-    ("datasets.*.clip_len", "int", 1),
-    ("datasets.*.crop_size", "int", 1),
-    ("datasets.*.frame_step", "int_or_list", 1),
-    ("datasets.*.num_clips", "int", 1),
-    ("datasets.*.num_crops", "int", 1),
-    ("datasets.*.num_examples", "int", 1),
-    ("datasets.*.shuffle_buffer", "int", 0),
-    ("datasets.*.repeated_views", "int", 1),
-    ("datasets.*.cycle_length", "int", 1),
-    ("datasets.*.num_segments", "int", 1),
-    ("datasets.*.new_length", "int", 1),
-    ("datasets.*.resize_short_side", "int", 1),
-    ("datasets.*.views_per_chunk", "int", 1),
-    ("datasets.*.flip_prob", "number", 0),
 )
 NULLABLE = {
     "train_loop.steps_per_epoch", "train_loop.stop_after_steps",
-    "train_loop.logical_cpu_devices", "datasets.*.num_segments",
-    "datasets.*.resize_short_side", "datasets.*.views_per_chunk",
+    "train_loop.logical_cpu_devices",
 }
 WORDS = {"int": "an integer", "number": "a number", "bool": "true or false",
          "int_or_list": "an integer or a list of numbers"}
@@ -69,16 +56,10 @@ def check_stage(stage, source):
 
 
 def _flatten(stage):
-    for section in ("train_loop", "datasets"):
-        block = stage.get(section)
-        if not isinstance(block, dict):
-            continue
+    block = stage.get("train_loop")
+    if isinstance(block, dict):
         for name, value in block.items():
-            if section == "datasets" and isinstance(value, dict):
-                for arg, v in value.items():
-                    yield f"datasets.{name}.{arg}", v
-            else:
-                yield f"{section}.{name}", value
+            yield f"train_loop.{name}", value
 
 
 def _is_int(value):

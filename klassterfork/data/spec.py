@@ -1,189 +1,241 @@
-"""The options of the train and eval pipelines, checked once.
+"""What a dataset block may contain: the typed spec, declared once.
 
-`TrainSpec.create(**options)` / `EvalSpec.create(**options)` take the keyword
-arguments of `pipeline.train_dataset` / `pipeline.eval_dataset` (minus the
-files), check every one (errors name the argument, what was received and
-what is accepted), normalize them (a frame-step list becomes `step_choices`,
-`seed=None` an OS-drawn seed, augment dicts their keyword arguments) and
-return a frozen spec, so the pipeline functions read as the stages they
-build. The clip options both share are checked by `check_clip_options`.
+`TrainData` (a `datasets.train` block) and `EvalData` (`datasets.val`,
+`datasets.val_<name>`) are frozen dataclasses of a few nested groups —
+where the records are (`Source`), which frames a clip takes (`Sampling`),
+crops (`Crop` / `Views`), standardization (`Standardize`), augmentation
+(`Augment`, `Mixing`) and how records are read (`Reading`). Each field
+carries its type, default, accepted values and a one-line doc
+(`config.options.option`); everything else derives from the fields:
+
+- config validation with located errors (`TrainData.from_block`),
+- the pipelines (`pipeline.train_dataset(files, spec)` reads the groups),
+- the builders' accepted keys, `--print-config`'s filled-in blocks
+  (`options.to_flat`), inference's eval views, preflight's defaults,
+- the option table in docs/options.md (`python -m klassterfork.data.spec`).
+
+The config block is flat (`clip_len: 16`, `crop: random`); flat names are
+unique over the groups. Adding an option is one field here plus the
+transform that reads it (docs/design.md, "Add a dataset option").
 """
 
 import dataclasses
-import os
+import sys
 
 import tensorflow as tf
 
-from klassterfork.data.transforms import augment
+from klassterfork.config import options as opts
+from klassterfork.config.options import OptionError, group, option
 from klassterfork.data import transforms
-from klassterfork.data.transforms.checks import check_choice, check_positive
+from klassterfork.data.transforms import augment
 from klassterfork.data.transforms.crops import check_scale
 
 MODALITIES = ("rgb", "flow")
 CROPS = ("random", "multi_scale", "random_resized", "centre")
 SHARD_POLICIES = ("auto", "file", "data")
-# What keys an example's random draws (see `pipeline.train_dataset`).
-EXAMPLE_KEYS = ("position", "record")
+FLIPS = (False, True, "manifest", "ssv2_tdn", "keep_labels")
 RAND_AUGMENT_OPS = {"default": augment.DEFAULT_OPS, "increasing": augment.INCREASING_OPS}
-
-
-def check_sizes(**sizes):
-    for name, value in sizes.items():
-        check_positive(value, name)
-
-
-def check_clip_options(*, clip_len, crop_size, batch_size, frame_step, standardize,
-                       mean, std, num_segments, new_length, short_video, modality,
-                       frame_step_choices):
-    """The checks train and eval share. Returns the frame-step choices
-    (tuple) or None."""
-    check_sizes(clip_len=clip_len, crop_size=crop_size, batch_size=batch_size,
-                new_length=new_length)
-    step_choices = None
-    if frame_step_choices and isinstance(frame_step, (list, tuple)):
-        step_choices = tuple(frame_step)
-        transforms.random_frame_step(tf.constant([0, 0], tf.int64), step_choices)
-    else:
-        check_sizes(frame_step=frame_step)
-    if num_segments is not None:
-        check_sizes(num_segments=num_segments)
-        if num_segments * new_length != clip_len:
-            raise ValueError(
-                "`clip_len` must equal num_segments * new_length with segment "
-                f"sampling. Received: clip_len={clip_len}, "
-                f"num_segments={num_segments}, new_length={new_length}"
-            )
-    elif new_length != 1:
-        raise ValueError(
-            f"`new_length` needs `num_segments`. Received: new_length={new_length}"
-        )
-    # Fail now, not inside the graph, on bad options.
-    transforms.standardize(tf.zeros([1, 1, 1, 3]), standardize, mean=mean, std=std)
-    check_choice(short_video, transforms.SHORT_VIDEO_MODES, "short_video")
-    check_choice(modality, MODALITIES, "modality")
-    return step_choices
+AUTOTUNE = tf.data.AUTOTUNE
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    """`pipeline.train_dataset`'s options, checked (see its docstring).
+class Source:
+    """Where a split's records are (read by the trainer, not the pipeline)."""
 
-    Besides the arguments: `step_choices` (tuple or None: fps jitter),
-    `seeded` (False when `seed` was None and drawn here).
-    """
+    dir: str = option(None, "folder of `{split}-*-of-*.tfrecord` shards and "
+                      "`{split}.manifest.json`", kind="str")
+    split: str = option(None, "the split's name in `dir` (train, validation, ...)",
+                        kind="str")
+    files: object = option(None, "glob pattern or list of shard paths (instead of "
+                           "`dir` + `split`)", kind="str_or_list")
+    num_examples: int = option(None, "videos in the split, when the manifest gives none",
+                               kind="int", minimum=1)
+    class_embeddings: str = option(None, "`.npy` class-name embeddings (zero-shot: "
+                                   "targets in train, cosine scoring in val)", kind="str")
+    service: dict = option(None, "read through the tf.data service (train only): "
+                           "`{address: grpc://host:port, ...}`", kind="dict")
 
-    clip_len: int
-    crop_size: int
-    batch_size: int
-    frame_step: object = 1
-    seed: int = None
-    shuffle_buffer: int = 256
-    flip_label_map: object = None
-    flip_prob: float = 0.5
-    standardize: str = "per_frame"
-    mean: object = None
-    std: object = None
-    crop_scale: object = None
-    crop: str = "random"
-    num_segments: int = None
-    new_length: int = 1
-    reverse_label_map: object = None
-    reverse_prob: float = 0.0
-    augment_policy: str = "independent"
-    short_video: str = "repeat"
-    repeat: bool = True
-    drop_remainder: bool = True
-    num_parallel_calls: int = tf.data.AUTOTUNE
-    cycle_length: int = 8
-    start_batch: int = 0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mix_prob: float = 1.0
-    mix_switch_prob: float = 0.5
-    label_smoothing: float = 0.0
-    num_classes: int = None
-    modality: str = "rgb"
-    repeated_views: int = 1
-    rand_augment: dict = None
-    random_erasing: dict = None
-    num_input_pipelines: int = 1
-    input_pipeline_id: int = 0
-    shard_policy: str = "auto"
-    max_bad_records: int = None
-    example_key: str = "position"
-    step_choices: tuple = None
-    seeded: bool = True
+    def __post_init__(self):
+        opts.check_fields(self)
 
-    @classmethod
-    def create(cls, **options):
-        """Checks and normalizes `train_dataset` keyword arguments.
 
-        Raises:
-            ValueError: naming the argument, the value and what is accepted.
-        """
-        spec = cls(**options)
-        o = spec  # read-only view of the raw options
-        step_choices = check_clip_options(
-            clip_len=o.clip_len, crop_size=o.crop_size, batch_size=o.batch_size,
-            frame_step=o.frame_step, standardize=o.standardize, mean=o.mean, std=o.std,
-            num_segments=o.num_segments, new_length=o.new_length,
-            short_video=o.short_video, modality=o.modality, frame_step_choices=True)
-        check_sizes(cycle_length=o.cycle_length, repeated_views=o.repeated_views,
-                    num_input_pipelines=o.num_input_pipelines)
-        if o.batch_size % o.repeated_views:
-            raise ValueError(
-                "`batch_size` must be a multiple of `repeated_views` (each batch "
-                "holds whole groups of views). Received: "
-                f"batch_size={o.batch_size}, repeated_views={o.repeated_views}"
-            )
-        if not _is_int(o.input_pipeline_id) or not (
-                0 <= o.input_pipeline_id < o.num_input_pipelines):
-            raise ValueError(
-                "`input_pipeline_id` must be an int in [0, num_input_pipelines). "
-                f"Received: input_pipeline_id={o.input_pipeline_id!r}, "
-                f"num_input_pipelines={o.num_input_pipelines}"
-            )
-        check_choice(o.shard_policy, SHARD_POLICIES, "shard_policy")
-        check_choice(o.example_key, EXAMPLE_KEYS, "example_key")
-        if o.max_bad_records is not None and not (
-                _is_int(o.max_bad_records) and o.max_bad_records >= 0):
-            raise ValueError("`max_bad_records` must be an int >= 0 or None (0.1 % of the "
-                             f"records). Received: max_bad_records={o.max_bad_records!r}")
-        if not (_is_int(o.shuffle_buffer) and o.shuffle_buffer >= 0):
-            raise ValueError("`shuffle_buffer` must be an int >= 0 (0 = no shuffle). "
-                             f"Received: shuffle_buffer={o.shuffle_buffer!r}")
-        if not (_is_int(o.start_batch) and o.start_batch >= 0):
-            raise ValueError("`start_batch` must be an int >= 0. "
-                             f"Received: start_batch={o.start_batch!r}")
-        check_choice(o.crop, CROPS, "crop")
-        check_choice(o.augment_policy, transforms.AUGMENT_POLICIES, "augment_policy")
-        if o.crop_scale is not None:
-            check_scale(o.crop_scale)
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Which frames a clip takes."""
+
+    clip_len: int = option(None, "frames per clip (T)", kind="int", minimum=1,
+                           required=True)
+    frame_step: object = option(1, "stride between frames; a list draws one per clip "
+                                "(fps jitter, train only)", kind="int_or_list", minimum=1)
+    num_segments: int = option(None, "TSN segment sampling: clip_len = num_segments * "
+                               "new_length", kind="int", minimum=1)
+    new_length: int = option(1, "consecutive frames per TSN segment (TDN: 5)",
+                             kind="int", minimum=1)
+    short_video: str = option("repeat", "a video shorter than the clip: repeat the last "
+                              "frame or loop", choices=transforms.SHORT_VIDEO_MODES,
+                              kind="str")
+
+    def __post_init__(self):
+        opts.check_fields(self)
+        if self.num_segments is not None:
+            if self.num_segments * self.new_length != self.clip_len:
+                raise OptionError(
+                    "clip_len", "`clip_len` must equal num_segments * new_length with "
+                    f"segment sampling. Received: clip_len={self.clip_len}, "
+                    f"num_segments={self.num_segments}, new_length={self.new_length}")
+        elif self.new_length != 1:
+            raise OptionError("new_length", "`new_length` needs `num_segments`. "
+                                            f"Received: new_length={self.new_length}")
+        if self.step_choices is not None:
+            _as_option_error("frame_step", transforms.random_frame_step,
+                             tf.constant([0, 0], tf.int64), self.step_choices)
+
+    @property
+    def step_choices(self):
+        """The fps-jitter choices (tuple), or None for one fixed step."""
+        if isinstance(self.frame_step, (list, tuple)):
+            return tuple(self.frame_step)
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """One crop window per training clip."""
+
+    crop_size: int = option(None, "output side (H = W)", kind="int", minimum=1,
+                            required=True)
+    crop: str = option("random", "random (see crop_scale), multi_scale (TSN), "
+                       "random_resized (Inception) or centre", kind="str", choices=CROPS)
+    crop_scale: object = option(None, "(low, high): window side = s * short side, "
+                                "resized to crop_size; null: a crop_size window",
+                                kind="pair")
+
+    def __post_init__(self):
+        opts.check_fields(self)
+        if self.crop_scale is not None:
+            _as_option_error("crop_scale", check_scale, self.crop_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class Views:
+    """Evaluation views: `num_clips` evenly spaced clips x `num_crops` crops."""
+
+    crop_size: int = option(None, "output side (H = W)", kind="int", minimum=1,
+                            required=True)
+    num_clips: int = option(None, "clips per video", kind="int", minimum=1, required=True)
+    num_crops: int = option(None, "centre crop (1) or three crops along the long side (3)",
+                            kind="int", choices=(1, 3), required=True)
+    resize_short_side: int = option(None, "crop as if frames were resized to this short "
+                                    "side first", kind="int", minimum=1)
+    views_per_chunk: int = option(None, "evaluate K views at a time (memory bounded by "
+                                  "batch_size x K clips)", kind="int", minimum=1)
+    flatten_views: bool = option(False, "yield single views (B, T, H, W, C)", kind="bool")
+
+    def __post_init__(self):
+        opts.check_fields(self)
+        if self.views_per_chunk is None:
+            return
+        if self.views_per_chunk > self.num_views:
+            raise OptionError(
+                "views_per_chunk", "`views_per_chunk` must be at most num_clips * "
+                f"num_crops = {self.num_views} (more would only add padding views). "
+                f"Received: views_per_chunk={self.views_per_chunk}")
+        if self.flatten_views:
+            raise OptionError(
+                "views_per_chunk", "`views_per_chunk` and `flatten_views` cannot be "
+                "combined (single views are already the smallest unit). Received: "
+                f"views_per_chunk={self.views_per_chunk}, flatten_views=True")
+
+    @property
+    def num_views(self):
+        return self.num_clips * self.num_crops
+
+
+@dataclasses.dataclass(frozen=True)
+class Standardize:
+    """How uint8 pixels become model input."""
+
+    standardize: str = option("per_frame", "per_frame, per_clip, mean_std (+ mean, std), "
+                              "unit, symmetric, or none (uint8 to the model)",
+                              kind="str", choices=transforms.STANDARDIZE_MODES)
+    mean: object = option(None, "per-channel means in [0, 1] (mean_std)", kind="numbers")
+    std: object = option(None, "per-channel stds in [0, 1] (mean_std)", kind="numbers")
+
+    def __post_init__(self):
+        opts.check_fields(self)
+        # Fail now, not inside the graph (e.g. mean_std without mean / std).
+        _as_option_error("standardize", transforms.standardize, tf.zeros([1, 1, 1, 3]),
+                         self.standardize, mean=self.mean, std=self.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Per-clip augmentation: flips and time reversal with label maps,
+    RandAugment, random erasing, repeated views."""
+
+    flip: object = option(False, "false: none; manifest/true: the manifest's label map; "
+                          "ssv2_tdn; keep_labels; or a list (label after flipping, -1 = "
+                          "never)")
+    flip_prob: float = option(0.5, "flip probability (independent policy)", kind="number",
+                              minimum=0)
+    reverse_label_map: object = option(None, "time reversal with a label map (-1 = never "
+                                       "reverse the class)", kind="numbers")
+    reverse_prob: float = option(0.0, "time-reversal probability", kind="number", minimum=0)
+    augment_policy: str = option("independent", "independent (flip_prob, reverse_prob) or "
+                                 "uniform (20BN SSv2 baseline)", kind="str",
+                                 choices=transforms.AUGMENT_POLICIES)
+    rand_augment: object = option(None, "clip-level RandAugment: {num_layers, magnitude, "
+                                  "magnitude_std, ops: default|increasing}", kind="dict_or_bool")
+    random_erasing: object = option(None, "one box per clip on all frames: {prob, mode, "
+                                    "max_count} (float output only)", kind="dict_or_bool")
+    repeated_views: int = option(1, "k augmented views of each video in a row (batch_size "
+                                 "a multiple of k)", kind="int", minimum=1)
+
+    def __post_init__(self):
+        opts.check_fields(self)
+        if not (self.flip in FLIPS or _is_label_map(self.flip)):
+            raise OptionError(
+                "flip", "`flip` must be false (no flips), true or 'manifest' (the "
+                "manifest's label map), 'ssv2_tdn' (TDN's SSv2 policy: all flip, 3 pairs "
+                "swap), 'keep_labels' (flip, labels unchanged: appearance datasets) or a "
+                f"list (label after flipping, -1 = never). Received: {self.flip!r}")
         for name in ("flip_prob", "reverse_prob"):
-            prob = getattr(o, name)
+            prob = getattr(self, name)
             if not 0.0 <= prob <= 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={prob!r}")
-        if (o.mixup_alpha > 0 or o.cutmix_alpha > 0) and not o.num_classes:
-            raise ValueError("mixup/cutmix needs `num_classes`. Received: "
-                             f"num_classes={o.num_classes!r}")
-        seeded = o.seed is not None
-        seed = int(o.seed) if seeded else int.from_bytes(os.urandom(4), "little") >> 1
-        return dataclasses.replace(
-            spec, seed=seed, seeded=seeded, step_choices=step_choices,
-            rand_augment=_rand_augment_kwargs(o.rand_augment, o.modality),
-            random_erasing=_random_erasing_kwargs(o.random_erasing, o.standardize),
-        )
+                raise OptionError(name, f"`{name}` must be in [0, 1]. Received: "
+                                        f"{name}={prob!r}")
 
     @property
-    def may_flip(self):
-        """Known before tracing: no flip ops when no flip can happen."""
-        return self.augment_policy == "uniform" or self.flip_prob > 0
+    def flip_label_map(self):
+        """The resolved label map (list), or None (flips keep their labels)."""
+        if self.flip in ("manifest", "ssv2_tdn") or self.flip is True:
+            raise ValueError(f"`flip`={self.flip!r} needs the dataset's label map: resolve "
+                             "it with `TrainData.with_flip_map(label_map)` first.")
+        return list(self.flip) if _is_label_map(self.flip) else None
 
     @property
-    def may_reverse(self):
-        if self.augment_policy == "uniform":
-            return self.reverse_label_map is not None
-        return self.reverse_prob > 0
+    def flip_probability(self):
+        return 0.0 if self.flip in (False, None) else float(self.flip_prob)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixing:
+    """Batch mixup / cutmix with soft labels (per replica batch)."""
+
+    mixup_alpha: float = option(0.0, "mixup Beta(alpha, alpha); 0 = off", kind="number",
+                                minimum=0)
+    cutmix_alpha: float = option(0.0, "cutmix Beta(alpha, alpha); 0 = off", kind="number",
+                                 minimum=0)
+    mix_prob: float = option(1.0, "chance to mix a batch", kind="number", minimum=0)
+    mix_switch_prob: float = option(0.5, "chance of cutmix when both are on",
+                                    kind="number", minimum=0)
+    label_smoothing: float = option(0.0, "smoothing of the mixed one-hots", kind="number",
+                                    minimum=0)
+    num_classes: int = option(None, "classes of the soft labels (default: the manifest's)",
+                              kind="int", minimum=1)
+
+    def __post_init__(self):
+        opts.check_fields(self)
 
     @property
     def mixes(self):
@@ -191,99 +243,203 @@ class TrainSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSpec:
-    """`pipeline.eval_dataset`'s options, checked (see its docstring)."""
+class Reading:
+    """How the train records are read: order, shuffle, parallelism, bad records."""
 
-    clip_len: int
-    crop_size: int
-    num_clips: int
-    num_crops: int
-    batch_size: int
-    frame_step: int = 1
-    standardize: str = "per_frame"
-    mean: object = None
-    std: object = None
-    resize_short_side: int = None
-    num_segments: int = None
-    new_length: int = 1
-    short_video: str = "repeat"
-    with_ids: bool = False
-    flatten_views: bool = False
-    num_parallel_calls: int = tf.data.AUTOTUNE
-    modality: str = "rgb"
-    views_per_chunk: int = None
+    seed: int = option(None, "seeds shard order, shuffle and every random transform "
+                       "(default: train_loop.seed)", kind="int", minimum=0)
+    shuffle_buffer: int = option(256, "block size of the example shuffle (0 = off)",
+                                 kind="int", minimum=0)
+    cycle_length: int = option(8, "shards read at once", kind="int", minimum=1)
+    num_parallel_calls: int = option(AUTOTUNE, "parallel clip decoders (-1 = autotune)",
+                                     kind="int", minimum=-1)
+    repeat: bool = option(True, "repeat forever", kind="bool")
+    drop_remainder: bool = option(True, "drop the last partial batch", kind="bool")
+    shard_policy: str = option("auto", "how workers split the data: auto, file or data",
+                               kind="str", choices=SHARD_POLICIES)
+    max_bad_records: int = option(None, "bad records tolerated (default: 0.1 % of the "
+                                  "records, at least 1)", kind="int", minimum=0)
+
+    def __post_init__(self):
+        opts.check_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """A `datasets.train` block: random clips, one random crop per clip."""
+
+    batch_size: int = option(None, "clips per batch (the global batch in a config)",
+                             kind="int", minimum=1, required=True)
+    modality: str = option("rgb", "rgb, or flow (stacked flow pairs, two-stream)",
+                           kind="str", choices=MODALITIES)
+    source: Source = group(Source, "where the records are")
+    sampling: Sampling = group(Sampling, "which frames a clip takes")
+    crop: Crop = group(Crop, "the crop window")
+    standardize: Standardize = group(Standardize, "pixels to model input")
+    augment: Augment = group(Augment, "flips, reversal, RandAugment, erasing")
+    mixing: Mixing = group(Mixing, "mixup / cutmix")
+    reading: Reading = group(Reading, "record order, shuffle, parallelism")
+
+    def __post_init__(self):
+        opts.check_fields(self)
+        views = self.augment.repeated_views
+        if self.batch_size % views:
+            raise OptionError(
+                "batch_size", "`batch_size` must be a multiple of `repeated_views` (each "
+                f"batch holds whole groups of views). Received: batch_size="
+                f"{self.batch_size}, repeated_views={views}")
+        if self.mixing.mixes and not self.mixing.num_classes:
+            raise OptionError("num_classes", "mixup/cutmix needs `num_classes`. Received: "
+                                             f"num_classes={self.mixing.num_classes!r}")
+        self.rand_augment_kwargs()
+        self.random_erasing_kwargs()
+
+    from_flat = classmethod(lambda cls, **options: opts.from_flat(cls, options))
 
     @classmethod
-    def create(cls, **options):
-        spec = cls(**options)
-        check_clip_options(
-            clip_len=spec.clip_len, crop_size=spec.crop_size, batch_size=spec.batch_size,
-            frame_step=spec.frame_step, standardize=spec.standardize, mean=spec.mean,
-            std=spec.std, num_segments=spec.num_segments, new_length=spec.new_length,
-            short_video=spec.short_video, modality=spec.modality, frame_step_choices=False)
-        check_sizes(num_clips=spec.num_clips)
-        check_choice(spec.num_crops, (1, 3), "num_crops")
-        if spec.views_per_chunk is not None:
-            check_sizes(views_per_chunk=spec.views_per_chunk)
-            if spec.views_per_chunk > spec.num_views:
-                raise ValueError(
-                    "`views_per_chunk` must be at most num_clips * num_crops = "
-                    f"{spec.num_views} (more would only add padding views). Received: "
-                    f"views_per_chunk={spec.views_per_chunk}"
-                )
-            if spec.flatten_views:
-                raise ValueError(
-                    "`views_per_chunk` and `flatten_views` cannot be combined (single "
-                    "views are already the smallest unit). Received: "
-                    f"views_per_chunk={spec.views_per_chunk}, flatten_views=True"
-                )
-        return spec
+    def from_block(cls, block, source, key, **extra):
+        """The spec of a config block; errors are `ConfigError`s located at
+        `key.option` (file, line). `extra` options fill in what the block
+        leaves out (seed, num_classes)."""
+        return from_block(cls, block, source, key, **extra)
+
+    def with_flip_map(self, label_map):
+        """The spec with `flip: manifest / true / ssv2_tdn` resolved to a list."""
+        return dataclasses.replace(self, augment=dataclasses.replace(
+            self.augment, flip=list(label_map)))
+
+    def rand_augment_kwargs(self):
+        """`augment.rand_augment` keyword arguments, or None (checked)."""
+        value = self.augment.rand_augment
+        if value not in (None, False) and self.modality != "rgb":
+            raise OptionError("rand_augment", "`rand_augment` applies to RGB clips only. "
+                                              f"Received: modality={self.modality!r}")
+        if isinstance(value, dict) and isinstance(value.get("ops"), str):
+            if value["ops"] not in RAND_AUGMENT_OPS:
+                raise OptionError("rand_augment", "`rand_augment.ops` must be one of "
+                                  f"{list(RAND_AUGMENT_OPS)}. Received: {value['ops']!r}")
+            value = {**value, "ops": RAND_AUGMENT_OPS[value["ops"]]}
+        return _augment_kwargs("rand_augment", value, augment.rand_augment,
+                               tf.zeros([1, 4, 4, 3], tf.uint8))
+
+    def random_erasing_kwargs(self):
+        """`augment.random_erasing` keyword arguments, or None (checked)."""
+        value = self.augment.random_erasing
+        if value not in (None, False) and self.standardize.standardize == "none":
+            raise OptionError(
+                "random_erasing", "`random_erasing` fills boxes with standardized noise "
+                "and needs float output; it cannot run with standardize='none'. "
+                f"Received: random_erasing={value!r}, standardize='none'")
+        return _augment_kwargs("random_erasing", value, augment.random_erasing,
+                               tf.zeros([1, 1, 4, 4, 3]))
 
     @property
-    def num_views(self):
-        return self.num_clips * self.num_crops
+    def may_flip(self):
+        """Known before tracing: no flip ops when no flip can happen."""
+        return self.augment.augment_policy == "uniform" or self.augment.flip_probability > 0
+
+    @property
+    def may_reverse(self):
+        if self.augment.augment_policy == "uniform":
+            return self.augment.reverse_label_map is not None
+        return self.augment.reverse_prob > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+    """A `datasets.val` / `datasets.val_<name>` block: every video once, as
+    `num_clips x num_crops` views."""
+
+    batch_size: int = option(None, "videos (or chunks) per batch", kind="int", minimum=1,
+                             required=True)
+    modality: str = option("rgb", "rgb, or flow (stacked flow pairs, two-stream)",
+                           kind="str", choices=MODALITIES)
+    num_parallel_calls: int = option(AUTOTUNE, "parallel video decoders (-1 = autotune)",
+                                     kind="int", minimum=-1)
+    source: Source = group(Source, "where the records are")
+    sampling: Sampling = group(Sampling, "which frames a clip takes")
+    views: Views = group(Views, "clips x crops per video")
+    standardize: Standardize = group(Standardize, "pixels to model input")
+
+    def __post_init__(self):
+        opts.check_fields(self)
+        if self.sampling.step_choices is not None:
+            raise OptionError("frame_step", "`frame_step` must be an integer >= 1 in "
+                              "evaluation (one fixed step). Received: "
+                              f"frame_step={self.sampling.frame_step!r}")
+
+    from_flat = classmethod(lambda cls, **options: opts.from_flat(cls, options))
+
+    @classmethod
+    def from_block(cls, block, source, key, **extra):
+        """As `TrainData.from_block`."""
+        return from_block(cls, block, source, key, **extra)
 
     @property
     def channels(self):
         return 3 if self.modality == "rgb" else 2
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+def spec_class(role):
+    """`TrainData` for the `train` role, `EvalData` for val / val_<name>."""
+    return TrainData if role == "train" else EvalData
 
 
-def _augment_options(name, options, fn, example):
-    """`options` (dict, True = defaults, None / False = off) checked once by
-    calling `fn(example, seed, **options)` eagerly; -> dict or None."""
-    if options is None or options is False:
-        return None
-    if options is True:
-        options = {}
-    if not isinstance(options, dict):
-        raise ValueError(f"`{name}` must be a dict of `augment.{fn.__name__}` arguments "
-                         f"or None. Received: {name}={options!r}")
+def from_block(cls, block, source, key, **extra):
+    from klassterfork.config.loader import ConfigError
+
     try:
-        fn(example, tf.constant([0, 0]), **options)
+        return opts.from_flat(cls, {**extra, **block} if extra else block)
+    except OptionError as err:
+        raise ConfigError(source, f"{key}.{err.option}", _without_name(err)) from None
+
+
+def _without_name(err):
+    """The message without a leading "`name` " (the located key says it)."""
+    text = str(err)
+    prefix = f"`{err.option}` "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _is_label_map(value):
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _as_option_error(name, fn, *args, **kwargs):
+    """Calls a transform's own check; its ValueError becomes an OptionError."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise OptionError(name, str(err)) from None
+
+
+def _augment_kwargs(name, value, fn, example):
+    """`value` (dict, true = defaults, null / false = off) checked once by
+    calling `fn(example, seed, **value)` eagerly; -> dict or None."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    try:
+        fn(example, tf.constant([0, 0]), **value)
     except TypeError as err:
-        raise ValueError(f"`{name}`: {err}. Received: {name}={options!r}") from None
-    return options
+        raise OptionError(name, f"`{name}`: {err}. Received: {name}={value!r}") from None
+    return value
 
 
-def _rand_augment_kwargs(options, modality):
-    if options not in (None, False) and modality != "rgb":
-        raise ValueError("`rand_augment` applies to RGB clips only. Received: "
-                         f"modality={modality!r}")
-    if isinstance(options, dict) and isinstance(options.get("ops"), str):
-        check_choice(options["ops"], tuple(RAND_AUGMENT_OPS), "rand_augment.ops")
-        options = {**options, "ops": RAND_AUGMENT_OPS[options["ops"]]}
-    return _augment_options("rand_augment", options, augment.rand_augment,
-                            tf.zeros([1, 4, 4, 3], tf.uint8))
+def options_markdown():
+    """docs/options.md: the option tables of both roles."""
+    return (
+        "# Dataset options\n\n"
+        "Generated from `klassterfork/data/spec.py` (`python -m klassterfork.data.spec > "
+        "docs/options.md`); a test checks it is current. A config's dataset block is "
+        "flat: `datasets.train: {dir: ..., split: train, clip_len: 16, crop_size: 112, "
+        "batch_size: 8}`.\n\n"
+        "## `datasets.train` (`TrainData`)\n\n" + opts.markdown_table(TrainData) + "\n\n"
+        "## `datasets.val`, `datasets.val_<name>` (`EvalData`)\n\n"
+        + opts.markdown_table(EvalData) + "\n")
 
 
-def _random_erasing_kwargs(options, standardize):
-    if options not in (None, False) and standardize == "none":
-        raise ValueError("`random_erasing` fills boxes with standardized noise and needs "
-                         "float output; it cannot run with standardize='none'. Received: "
-                         f"random_erasing={options!r}, standardize='none'")
-    return _augment_options("random_erasing", options, augment.random_erasing,
-                            tf.zeros([1, 1, 4, 4, 3]))
+if __name__ == "__main__":
+    sys.stdout.write(options_markdown())

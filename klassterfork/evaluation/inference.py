@@ -33,24 +33,16 @@ module (and the CLIs over it) stays cheap.
 
 import collections
 import glob
-import inspect
 import json
 import os
 import re
 
 import numpy as np
 
-# The eval keys of a `datasets.val` block that shape the model's input; their
-# defaults are read from `pipeline.eval_dataset` (one spelling per fact).
-VIEW_KEYS = ("clip_len", "crop_size", "num_clips", "num_crops", "frame_step",
-             "resize_short_side", "short_video")
-NORM_KEYS = ("standardize", "mean", "std")
-# Views per forward pass (the default of --batch-size): bounds memory.
-CHUNK_KEYS = ("views_per_chunk",)
+# The options of an eval block (`data/spec.py` `EvalData`) that inference
+# does not reproduce: a block that sets one is refused, not half-applied.
+NOT_REPRODUCED = ("num_segments", "new_length", "modality")
 DECODE_KEYS = ("short_side", "fps", "max_frames")
-# Keys of a val block that do not change what one video's views look like.
-IGNORED_KEYS = ("dir", "split", "files", "flip", "num_examples", "batch_size",
-                "num_parallel_calls", "with_ids", "flatten_views", "seed")
 
 
 class PredictError(ValueError):
@@ -259,8 +251,6 @@ def eval_transform(stage):
     Raises:
         PredictError: the stage has no val/test dataset.
     """
-    from klassterfork.data import pipeline
-
     datasets = stage.get("datasets") or {}
     block = datasets.get("val") or datasets.get("test")
     if not block:
@@ -268,36 +258,49 @@ def eval_transform(stage):
             "the config has no `datasets.val` (or `datasets.test`) block to "
             f"take the evaluation transform from. Received datasets: {sorted(datasets)}"
         )
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(pipeline.eval_dataset).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
     missing = [k for k in ("clip_len", "crop_size") if k not in block]
     if missing:
         raise PredictError(f"datasets.val: `{missing[0]}` is required.")
-    applied = VIEW_KEYS + NORM_KEYS + CHUNK_KEYS
-    unknown = sorted(set(block) - set(applied + IGNORED_KEYS))
-    if unknown:
-        # A transform option inference does not reproduce must not be
-        # dropped silently: predictions would not match evaluation.
-        raise PredictError(
-            f"datasets.val.{unknown[0]}: inference does not apply this option of "
-            f"the eval pipeline. It applies: {', '.join(applied)}")
-    view = {k: block.get(k, defaults.get(k)) for k in VIEW_KEYS}
-    view["num_clips"] = view["num_clips"] or 1
-    view["num_crops"] = view["num_crops"] or 1
-    norm = {k: block.get(k, defaults.get(k)) for k in NORM_KEYS}
+    spec = _eval_spec(block)
+    sampling, views, norm = spec.sampling, spec.views, spec.standardize
+    view = {"clip_len": sampling.clip_len, "crop_size": views.crop_size,
+            "num_clips": views.num_clips, "num_crops": views.num_crops,
+            "frame_step": sampling.frame_step, "resize_short_side": views.resize_short_side,
+            "short_video": sampling.short_video}
     manifest = _manifest(block)
     settings = manifest.get("settings") or {}
     names = manifest.get("label_names")
     return {
         "view": view,
-        "norm": {"mode": norm["standardize"], "mean": norm["mean"], "std": norm["std"]},
+        "norm": {"mode": norm.standardize, "mean": norm.mean, "std": norm.std},
         "decode": {k: settings.get(k) for k in DECODE_KEYS},
         "label_names": list(names) if isinstance(names, list) else None,
-        "views_per_chunk": block.get("views_per_chunk"),
+        "views_per_chunk": views.views_per_chunk,
     }
+
+
+def _eval_spec(block):
+    """The block's `EvalData` (one clip, one crop, batch 1 where unset);
+    raises `PredictError` on an option inference does not reproduce."""
+    from klassterfork.config import options as opts
+    from klassterfork.data.spec import EvalData
+
+    accepted = opts.accepted(EvalData)
+    refused = sorted(k for k in block if k in NOT_REPRODUCED or k not in accepted)
+    if refused:
+        # A transform option inference does not reproduce must not be
+        # dropped silently: predictions would not match evaluation.
+        applied = [k for k in accepted if k not in NOT_REPRODUCED]
+        raise PredictError(
+            f"datasets.val.{refused[0]}: inference does not apply this option of "
+            f"the eval pipeline. It applies: {', '.join(applied)}")
+    filled = {**block, "num_clips": block.get("num_clips") or 1,
+              "num_crops": block.get("num_crops") or 1,
+              "batch_size": block.get("batch_size") or 1}
+    try:
+        return opts.from_flat(EvalData, filled)
+    except ValueError as err:
+        raise PredictError(f"datasets.val: {err}") from None
 
 
 def check_model(model, view):

@@ -1,6 +1,7 @@
 """Builds the pieces of one stage from its config dict: data, model, loss,
 optimizer. Every config problem becomes a `ConfigError` naming file and line."""
 
+import dataclasses
 import difflib
 import glob
 import re
@@ -15,7 +16,7 @@ from klassterfork import models
 from klassterfork.config.components import build_component, split_component
 from klassterfork.config import values
 from klassterfork.config.loader import ConfigError
-from klassterfork.data import pipeline, transforms
+from klassterfork.data import pipeline, spec as data_spec, transforms
 from klassterfork.models.registry import MODELS
 from klassterfork.training.losses import LOSSES
 from klassterfork.training.optimizers import OPTIMIZERS
@@ -46,9 +47,9 @@ TRAIN_LOOP_DEFAULTS = {
 }
 PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
 METRICS = ("top1", "top5")
-# Keys of a dataset block that the trainer consumes; the rest go to the pipeline.
-DATASET_KEYS = ("dir", "split", "files", "flip", "num_examples", "class_embeddings",
-                "service")
+# Keys of a dataset block that say where the records are (the trainer's);
+# the rest shape the pipeline. Both derive from `data/spec.py`.
+DATASET_KEYS = tuple(f.name for f in dataclasses.fields(data_spec.Source))
 
 
 def train_loop_config(stage, source):
@@ -146,21 +147,6 @@ def dataset_info(block, source, key):
     return info
 
 
-def _pipeline_kwargs(fn, block, source, key, extra):
-    kwargs = {k: v for k, v in block.items() if k not in DATASET_KEYS}
-    kwargs.update(extra)
-    accepted = list(inspect.signature(fn).parameters)[1:]
-    for name in kwargs:
-        if name not in accepted:
-            close = difflib.get_close_matches(name, accepted, n=3)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                source, f"{key}.{name}", f"not an argument of {fn.__name__}.{hint} "
-                f"Accepted: {', '.join(accepted + list(DATASET_KEYS))}"
-            )
-    return kwargs
-
-
 def class_matrix(block, source, key):
     """The L2-normalized (C, D) class-name embeddings of a zero-shot dataset.
 
@@ -183,50 +169,41 @@ def class_matrix(block, source, key):
     return matrix / np.maximum(norms, 1e-12)
 
 
-def flip_map(block, info, source, key):
-    flip = block.get("flip", False)
-    if flip is False or flip is None or flip == "keep_labels":
-        return None
+def resolve_flip(spec, info, source, key):
+    """`spec` with `flip: manifest / true / ssv2_tdn` resolved to the label map."""
+    flip = spec.augment.flip
     if flip is True or flip == "manifest":
         if info.flip_label_map is None:
             raise ConfigError(
                 source, f"{key}.flip", "the manifest declares no flip_label_map; "
-                "give the map as a list (label after flipping per class, -1 = never flip)."
-            )
-        return list(info.flip_label_map)
-    if isinstance(flip, list):
-        return flip
+                "give the map as a list (label after flipping per class, -1 = never flip).")
+        return spec.with_flip_map(info.flip_label_map)
     if flip == "ssv2_tdn":
-        return transforms.tdn_flip_label_map(len(info.label_names or []) or 174)
-    raise ConfigError(
-        source, f"{key}.flip", "must be false (no flips), true or 'manifest' (the "
-        "manifest's label map), 'ssv2_tdn' (TDN's SSv2 policy: all flip, 3 pairs swap), "
-        "'keep_labels' (flip, labels unchanged: appearance "
-        f"datasets) or a list (label after flipping, -1 = never). Received: {flip!r}"
-    )
+        return spec.with_flip_map(
+            transforms.tdn_flip_label_map(len(info.label_names or []) or 174))
+    return spec
 
 
-# Train-pipeline arguments the trainer sets from the strategy and the step.
-PLACEMENT_KEYS = ("start_batch", "num_input_pipelines", "input_pipeline_id", "bad_records",
-                  "example_key")
+# Train-pipeline values the trainer sets from the strategy and the step.
+PLACEMENT_KEYS = ("start_batch",) + pipeline.PLACEMENT_KEYWORDS
 
 
 def make_train_dataset(block, info, source, key, *, seed, placement=None):
     """`pipeline.train_dataset` from a `datasets.train` block.
 
-    Every block key other than `DATASET_KEYS` is an argument of
-    `pipeline.train_dataset` under the same name, e.g. `shard_policy`
-    ("auto" | "file" | "data": how workers split the data) and
-    `repeated_views` (k augmented views of each video per batch).
+    The block is a flat `spec.TrainData` (docs/options.md); `flip:
+    manifest` takes the manifest's label map, mixup / cutmix the manifest's
+    class count.
 
     Args:
         block: dict. The dataset block; `batch_size` is the global batch.
         info: `DatasetInfo`.
         source, key: for located `ConfigError`s.
         seed: int. Used unless the block sets `seed`.
-        placement: dict or None. Set by the trainer, not the config: this
-            input pipeline's `batch_size` (per replica), `start_batch`,
-            `num_input_pipelines`, `input_pipeline_id`. Defaults to None.
+        placement: dict or None. Set by the trainer or the tf.data service,
+            not the config: this input pipeline's `batch_size` (per
+            replica), `start_batch`, the `PLACEMENT_KEYS`, and spec
+            overrides (`repeat`, `drop_remainder`). Defaults to None.
 
     Returns:
         `tf.data.Dataset` of (clips, labels) batches.
@@ -238,30 +215,32 @@ def make_train_dataset(block, info, source, key, *, seed, placement=None):
         if name in block:
             raise ConfigError(
                 source, f"{key}.{name}", "is set by the trainer (from the strategy "
-                "and the checkpoint step); remove it from the config."
-            )
-    extra = {"seed": block.get("seed", seed), **(placement or {})}
-    fmap = flip_map(block, info, source, key)
-    if fmap is not None:
-        extra["flip_label_map"] = fmap
-    elif block.get("flip", False) in (False, None):
-        # The pipeline flips with labels unchanged by default; a motion dataset
-        # (SSv2, the synthetic set) must not, so `flip: false` means none.
-        extra["flip_prob"] = 0.0
-    if block.get("mixup_alpha") or block.get("cutmix_alpha"):
-        if info.label_names and "num_classes" not in block:
-            extra["num_classes"] = len(info.label_names)
-    kwargs = _pipeline_kwargs(pipeline.train_dataset, block, source, key, extra)
+                "and the checkpoint step); remove it from the config.")
+    placement = dict(placement or {})
+    start_batch = placement.pop("start_batch", 0)
+    where = {k: placement.pop(k) for k in pipeline.PLACEMENT_KEYWORDS if k in placement}
+    spec = train_spec(block, info, source, key, seed=seed, overrides=placement)
     try:
-        return pipeline.train_dataset(info.files, **kwargs)
+        return pipeline.train_dataset(info.files, spec, start_batch=start_batch,
+                                      placement=pipeline.Placement(**where))
     except (TypeError, ValueError) as err:
         raise ConfigError(source, key, str(err)) from None
 
 
+def train_spec(block, info, source, key, *, seed, overrides=None):
+    """The `spec.TrainData` of a `datasets.train` block, flips resolved."""
+    extra = {"seed": seed}
+    if (block.get("mixup_alpha") or block.get("cutmix_alpha")) and info.label_names:
+        extra["num_classes"] = len(info.label_names)
+    spec = data_spec.TrainData.from_block({**block, **(overrides or {})}, source, key,
+                                          **extra)
+    return resolve_flip(spec, info, source, key)
+
+
 def make_eval_dataset(block, info, source, key):
-    kwargs = _pipeline_kwargs(pipeline.eval_dataset, block, source, key, {"with_ids": True})
+    spec = data_spec.EvalData.from_block(block, source, key)
     try:
-        return pipeline.eval_dataset(info.files, **kwargs)
+        return pipeline.eval_dataset(info.files, spec, with_ids=True)
     except (TypeError, ValueError) as err:
         raise ConfigError(source, key, str(err)) from None
 
@@ -366,13 +345,27 @@ def validate_stage(stage, source):
     while isinstance(lr, (dict, str)):
         sname, skwargs = split_component(lr, source, key, SCHEDULES)
         key, lr = f"{key}.{sname}.schedule", skwargs.get("schedule")
+    check_datasets(stage, source)
+
+
+def check_datasets(stage, source):
+    """Every dataset block against its spec (`data/spec.py`): names, types,
+    ranges and combinations, each error located at its key."""
     for role, block in (stage.get("datasets") or {}).items():
         if role != "train" and "service" in block:
             raise ConfigError(source, f"datasets.{role}.service", "only datasets.train "
                               "reads through the tf.data service; remove it here.")
-        fn = pipeline.train_dataset if role == "train" else pipeline.eval_dataset
-        extra = {"with_ids": True} if role != "train" else {}
-        _pipeline_kwargs(fn, block, source, f"datasets.{role}", extra)
+        if not isinstance(block, dict):
+            raise ConfigError(source, f"datasets.{role}", "must be a dict of dataset "
+                              f"options (docs/options.md). Received: {block!r}")
+        data_spec.spec_class(role).from_block(block, source, f"datasets.{role}")
+
+
+def check_stage(stage, source):
+    """The values of a stage: `train_loop` types and ranges, and every
+    dataset block against its spec."""
+    values.check_stage(stage, source)
+    check_datasets(stage, source)
 
 
 def current_lr(optimizer):

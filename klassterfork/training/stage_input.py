@@ -3,6 +3,7 @@
 data checks made before anything is built."""
 
 from klassterfork.config.loader import ConfigError
+from klassterfork.data import spec as data_spec
 from klassterfork.data.reading import preflight
 from klassterfork.training import builders
 
@@ -57,8 +58,8 @@ def steps_from_manifest(info, block, source):
             source, "datasets.train", "the manifest gives no video count: set "
             "train_loop.steps_per_epoch or datasets.train.num_examples."
         )
-    views = int(block.get("repeated_views", 1))
-    batch = int(block["batch_size"])
+    spec = builders.train_spec(block, info, source, "datasets.train", seed=0)
+    views, batch = spec.augment.repeated_views, spec.batch_size
     steps = count * views // batch
     if steps < 1:
         raise ConfigError(
@@ -94,10 +95,19 @@ def check_data(stage, source, *, warn=print, missing_ok=False):
             missing.append(f"{key} ({err.problem})")
             continue
         preflight.check_dataset(
-            block, info, source, key, warn=warn, num_classes_key=classes_key,
+            dataset_spec(role, block, info, source), info, source, key, explicit=set(block),
+            warn=warn, num_classes_key=classes_key,
             num_classes=None if block.get("class_embeddings") else num_classes,
         )
     return missing
+
+
+def dataset_spec(role, block, info, source):
+    """The `TrainData` / `EvalData` of a `datasets.<role>` block."""
+    key = f"datasets.{role}"
+    if role == "train":
+        return builders.train_spec(block, info, source, key, seed=0)
+    return data_spec.EvalData.from_block(block, source, key)
 
 
 def planned_steps(stage, source):

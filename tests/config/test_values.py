@@ -5,7 +5,7 @@ import pytest
 
 from klassterfork.cli.train import main
 from klassterfork.config.loader import ConfigError, load_text
-from klassterfork.config.values import check_stage
+from klassterfork.training.builders import check_stage
 from tests.config.test_cli_errors import GOOD
 
 

@@ -8,7 +8,7 @@ video (B, K, T, H, W, C) plus the video index and a view mask, so memory per
 batch does not grow with V. Each unique frame of a video is decoded once,
 even when clips overlap.
 
-Public as `pipeline.eval_dataset` (the train pipeline's module re-exports it).
+Public as `pipeline.eval_dataset`; the options come from a `spec.EvalData`.
 """
 
 import tensorflow as tf
@@ -17,68 +17,28 @@ from klassterfork.data import records, transforms
 from klassterfork.data.reading.clips import (
     AUTOTUNE, dataset_options, decode_clip, encoded_frames, first_image, first_label,
     graph_fn, list_files, stack_flow)
-from klassterfork.data.spec import EvalSpec
 
 
-def eval_dataset(
-    files,
-    *,
-    clip_len,
-    crop_size,
-    num_clips,
-    num_crops,
-    batch_size,
-    frame_step=1,
-    standardize="per_frame",
-    mean=None,
-    std=None,
-    resize_short_side=None,
-    num_segments=None,
-    new_length=1,
-    short_video="repeat",
-    with_ids=False,
-    flatten_views=False,
-    num_parallel_calls=AUTOTUNE,
-    modality="rgb",
-    views_per_chunk=None,
-):
+def eval_dataset(files, spec, *, with_ids=False):
     """The evaluation pipeline: every video once, `num_clips * num_crops` views.
 
     Clips are evenly spaced (`transforms.even_clip_indices`); crops are the
     centre crop (`num_crops=1`) or three crops along the long side
     (`transforms.spatial_crop_windows`). Each unique frame is decoded once
     per video, even when clips overlap. View `v = clip * num_crops + crop`.
+    With TSN segments, clip k of `num_clips` samples segment centres shifted
+    by (k + 0.5) / num_clips of a segment.
 
     Args:
         files: glob pattern, directory or list of paths; read in order.
-        clip_len, crop_size, batch_size, frame_step: as in `train_dataset`.
-        num_clips: int. Clips per video.
-        num_crops: int. 1 or 3.
-        standardize, mean, std: as in `train_dataset`.
-        resize_short_side: int or None. The crop is taken as if frames were
-            resized to this short side first. Defaults to None (crop at the
-            stored size).
-        num_segments, new_length: TSN segment sampling at segment centres
-            (`transforms.segment_indices`, clip k of `num_clips` shifted by
-            (k + 0.5) / num_clips of a segment); `clip_len` must be
-            `num_segments * new_length`. Defaults to None, 1.
-        short_video: str. "repeat" or "loop". Defaults to "repeat".
+        spec: `spec.EvalData` (docs/options.md lists every option).
+            `views_per_chunk = K` bounds memory: each video's V views are cut
+            into ceil(V / K) chunks of K consecutive views (the last one
+            padded with zero views), a batch holds B chunks, possibly of
+            different videos; the unique frames are still decoded once per
+            video. `flatten_views` yields single views.
         with_ids: bool. Add the video ids as a third element. Defaults to
             False.
-        flatten_views: bool. Yield single views, (B, T, H, W, C), with the
-            video's label (and id) repeated. Defaults to False.
-
-        modality: str. "rgb", or "flow" (views of stacked flow, (1, S, S,
-            2 * clip_len) each; see `train_dataset`). Defaults to "rgb".
-        views_per_chunk: int or None. Bounds memory: each video's V views
-            are cut into ceil(V / K) chunks of K = `views_per_chunk`
-            consecutive views (the last one padded with zero views), and a
-            batch holds B chunks, possibly of different videos, so a batch
-            is at most B * K views whatever V is. The unique frames are
-            still decoded once per video (the chunks are gathered from the
-            decoded, cropped frames) and standardized after batching. Each
-            video's chunks follow each other in the stream. Must be in
-            [1, V]; excludes `flatten_views`. Defaults to None (no chunks).
 
     Returns:
         `tf.data.Dataset` of `(clips, labels[, ids])`: clips float32
@@ -95,112 +55,92 @@ def eval_dataset(
         `view_mask` bool (B, K): False for the padding views.
         The video score is the mean over its V unmasked views (see
         `aggregate.ViewAccumulator`), as without chunks.
-
-    Raises:
-        ValueError: on a bad size or option, naming the argument.
     """
-    options = dict(locals())
-    del options["files"]
-    spec = EvalSpec.create(**options)
-    num_views = spec.num_views
-    paths = list_files(files)
-    channels = 3 if modality == "rgb" else 2
-
-    def decode_video(serialized):
-        # -> crops [num_crops, U, S, S, ch] of the U unique frames, positions
-        # [num_clips, T] into U, label, id.
-        example = records.parse(serialized, with_flow=modality == "flow")
-        if num_segments is None:
-            indices = transforms.even_clip_indices(
-                example["num_frames"],
-                clip_len=clip_len,
-                num_clips=num_clips,
-                frame_step=frame_step,
-                short_video=short_video,
-            )
-        else:
-            indices = tf.stack(
-                [
-                    transforms.segment_indices(
-                        example["num_frames"],
-                        num_segments=num_segments,
-                        new_length=new_length,
-                        clip=k,
-                        num_clips=num_clips,
-                    )
-                    for k in range(num_clips)
-                ]
-            )
-        unique, position = tf.unique(tf.reshape(indices, [-1]))
-        encoded = encoded_frames(example, unique, modality)
-        windows = transforms.spatial_crop_windows(
-            tf.image.extract_jpeg_shape(first_image(encoded, modality)),
-            crop_size=crop_size,
-            num_crops=num_crops,
-            resize_short_side=resize_short_side,
-        )
-        if num_crops == 1:
-            # One window: decode only it.
-            frames = decode_clip(encoded, windows[0], modality)
-            crops = [transforms.resize(frames, crop_size=crop_size)]
-        else:
-            frames = decode_clip(encoded, None, modality)
-            crops = [
-                transforms.crop_and_resize(frames, windows[j], crop_size=crop_size)
-                for j in range(num_crops)
-            ]
-        crops = tf.ensure_shape(
-            tf.stack(crops), [num_crops, None, crop_size, crop_size, channels]
-        )
-        position = tf.reshape(position, [num_clips, clip_len])
-        return crops, position, first_label(example["labels"]), example["id"]
-
-    def views_of(crops, position, view_ids):
-        views = _gather_views(crops, position, view_ids, num_crops=num_crops)
-        return stack_flow(views) if modality == "flow" else views
-
-    def make_views(serialized):
-        crops, position, label, vid = decode_video(serialized)
-        return views_of(crops, position, tf.range(num_views)), label, vid
-
-    ds = tf.data.TFRecordDataset(paths)
-    if views_per_chunk is None:
-        ds = ds.map(
-            graph_fn(make_views), num_parallel_calls=num_parallel_calls,
-            deterministic=True,
-        )
-    else:
-        ds = ds.enumerate().map(
-            graph_fn(lambda index, serialized: (*decode_video(serialized), index)),
-            num_parallel_calls=num_parallel_calls,
-            deterministic=True,
-        )
+    views = spec.views
+    ds = _video_views(tf.data.TFRecordDataset(list_files(files)), spec)
+    if views.flatten_views:
         ds = ds.flat_map(
-            graph_fn(
-                lambda crops, position, label, vid, index: _view_chunks(
-                    lambda ids: views_of(crops, position, ids),
-                    label, vid, index, num_views=num_views,
-                    views_per_chunk=views_per_chunk,
-                )
-            )
-        )
-    if flatten_views:
-        ds = ds.flat_map(
-            lambda views, label, vid: tf.data.Dataset.from_tensor_slices(
-                (views, tf.fill([num_views], label), tf.fill([num_views], vid))
+            lambda clips, label, vid: tf.data.Dataset.from_tensor_slices(
+                (clips, tf.fill([views.num_views], label), tf.fill([views.num_views], vid))
             )
         )
     if not with_ids:
         ds = ds.map(lambda clips, labels, ids, *chunk: (clips, labels, *chunk))
-    ds = ds.batch(batch_size, drop_remainder=False)
-    if standardize != "none":  # "none": uint8 views as they are
-        ds = ds.map(
-            _standardizer(standardize, mean, std),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
-    ds = ds.prefetch(AUTOTUNE)
-    return ds.with_options(dataset_options())
+    ds = ds.batch(spec.batch_size, drop_remainder=False)
+    norm = spec.standardize
+    if norm.standardize != "none":  # "none": uint8 views as they are
+        ds = ds.map(_standardizer(norm.standardize, norm.mean, norm.std),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE).with_options(dataset_options())
+
+
+def _video_views(ds, spec):
+    """Serialized records -> (views, label, id) per video, or with
+    `views_per_chunk` the chunks of each video's views."""
+    views = spec.views
+    decode = _video_decoder(spec)
+
+    def views_of(crops, position, view_ids):
+        out = _gather_views(crops, position, view_ids, num_crops=views.num_crops)
+        return stack_flow(out) if spec.modality == "flow" else out
+
+    if views.views_per_chunk is None:
+        def make_views(serialized):
+            crops, position, label, vid = decode(serialized)
+            return views_of(crops, position, tf.range(views.num_views)), label, vid
+
+        return ds.map(graph_fn(make_views), num_parallel_calls=spec.num_parallel_calls,
+                      deterministic=True)
+    ds = ds.enumerate().map(
+        graph_fn(lambda index, serialized: (*decode(serialized), index)),
+        num_parallel_calls=spec.num_parallel_calls, deterministic=True)
+    return ds.flat_map(graph_fn(
+        lambda crops, position, label, vid, index: _view_chunks(
+            lambda ids: views_of(crops, position, ids), label, vid, index,
+            num_views=views.num_views, views_per_chunk=views.views_per_chunk)))
+
+
+def _eval_indices(num_frames, sampling, num_clips):
+    """int32 [num_clips, clip_len]: every clip's frame indices."""
+    if sampling.num_segments is None:
+        return transforms.even_clip_indices(
+            num_frames, clip_len=sampling.clip_len, num_clips=num_clips,
+            frame_step=sampling.frame_step, short_video=sampling.short_video)
+    return tf.stack([
+        transforms.segment_indices(num_frames, num_segments=sampling.num_segments,
+                                   new_length=sampling.new_length, clip=k,
+                                   num_clips=num_clips)
+        for k in range(num_clips)])
+
+
+def _video_decoder(spec):
+    """`serialized -> (crops [num_crops, U, S, S, ch] of the U unique frames,
+    positions [num_clips, T] into U, label, id)`."""
+    views, size = spec.views, spec.views.crop_size
+
+    def decode_video(serialized):
+        example = records.parse(serialized, with_flow=spec.modality == "flow")
+        indices = _eval_indices(example["num_frames"], spec.sampling, views.num_clips)
+        unique, position = tf.unique(tf.reshape(indices, [-1]))
+        encoded = encoded_frames(example, unique, spec.modality)
+        windows = transforms.spatial_crop_windows(
+            tf.image.extract_jpeg_shape(first_image(encoded, spec.modality)),
+            crop_size=size, num_crops=views.num_crops,
+            resize_short_side=views.resize_short_side)
+        if views.num_crops == 1:
+            # One window: decode only it.
+            frames = decode_clip(encoded, windows[0], spec.modality)
+            crops = [transforms.resize(frames, crop_size=size)]
+        else:
+            frames = decode_clip(encoded, None, spec.modality)
+            crops = [transforms.crop_and_resize(frames, windows[j], crop_size=size)
+                     for j in range(views.num_crops)]
+        crops = tf.ensure_shape(tf.stack(crops),
+                                [views.num_crops, None, size, size, spec.channels])
+        position = tf.reshape(position, [views.num_clips, spec.sampling.clip_len])
+        return crops, position, first_label(example["labels"]), example["id"]
+
+    return decode_video
 
 
 def _gather_views(crops, position, view_ids, *, num_crops):

@@ -39,12 +39,15 @@ SAMPLE_RECORDS = 32  # records read for frame counts, sizes and labels
 SAMPLE_SHARDS = 4  # spread over this many shards
 
 
-def check_dataset(block, info, source, key, *, num_classes=None, num_classes_key="model",
-                  warn=print):
+def check_dataset(spec, info, source, key, *, explicit=(), num_classes=None,
+                  num_classes_key="model", warn=print):
     """Checks one `datasets.<role>` block's data; raises on an error.
 
     Args:
-        block: dict. The dataset block.
+        spec: `spec.TrainData` or `spec.EvalData` of the block (its
+            defaults are the pipeline's).
+        explicit: the option names the block sets itself (a clip longer
+            than the videos is only a warning when `short_video` is set).
         info: `builders.DatasetInfo` (files, manifest).
         source: config Source; key: str, e.g. "datasets.train".
         num_classes: int or None. The model's classes, when the config sets them.
@@ -57,8 +60,8 @@ def check_dataset(block, info, source, key, *, num_classes=None, num_classes_key
     _check_shards(info, source, key, warn)
     sample = _sample(info.files)
     _check_labels(info, sample, source, key, num_classes, num_classes_key)
-    _check_clip(block, sample, source, key, warn)
-    _check_crop(block, sample, source, key)
+    _check_clip(spec.sampling, "short_video" in explicit, sample, source, key, warn)
+    _check_crop(*_crop_of(spec), sample, source, key)
 
 
 def _check_shards(info, source, key, warn):
@@ -141,23 +144,30 @@ def _check_labels(info, sample, source, key, num_classes, num_classes_key):
         )
 
 
-def _check_clip(block, sample, source, key, warn):
-    if not sample["frames"] or block.get("num_segments") or "clip_len" not in block:
+def _crop_of(spec):
+    """(crop_size, resize_short_side or None) of a train or eval spec."""
+    views = getattr(spec, "views", None)
+    if views is not None:
+        return views.crop_size, views.resize_short_side
+    return spec.crop.crop_size, None
+
+
+def _check_clip(sampling, short_video_set, sample, source, key, warn):
+    if not sample["frames"] or sampling.num_segments:
         return
-    step = block.get("frame_step", 1)
-    step = min(step) if isinstance(step, list) else step
-    span = (int(block["clip_len"]) - 1) * step + 1
+    step = sampling.frame_step
+    step = min(step) if isinstance(step, (list, tuple)) else step
+    span = (sampling.clip_len - 1) * step + 1
     median = float(np.median(sample["frames"]))
     if span <= median:
         return
     shorter = sum(f < span for f in sample["frames"])
-    policy = block.get("short_video", "repeat")
-    problem = (f"clip_len {block['clip_len']} x frame_step {step} spans {span} frames, "
+    problem = (f"clip_len {sampling.clip_len} x frame_step {step} spans {span} frames, "
                f"longer than {shorter} of {len(sample['frames'])} sampled videos "
                f"(median {median:g} frames)")
-    if "short_video" in block or span <= max(sample["frames"]):
+    if short_video_set or span <= max(sample["frames"]):
         warn(f"{source.locate(key + '.clip_len')}: {key}.clip_len: {problem}; their clips "
-             f"are padded by short_video: {policy!r}.")
+             f"are padded by short_video: {sampling.short_video!r}.")
         return
     raise ConfigError(
         source, f"{key}.clip_len", f"{problem}: every clip would repeat frames. Lower "
@@ -165,15 +175,15 @@ def _check_clip(block, sample, source, key, warn):
     )
 
 
-def _check_crop(block, sample, source, key):
-    if not sample["sides"] or "crop_size" not in block:
+def _check_crop(crop_size, resize_short_side, sample, source, key):
+    if not sample["sides"]:
         return
-    side = block.get("resize_short_side") or float(np.median(sample["sides"]))
-    if int(block["crop_size"]) <= side:
+    side = resize_short_side or float(np.median(sample["sides"]))
+    if crop_size <= side:
         return
     raise ConfigError(
-        source, f"{key}.crop_size", f"crop_size {block['crop_size']} is larger than the "
+        source, f"{key}.crop_size", f"crop_size {crop_size} is larger than the "
         f"stored frames (median short side {side:g} px in {len(sample['sides'])} sampled "
         "records): the crop would be clamped and upscaled. Lower crop_size or convert "
-        f"with --short-side >= {block['crop_size']}."
+        f"with --short-side >= {crop_size}."
     )

@@ -1,0 +1,211 @@
+"""The train pipeline's record stream: which shards a pipeline reads, its
+examples from any start, and the bad records it finds.
+
+`shard_policy_for` / `pipeline_seed` split the shards over input pipelines;
+`read_shards` counts records by their headers and notes truncated shards;
+`_examples` is the stream of (index, (epoch, file, record, serialized)) from
+a given example on (the record stage of `resume.py`); `_diagnoser` replays a
+failed step's examples one by one to name the bad record.
+"""
+
+import logging
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from klassterfork.data import records
+from klassterfork.data.reading import bad_records as bad_records_lib
+from klassterfork.data.reading import resume
+from klassterfork.data.spec import SHARD_POLICIES
+from klassterfork.data.transforms.checks import check_choice
+
+LOG = logging.getLogger(__name__)
+
+
+def shard_policy_for(num_files, num_input_pipelines, shard_policy="auto"):
+    """How `num_files` shard files are split over the input pipelines.
+
+    "auto" chooses "file" when every pipeline gets whole files and the split
+    is even enough: the file count divides evenly (`num_files % P == 0`), or
+    every pipeline gets at least 4 files (`num_files >= 4 * P`, so no
+    pipeline reads more than 5/4 of another's share of balanced shards).
+    Otherwise "data": every pipeline reads all records and keeps every P-th
+    one before parsing (reading is cheap next to JPEG decoding).
+
+    Args:
+        num_files: int. Shard files of the split.
+        num_input_pipelines: int. P.
+        shard_policy: str. "auto", "file" or "data". Defaults to "auto".
+
+    Returns:
+        str. "file" or "data" ("file" when P = 1: nothing to split).
+
+    Raises:
+        ValueError: on an unknown policy, or "file" with fewer files than
+            pipelines (a pipeline would get no data).
+    """
+    check_choice(shard_policy, SHARD_POLICIES, "shard_policy")
+    if num_input_pipelines == 1:
+        return "file"
+    if shard_policy == "file" and num_files < num_input_pipelines:
+        raise ValueError(
+            "`shard_policy`='file' needs at least one shard file per input "
+            f"pipeline. Received: {num_files} file(s) for "
+            f"num_input_pipelines={num_input_pipelines}; use 'data' or 'auto'"
+        )
+    if shard_policy != "auto":
+        return shard_policy
+    even = num_files % num_input_pipelines == 0
+    if even or num_files >= 4 * num_input_pipelines:
+        return "file"
+    return "data"
+
+
+def pipeline_seed(seed, input_pipeline_id):
+    """The shuffle seed of input pipeline `input_pipeline_id`.
+
+    Pipeline 0 keeps `seed` (a single pipeline shuffles as it always did);
+    the others get a seed mixed from (seed, id) by `np.random.SeedSequence`,
+    so two workers do not shuffle alike.
+
+    Returns:
+        int in [0, 2**31).
+    """
+    if input_pipeline_id == 0:
+        return int(seed)
+    state = np.random.SeedSequence([int(seed), int(input_pipeline_id)])
+    return int(state.generate_state(1, np.uint32)[0] >> 1)
+
+
+def read_shards(paths, log=None):
+    """`resume.Shards` of `paths`: record counts from the headers, bad records.
+
+    A shard that ends inside a record is reported (file name, records
+    readable) and added to `log` as cut there; the records `log` names are
+    skipped.
+
+    Args:
+        paths: list of str.
+        log: `bad_records.BadRecordLog` or None.
+
+    Raises:
+        ValueError: when the files hold no record at all.
+    """
+    log = log if log is not None else bad_records_lib.BadRecordLog()
+    counts = []
+    for path in paths:
+        count, truncated = resume.count_records(path)
+        if truncated:
+            log.add([bad_records_lib.cut_entry(
+                path, count, f"truncated: the file ends inside record {count} "
+                f"({os.path.getsize(path)} bytes)")])
+        counts.append(count)
+    if not sum(counts):
+        raise ValueError(f"`files` hold no records. Received: {len(paths)} file(s), "
+                         f"e.g. {paths[0]!r}")
+    skip, cut = log.for_paths(paths)
+    return resume.Shards(tuple(paths), tuple(counts), skip, cut)
+
+
+def _examples(layout, *, start_example, repeated_views, repeat, seeded=True):
+    """(index, (epoch, file, record, serialized)) from local example
+    `start_example` on.
+
+    `index` counts this pipeline's examples over epochs (the per-example
+    key); an epoch is `layout.records_per_epoch(epoch) * repeated_views`
+    examples. The record stage (`resume.records`) starts each open shard
+    at its own offset, so a resume reads one shuffle block, not the epochs
+    already done.
+    """
+    start_record, view = divmod(start_example, repeated_views)
+    ds, start = resume.records(layout, start_record=start_record, repeat=repeat)
+    if start_example and start is not None:
+        per_epoch = layout.records_per_epoch(start.epoch) * repeated_views
+        exact = "exact" if seeded else (
+            "NOT exact: no seed was given, so this run draws other clips and order")
+        within = layout.locate(start_record)[1] * repeated_views + view
+        LOG.info(
+            "resume at example %d (epoch %d, example %d of %d): the open shards skip "
+            "%d records by their headers, then one shuffle block is read and its "
+            "first %d records dropped; %s", start_example, start.epoch, within,
+            per_epoch, start.skipped, start.drop, exact)
+    if repeated_views > 1:
+        # k copies of each record in a row; the enumerate below gives every
+        # copy its own key, hence its own clip, crop and flip.
+        ds = ds.flat_map(lambda *x: tf.data.Dataset.from_tensors(x).repeat(repeated_views))
+        ds = ds.skip(view)
+    return ds.enumerate(start=start_example)
+
+
+def _diagnoser(layout, make_clip, *, batch_size, repeated_views, repeat):
+    """`fn(first_batch, num_batches) -> bad-record entries` (see
+    `bad_records.BadRecordLog.diagnose`): replays those batches' examples
+    and parses + decodes each eagerly with its own key."""
+
+    def diagnose(first_batch, num_batches):
+        ds = _examples(layout, start_example=first_batch * batch_size,
+                       repeated_views=repeated_views, repeat=repeat)
+        found, seen = [], set()
+        it = iter(ds.take(num_batches * batch_size))
+        while True:
+            try:
+                index, (epoch, f, r, serialized) = next(it)
+            except StopIteration:
+                break
+            except tf.errors.OpError as err:  # the shard reader itself failed
+                found += _unreadable_shards(layout, first_batch * batch_size
+                                            // repeated_views, err)
+                break
+            f, r = int(f), int(r)
+            if (f, r) in seen:
+                continue
+            try:
+                make_clip(index, (epoch, f, r, serialized))
+            except tf.errors.OpError as err:
+                seen.add((f, r))
+                found.append({
+                    "shard": os.path.basename(layout.shards.paths[f]), "record": r,
+                    "video_id": _video_id(serialized), "error": _first_line(err),
+                    "epoch": int(epoch)})
+        return found
+
+    return diagnose
+
+
+def _unreadable_shards(layout, start_record, err):
+    """Cut entries for the shards of the current epoch that cannot be read to
+    their end: each open (and next) shard is read from its planned offset."""
+    epoch, record = layout.locate(start_record)
+    start = resume.plan_start(layout, epoch, record)
+    counts = layout.shards.counts_at(epoch)
+    found = []
+    for f, first in start.files[: 2 * layout.cycle_length]:
+        path = layout.shards.paths[f]
+        readable = first
+        try:
+            for _ in tf.data.TFRecordDataset(path).skip(first).take(counts[f] - first):
+                readable += 1
+        except tf.errors.OpError as shard_err:
+            found.append(bad_records_lib.cut_entry(
+                path, readable, _first_line(shard_err), epoch=epoch, known=counts[f]))
+    if not found:
+        raise err
+    return found
+
+
+def _video_id(serialized):
+    try:
+        return records.parse(serialized)["id"].numpy().decode("utf-8", "replace")
+    except tf.errors.OpError:
+        return None
+
+
+def _first_line(err):
+    """The error's message without TF's function-node and op decorations."""
+    message = getattr(err, "message", str(err))
+    message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", message).strip()
+    return message.splitlines()[0][:300] if message else type(err).__name__
+
+
