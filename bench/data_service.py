@@ -26,6 +26,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from klassterfork.data import pipeline, records
+from klassterfork.data.spec import TrainData
 from klassterfork.data.runtime import service  # noqa: E402
 
 BATCH = 8
@@ -48,8 +49,9 @@ def write_videos(out_dir, num_videos=64, num_shards=8, frames=16):
 
 
 def make(files, seed=0):
-    return pipeline.train_dataset(files, clip_len=16, crop_size=112, batch_size=BATCH,
-                                  seed=seed, standardize="none", shuffle_buffer=64)
+    return pipeline.train_dataset(files, TrainData.from_flat(
+        clip_len=16, crop_size=112, batch_size=BATCH, seed=seed, standardize="none",
+        shuffle_buffer=64, flip="keep_labels"))
 
 
 def clips_per_s(ds, clips):

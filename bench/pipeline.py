@@ -61,8 +61,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from klassterfork.data.runtime import allocator
 from klassterfork.data import pipeline, records, transforms  # noqa: E402
+from klassterfork.data.runtime import allocator  # noqa: E402
+from klassterfork.data.spec import EvalData, TrainData  # noqa: E402
 
 CLIP_LEN, CROP, BATCH, SHORT_SIDE = 16, 112, 8, 128
 REPO = Path(__file__).resolve().parents[1]
@@ -366,6 +367,13 @@ def measure_pyav(videos, seconds, workers=2):
     return rate
 
 
+
+def train_spec(**options):
+    """The benchmarked train spec: 16 x 112^2 clips, batch 8, flips keeping
+    labels (half the clips), seed 0, plus `options`."""
+    return TrainData.from_flat(clip_len=CLIP_LEN, crop_size=CROP, batch_size=BATCH,
+                               seed=0, flip="keep_labels", **options)
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -433,25 +441,9 @@ def main(argv=None):
                              if args.no_cache else ""))
 
     results = {}
-    ours = pipeline.train_dataset(
-        paths, clip_len=CLIP_LEN, crop_size=CROP, batch_size=BATCH, seed=0
-    )
-    ours_u8 = pipeline.train_dataset(
-        paths,
-        clip_len=CLIP_LEN,
-        crop_size=CROP,
-        batch_size=BATCH,
-        seed=0,
-        standardize="none",
-    )
-    ours_scale = pipeline.train_dataset(
-        paths,
-        clip_len=CLIP_LEN,
-        crop_size=CROP,
-        batch_size=BATCH,
-        seed=0,
-        crop_scale=(0.8, 1.0),
-    )
+    ours = pipeline.train_dataset(paths, train_spec())
+    ours_u8 = pipeline.train_dataset(paths, train_spec(standardize="none"))
+    ours_scale = pipeline.train_dataset(paths, train_spec(crop_scale=(0.8, 1.0)))
     candidates = {
         "ours": ours,
         "ours_u8": ours_u8,
@@ -509,16 +501,10 @@ def main(argv=None):
             # float views (per-frame standardized on the CPU) and uint8 views
             # (the model standardizes), each whole and in chunks of 10 views.
             for mode, chunk in (("per_frame", None), ("none", None), ("none", 10)):
-                ds = pipeline.eval_dataset(
-                    paths,
-                    clip_len=CLIP_LEN,
-                    crop_size=CROP,
-                    num_clips=num_clips,
-                    num_crops=num_crops,
-                    batch_size=1,
-                    standardize=mode,
-                    views_per_chunk=chunk,
-                )
+                ds = pipeline.eval_dataset(paths, EvalData.from_flat(
+                    clip_len=CLIP_LEN, crop_size=CROP, num_clips=num_clips,
+                    num_crops=num_crops, batch_size=1, standardize=mode,
+                    views_per_chunk=chunk))
                 rate = measure(batches(ds), args.seconds, 2)
                 if chunk:  # batches are chunks: videos = chunks / chunks per video
                     rate /= -(-num_clips * num_crops // chunk)

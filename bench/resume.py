@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tensorflow as tf  # noqa: E402
 
 import pipeline as bench_pipeline  # noqa: E402  (bench/pipeline.py)
-from klassterfork.data import pipeline
+from klassterfork.data import pipeline  # noqa: E402
 from klassterfork.data.reading import resume  # noqa: E402
 
 CLIP_LEN, CROP, BATCH = 16, 112, 8
@@ -82,8 +82,8 @@ def main(argv=None):
     steps = num_records // BATCH
 
     def ours(start_batch):
-        return pipeline.train_dataset(paths, clip_len=CLIP_LEN, crop_size=CROP,
-                                      batch_size=BATCH, seed=0, start_batch=start_batch)
+        return pipeline.train_dataset(paths, bench_pipeline.train_spec(),
+                                      start_batch=start_batch)
 
     rows = []
     for epoch in args.epochs:
