@@ -122,44 +122,121 @@ def apply_label_remap(annotation, path):
                                flip_label_map=None), dropped
 
 
-def main(argv=None):
-    """Runs the converter; returns the exit status (0, 1 failures with
-    --strict, 2 usage errors)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from klassterfork.data.conversion import convert as convert_lib
+def join_option_values(argv, option="--beam-options"):
+    """`OPTION VALUE` -> `OPTION=VALUE`, so that a VALUE starting with `--`
+    (`--beam-options "--runner=DataflowRunner --project=P"`, the form --help
+    shows) is read as the value instead of as kf-convert's own `--runner`.
 
-    logging.basicConfig(format="%(levelname)s: %(message)s")
-    try:
-        options = _reader_args(args.reader_arg)
-        if args.csv:
-            name, annotations = "csv", args.csv
-            if args.labels:
-                options["label_map"] = args.labels
-        else:
-            if args.dataset not in SOURCES:
-                raise ValueError(f"--dataset: {SOURCES.unknown_message(args.dataset)}")
-            if not args.annotations:
-                raise ValueError("--dataset needs --annotations PATH")
-            if args.labels:
-                raise ValueError("--labels is for --csv; use --reader-arg")
-            name, annotations = args.dataset, args.annotations
-        bad = SOURCES.check_args(name, options)
-        if bad:
-            raise ValueError(f"--reader-arg {bad[0]}: {bad[1]}")
-        annotation = SOURCES[name](
-            annotations=annotations, videos=args.videos, split=args.split, **options
-        )
-        if args.label_remap:
-            annotation, dropped = apply_label_remap(annotation, args.label_remap)
-            print(f"{args.label_remap}: dropped {dropped} videos of removed classes; "
-                  f"{len(annotation.label_names)} classes remain", file=sys.stderr)
-    except (ValueError, OSError, KeyError) as e:
-        parser.error(str(e))
+    Abbreviations argparse accepts for `option` (`--beam-opt`) are joined too;
+    nothing after a bare `--` is touched.
+
+    Args:
+        argv: list of str, the command line without the program name.
+        option: str. The option whose value may start with `--`.
+
+    Returns:
+        list of str.
+    """
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return out + list(argv[i:])
+        if (len(arg) > 3 and option.startswith(arg) and "=" not in arg
+                and i + 1 < len(argv)):
+            out.append(f"{option}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def parse_args(argv=None):
+    """The parsed command line (`argv`: None = sys.argv[1:]); the parser too."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    return parser, parser.parse_args(join_option_values(list(argv)))
+
+
+def annotation_source(*, csv, dataset, annotations, labels, reader_args):
+    """(reader name, annotation path, reader options) from the arguments.
+
+    Raises:
+        ValueError: an unknown --dataset, a missing --annotations, --labels
+            without --csv, or a bad --reader-arg.
+    """
+    options = _reader_args(reader_args)
+    if csv:
+        name, annotations = "csv", csv
+        if labels:
+            options["label_map"] = labels
+    else:
+        if dataset not in SOURCES:
+            raise ValueError(f"--dataset: {SOURCES.unknown_message(dataset)}")
+        if not annotations:
+            raise ValueError("--dataset needs --annotations PATH")
+        if labels:
+            raise ValueError("--labels is for --csv; use --reader-arg")
+        name = dataset
+    bad = SOURCES.check_args(name, options)
+    if bad:
+        raise ValueError(f"--reader-arg {bad[0]}: {bad[1]}")
+    return name, annotations, options
+
+
+def read_annotation(name, annotations, options, *, videos, split, label_remap):
+    """The `Annotation` of reader `name`, after `--label-remap` when given."""
+    annotation = SOURCES[name](
+        annotations=annotations, videos=videos, split=split, **options
+    )
+    if label_remap:
+        annotation, dropped = apply_label_remap(annotation, label_remap)
+        print(f"{label_remap}: dropped {dropped} videos of removed classes; "
+              f"{len(annotation.label_names)} classes remain", file=sys.stderr)
     if annotation.classes_from == "sorted names":
         print(f"classes: {len(annotation.label_names)} names sorted (--labels FILE "
               "sets the order): " + ", ".join(
                   f"{i}={n}" for i, n in enumerate(annotation.label_names)))
+    return annotation
+
+
+def print_summary(manifest, problems, *, split, out):
+    """The counts on stdout; what was not converted or kept truncated on stderr."""
+    counts = manifest["counts"]
+    print(
+        f"{split}: wrote {counts['written']} of {counts['videos']} videos "
+        f"({counts['frames']} frames) in {len(manifest['shards'])} shards to "
+        f"{out}"
+    )
+    if problems:
+        print(f"warning: {len(problems)} not converted ({counts['failed']} failed, "
+              f"{counts['missing']} missing, {counts['skipped']} skipped):",
+              file=sys.stderr)
+    for p in problems:
+        print(f"  {p['path']}: {p['reason']}", file=sys.stderr)
+    if manifest["truncated"]:
+        print(f"warning: {counts['truncated']} kept truncated (--keep-truncated):",
+              file=sys.stderr)
+    for p in manifest["truncated"]:
+        print(f"  {p['path']}: {p['reason']}", file=sys.stderr)
+
+
+def main(argv=None):
+    """Runs the converter; returns the exit status (0, 1 failures with
+    --strict, 2 usage errors)."""
+    parser, args = parse_args(argv)
+    from klassterfork.data.conversion import convert as convert_lib
+
+    logging.basicConfig(format="%(levelname)s: %(message)s")
+    try:
+        name, annotations, options = annotation_source(
+            csv=args.csv, dataset=args.dataset, annotations=args.annotations,
+            labels=args.labels, reader_args=args.reader_arg)
+        annotation = read_annotation(name, annotations, options, videos=args.videos,
+                                     split=args.split, label_remap=args.label_remap)
+    except (ValueError, OSError, KeyError) as e:
+        parser.error(str(e))
     kwargs = dict(
         split=args.split,
         short_side=args.short_side or None,
@@ -189,24 +266,8 @@ def main(argv=None):
         return 1
     except (ValueError, ImportError) as e:
         parser.error(str(e))
-    counts = manifest["counts"]
-    print(
-        f"{args.split}: wrote {counts['written']} of {counts['videos']} videos "
-        f"({counts['frames']} frames) in {len(manifest['shards'])} shards to "
-        f"{args.out}"
-    )
-    problems = convert_lib.not_converted(manifest)
-    if problems:
-        print(f"warning: {len(problems)} not converted ({counts['failed']} failed, "
-              f"{counts['missing']} missing, {counts['skipped']} skipped):",
-              file=sys.stderr)
-    for p in problems:
-        print(f"  {p['path']}: {p['reason']}", file=sys.stderr)
-    if manifest["truncated"]:
-        print(f"warning: {counts['truncated']} kept truncated (--keep-truncated):",
-              file=sys.stderr)
-    for p in manifest["truncated"]:
-        print(f"  {p['path']}: {p['reason']}", file=sys.stderr)
+    print_summary(manifest, convert_lib.not_converted(manifest), split=args.split,
+                  out=args.out)
     return 0
 
 

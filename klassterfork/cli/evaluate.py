@@ -97,41 +97,112 @@ def _load_streams(paths, names):
     return dict(zip(names, streams))
 
 
-def run(args):
-    """Runs the evaluation for parsed `args`; returns the metrics dict."""
-    paths = args.predictions
+def stream_names(paths, names):
+    """The report's stream names: `names`, or rgb/flow for two files, or the
+    file stem. Exits (SystemExit) on three files, or on names that are not
+    one distinct name per file (a repeated name would drop a stream)."""
     if len(paths) > 2:
         raise SystemExit("kf-evaluate: give one or two scores files. "
                          f"Received: {len(paths)}")
-    names = args.stream_names or (
-        ["rgb", "flow"] if len(paths) == 2 else [Path(paths[0]).stem])
-    if len(names) != len(paths):
-        raise SystemExit("kf-evaluate: --stream-names needs one name per "
-                         f"file. Received: {names}")
-    streams = _load_streams(paths, names)
-    first = streams[names[0]]
-    class_names = (read_class_names(args.class_names) if args.class_names
-                   else first["class_names"])
+    names = names or (["rgb", "flow"] if len(paths) == 2 else [Path(paths[0]).stem])
+    if len(names) != len(paths) or len(set(names)) != len(names):
+        raise SystemExit("kf-evaluate: --stream-names needs one distinct name "
+                         f"per file. Received: {names}")
+    return names
+
+
+def class_names_for(first, path):
+    """`first`'s class names, or those of `path` when given; they must match
+    the number of score columns."""
+    class_names = read_class_names(path) if path else first["class_names"]
     if len(class_names) != first["scores"].shape[1]:
         raise SystemExit(
-            f"kf-evaluate: {args.class_names} has {len(class_names)} classes "
+            f"kf-evaluate: {path} has {len(class_names)} classes "
             f"but the scores have {first['scores'].shape[1]}")
+    return class_names
+
+
+def fuse(streams, *, weights, softmax, out, class_names):
+    """The scores to evaluate: the one stream's, or the weighted late fusion
+    of two (also written to `out/fusion_predictions`).
+
+    Returns:
+        (weights or None, float array [N, C]).
+    """
+    first = next(iter(streams.values()))
+    if len(streams) != 2:
+        return None, first["scores"]
+    if weights is not None and len(weights) != 2:
+        raise SystemExit("kf-evaluate: --weights needs one weight per "
+                         f"file. Received: {weights}")
+    scores_list = [aggregate.softmax(s["scores"]) if softmax else s["scores"]
+                   for s in streams.values()]
+    final = aggregate.fuse_streams(scores_list, weights)
+    write_predictions(out / "fusion_predictions", first["ids"], final,
+                      first["labels"], class_names)
+    return weights, final
+
+
+def add_metrics(report, streams, final, labels, *, weights, softmax, groups,
+                class_names):
+    """Fills `report` with the metrics: per stream and fusion for two
+    streams, and the contrastive group score with `groups`."""
+    if len(streams) == 2:
+        report["streams"] = {n: metrics.summary(s["scores"], labels)
+                             for n, s in streams.items()}
+        report["fusion"] = {"weights": weights or [1.0, 1.0], "softmax": softmax}
+    report["metrics"] = metrics.summary(final, labels)
+    if groups:
+        from klassterfork.analysis.contrastive import (
+            contrastive_group_score,
+            parse_groups,
+        )
+        report["contrastive_groups"] = contrastive_group_score(
+            final, labels, parse_groups(groups, class_names))
+
+
+def write_outputs(out, report, final, labels, class_names, *, normalize):
+    """confusion_matrix.png, per_class.csv and metrics.json in `out`."""
+    from klassterfork.analysis import confusion
+    top1 = metrics.top_k_indices(final, 1)[:, 0]
+    cm = metrics.confusion_matrix(labels, top1, len(class_names))
+    confusion.plot_confusion_matrix(cm, class_names, out / "confusion_matrix.png",
+                                    normalize=normalize)
+    confusion.write_per_class_csv(
+        out / "per_class.csv", class_names,
+        metrics.per_class_precision_recall(final, labels))
+    with atomic_write(out / "metrics.json") as f:
+        json.dump(_jsonable(report), f, indent=1)
+        f.write("\n")
+
+
+def print_table(report, last_row, out):
+    """One line per stream (then `last_row`: fusion or the single stream)."""
+    rows = list(report.get("streams", {}).items())
+    rows.append((last_row, report["metrics"]))
+    print(f"{'':12s} {'top1':>7s} {'top5':>7s} {'mean_cls':>8s} {'mAP':>7s}")
+    for n, m in rows:
+        print(f"{n:12s} {m['top1']:7.4f} {m['top5']:7.4f} "
+              f"{m['mean_class_accuracy']:8.4f} {m['mAP']:7.4f}")
+    if "contrastive_groups" in report:
+        g = report["contrastive_groups"]
+        print(f"contrastive groups: accuracy {g['accuracy']:.4f}, majority "
+              f"baseline {g['majority_baseline']:.4f}")
+    print(f"wrote {out / 'metrics.json'}, confusion_matrix.png, "
+          "per_class.csv")
+
+
+def run(args):
+    """Runs the evaluation for parsed `args`; returns the metrics dict."""
+    paths = args.predictions
+    names = stream_names(paths, args.stream_names)
+    streams = _load_streams(paths, names)
+    first = streams[names[0]]
+    class_names = class_names_for(first, args.class_names)
     out = args.out or Path(paths[0]).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
-
-    if len(paths) == 2:
-        weights = args.weights
-        if weights is not None and len(weights) != 2:
-            raise SystemExit("kf-evaluate: --weights needs one weight per "
-                             f"file. Received: {weights}")
-        scores_list = [
-            aggregate.softmax(s["scores"]) if args.softmax else s["scores"]
-            for s in streams.values()]
-        final = aggregate.fuse_streams(scores_list, weights)
-        write_predictions(out / "fusion_predictions", first["ids"], final,
-                          first["labels"], class_names)
-    else:
-        weights, final = None, first["scores"]
+    weights, final = fuse(streams, weights=args.weights, softmax=args.softmax,
+                          out=out, class_names=class_names)
 
     report = {"inputs": [str(p) for p in paths], "class_names_count":
               len(class_names)}
@@ -145,47 +216,10 @@ def run(args):
         return report
 
     labels = first["labels"]
-    if len(paths) == 2:
-        report["streams"] = {n: metrics.summary(s["scores"], labels)
-                             for n, s in streams.items()}
-        report["fusion"] = {"weights": weights or [1.0, 1.0],
-                            "softmax": args.softmax}
-    report["metrics"] = metrics.summary(final, labels)
-    if args.groups:
-        from klassterfork.analysis.contrastive import (
-            contrastive_group_score,
-            parse_groups,
-        )
-        groups = parse_groups(args.groups, class_names)
-        report["contrastive_groups"] = contrastive_group_score(
-            final, labels, groups)
-
-    from klassterfork.analysis import confusion
-    top1 = metrics.top_k_indices(final, 1)[:, 0]
-    cm = metrics.confusion_matrix(labels, top1, len(class_names))
-    confusion.plot_confusion_matrix(cm, class_names,
-                                    out / "confusion_matrix.png",
-                                    normalize=args.normalize)
-    confusion.write_per_class_csv(
-        out / "per_class.csv", class_names,
-        metrics.per_class_precision_recall(final, labels))
-    with atomic_write(out / "metrics.json") as f:
-        json.dump(_jsonable(report), f, indent=1)
-        f.write("\n")
-
-    rows = list(report.get("streams", {}).items())
-    rows.append(("fusion" if len(paths) == 2 else names[0],
-                 report["metrics"]))
-    print(f"{'':12s} {'top1':>7s} {'top5':>7s} {'mean_cls':>8s} {'mAP':>7s}")
-    for n, m in rows:
-        print(f"{n:12s} {m['top1']:7.4f} {m['top5']:7.4f} "
-              f"{m['mean_class_accuracy']:8.4f} {m['mAP']:7.4f}")
-    if "contrastive_groups" in report:
-        g = report["contrastive_groups"]
-        print(f"contrastive groups: accuracy {g['accuracy']:.4f}, majority "
-              f"baseline {g['majority_baseline']:.4f}")
-    print(f"wrote {out / 'metrics.json'}, confusion_matrix.png, "
-          "per_class.csv")
+    add_metrics(report, streams, final, labels, weights=weights,
+                softmax=args.softmax, groups=args.groups, class_names=class_names)
+    write_outputs(out, report, final, labels, class_names, normalize=args.normalize)
+    print_table(report, "fusion" if len(paths) == 2 else names[0], out)
     return report
 
 

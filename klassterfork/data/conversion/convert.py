@@ -7,8 +7,9 @@ and serializes one `SequenceExample` per video (`records.write`) into
 and `labels.txt`. `beam_convert.run` runs the same steps as an Apache Beam
 pipeline; both go through the functions here, in this order:
 
-1. `plan`: settings, the entries (a repeated id is skipped and reported),
-   the shard of each entry, and which shards a re-run must still write.
+1. `plan` (in `planning`, re-exported here): settings, the entries (a
+   repeated id is skipped and reported), the shard of each entry, and which
+   shards a re-run must still write.
 2. `convert_entry` (a worker's task): a video -> `Converted`, either the
    serialized record or the reason it failed.
 3. `write_shard`: a shard's `Converted` -> the shard file (atomic), with its
@@ -33,31 +34,32 @@ pipeline; both go through the functions here, in this order:
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import logging
-import math
 import multiprocessing
 import os
 import sys
 
-import av
-import numpy as np
 import tqdm
 
 from klassterfork.data import records
 from klassterfork.data.conversion import video
+from klassterfork.data.conversion.planning import (  # noqa: F401  (re-exported)
+    BYTES_PER_PIXEL,
+    SHARD_BYTES,
+    STATE_DIR,
+    Plan,
+    choose_num_shards,
+    entries_key,
+    load_reports,
+    plan,
+    shard_assignment,
+    unique_entries,
+)
 from klassterfork.data.conversion.sources import frame_list
 from klassterfork.files import atomic_write, write_text_atomic
 
 LOG = logging.getLogger(__name__)
-
-STATE_DIR = ".convert"  # per-shard reports that make a re-run resumable
-SHARD_BYTES = 128 * 2**20  # target shard size for the default shard count
-MIN_VIDEOS_PER_SHARD = 32
-MAX_SHARDS_BY_COUNT = 16  # at least min(16, n / 32) shards, for shuffling
-BYTES_PER_PIXEL = 0.35  # JPEG q90 of natural video, measured on ../shared/data
-ORDER_SEED = 0
 
 
 class ConversionError(RuntimeError):
@@ -97,227 +99,8 @@ class Converted:
     reason: str | None = None
 
 
-@dataclasses.dataclass
-class Plan:
-    """Everything a runner needs to convert one split (see `plan`).
-
-    Attributes:
-        out_dir, split: str.
-        entries: list of VideoEntry, unique ids, in annotation order.
-        skipped: list of {"id", "path", "reason"}: entries left out.
-        settings: dict. Stored in reports and the manifest; a re-run with
-            other settings rewrites every shard.
-        options: dict. Keyword arguments of the worker task.
-        shards: list of lists of int: entry indices per shard.
-        names: list of str: shard file names.
-        reports: dict shard index -> report of the complete shards.
-    """
-
-    out_dir: str
-    split: str
-    entries: list
-    skipped: list
-    settings: dict
-    options: dict
-    shards: list
-    names: list
-    reports: dict
-
-    @property
-    def todo(self):
-        """Indices of the shards still to write."""
-        return [k for k in range(len(self.shards)) if k not in self.reports]
-
-    def members(self, k):
-        return [self.entries[i] for i in self.shards[k]]
-
-
-def shard_assignment(num_entries, num_shards):
-    """Entry indices per shard: a fixed permutation dealt round-robin.
-
-    Returns:
-        list of `num_shards` lists of int; together a permutation of
-        range(num_entries). Depends only on the two counts.
-    """
-    order = np.random.default_rng(ORDER_SEED).permutation(num_entries)
-    return [order[k::num_shards].tolist() for k in range(num_shards)]
-
-
-def _probe_frames(path, fps, max_frames):
-    """(frames, height, width) from the header: an estimate for sizing only."""
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 25)
-            frames = stream.frames
-            if not frames:
-                seconds = (
-                    float(stream.duration * stream.time_base)
-                    if stream.duration
-                    else (container.duration or 10 * av.time_base) / av.time_base
-                )
-                frames = seconds * rate
-            if fps:
-                frames *= fps / rate
-            if max_frames:
-                frames = min(frames, max_frames)
-            return frames, stream.height, stream.width
-    except (av.FFmpegError, IndexError, ZeroDivisionError, TypeError):
-        return None
-
-
-def choose_num_shards(entries, *, short_side=128, fps=None, max_frames=None):
-    """Default shard count from the estimated output size.
-
-    Probes the headers of up to 16 evenly spread videos (header counts are
-    estimates: fine for sizing, never used for the records), estimates
-    `BYTES_PER_PIXEL` JPEG bytes per stored pixel, and aims at
-    `SHARD_BYTES` per shard, with at least min(16, ceil(n / 32)) shards.
-
-    Returns:
-        int >= 1.
-    """
-    n = len(entries)
-    if n == 0:
-        return 1
-    picks = sorted({int(i) for i in np.linspace(0, n - 1, min(n, 16))})
-    sizes = []
-    for i in picks:
-        probe = _probe_frames(entries[i].path, fps, max_frames)
-        if probe is None:
-            continue
-        frames, height, width = probe
-        h, w = video.short_side_size(height, width, short_side)
-        sizes.append(frames * h * w * BYTES_PER_PIXEL)
-    per_video = float(np.mean(sizes)) if sizes else 300 * 128 * 170 * BYTES_PER_PIXEL
-    by_size = math.ceil(per_video * n / SHARD_BYTES)
-    by_count = min(MAX_SHARDS_BY_COUNT, math.ceil(n / MIN_VIDEOS_PER_SHARD))
-    return max(1, by_size, by_count)
-
-
 def _write_json(path, data):
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
-
-
-def entries_key(members):
-    """A digest of what a shard's records hold besides the settings: each
-    member's id, file, labels and label text. A re-run with another label
-    map (or a changed file list) then rewrites the shard instead of keeping
-    records with the old labels."""
-    rows = [[e.video_id, e.path, list(e.labels), e.label_text] for e in members]
-    return hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
-
-
-def _load_report(out_dir, name, settings, ids, key):
-    """The report of a complete shard written with these settings, or None."""
-    report_path = os.path.join(out_dir, STATE_DIR, f"{name}.json")
-    if not (os.path.exists(os.path.join(out_dir, name)) and os.path.exists(report_path)):
-        return None
-    try:
-        with open(report_path, encoding="utf-8") as f:
-            report = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if (report.get("settings"), report.get("ids"), report.get("entries_key")) != (
-            settings, ids, key):
-        return None
-    return report
-
-
-def unique_entries(entries):
-    """Keeps the first entry of each id; the others are reported.
-
-    Ids name examples in predictions and submissions, so they must be unique
-    within a split; the same file listed twice would also be an example twice.
-
-    Returns:
-        (list of VideoEntry, list of {"id", "path", "reason"}).
-    """
-    first, kept, skipped = {}, [], []
-    for entry in entries:
-        if entry.video_id in first:
-            again = "the same file" if first[entry.video_id] == entry.path else (
-                f"first listed for {first[entry.video_id]}")
-            skipped.append({"id": entry.video_id, "path": entry.path,
-                            "reason": f"duplicate id {entry.video_id!r} ({again}); "
-                                      "the first row is kept"})
-            continue
-        first[entry.video_id] = entry.path
-        kept.append(entry)
-    return kept, skipped
-
-
-def plan(
-    annotation,
-    out_dir,
-    *,
-    split,
-    short_side=128,
-    fps=None,
-    max_frames=None,
-    num_shards=None,
-    jpeg_quality=90,
-    flow=None,
-    flow_bound=20.0,
-    keep_truncated=False,
-):
-    """Step 1: checks the arguments, assigns shards, finds complete ones.
-
-    Args: as `convert`.
-
-    Returns:
-        `Plan`.
-
-    Raises:
-        ValueError: a bad argument or an annotation without videos.
-    """
-    entries, skipped = unique_entries(annotation.entries)
-    if not entries:
-        raise ValueError(
-            f"split {split!r} has no video to convert "
-            f"({len(annotation.missing)} annotated videos are missing)."
-        )
-    if num_shards is not None and not (isinstance(num_shards, int) and num_shards >= 1):
-        raise ValueError(f"`num_shards` must be a positive int. Received: {num_shards=}")
-    if not 1 <= int(jpeg_quality) <= 100:
-        raise ValueError(f"`jpeg_quality` must be in [1, 100]. Received: {jpeg_quality=}")
-    if num_shards is None:
-        num_shards = choose_num_shards(
-            entries, short_side=short_side, fps=fps, max_frames=max_frames
-        )
-    num_shards = min(num_shards, len(entries))
-    os.makedirs(os.path.join(out_dir, STATE_DIR), exist_ok=True)
-    settings = {
-        "short_side": short_side,
-        "fps": fps,
-        "max_frames": max_frames,
-        "jpeg_quality": int(jpeg_quality),
-        "num_shards": num_shards,
-    }
-    if flow is not None:
-        settings["flow"], settings["flow_bound"] = flow, float(flow_bound)
-    if keep_truncated:
-        settings["keep_truncated"] = True
-    options = dict(short_side=short_side, fps=fps, max_frames=max_frames,
-                   quality=int(jpeg_quality), flow=flow, flow_bound=float(flow_bound),
-                   keep_truncated=bool(keep_truncated))
-    shards = shard_assignment(len(entries), num_shards)
-    names = [records.shard_name(split, k, num_shards) for k in range(num_shards)]
-    job = Plan(out_dir=os.fspath(out_dir), split=split, entries=entries,
-               skipped=skipped, settings=settings, options=options, shards=shards,
-               names=names, reports={})
-    return load_reports(job)
-
-
-def load_reports(job):
-    """Fills `job.reports` with the complete shards on disk; returns `job`."""
-    for k, members in enumerate(job.shards):
-        entries = [job.entries[i] for i in members]
-        report = _load_report(job.out_dir, job.names[k], job.settings,
-                              [e.video_id for e in entries], entries_key(entries))
-        if report is not None:
-            job.reports[k] = report
-    return job
 
 
 def _init_worker():

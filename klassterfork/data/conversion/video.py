@@ -285,6 +285,52 @@ def decode_video(path, *, short_side=None, fps=None, max_frames=None,
         ValueError: a bad argument.
     """
     path = os.fspath(path)
+    _check_decode_args(path, short_side=short_side, fps=fps, max_frames=max_frames)
+    container = _open(path)
+    with container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise VideoDecodeError(
+                path, f"no video stream (streams: {', '.join(kinds)})"
+            )
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        source_fps = float(rate) if rate else 0.0
+        declared = declared_frames(container, stream)
+        frames, raw_pts, rotation, stopped, truncated = _decode_frames(
+            path, container, stream, short_side=short_side, fps=fps,
+            max_frames=max_frames, keep_truncated=keep_truncated, declared=declared)
+        time_base = stream.time_base
+    if not frames:
+        raise VideoDecodeError(path, "no frames decoded")
+    if truncated is None and not stopped and is_short(len(frames), declared):
+        truncated = (f"truncated: decoded {len(frames)} of about "
+                     f"{_about(declared)} frames")
+        if not keep_truncated:
+            raise VideoDecodeError(path, truncated)
+    if source_fps <= 0:
+        source_fps = 25.0  # no rate anywhere: times below are then nominal
+    times = _frame_times(raw_pts, time_base, source_fps)
+    num_decoded = len(frames)
+    frames, times, out_fps = _resample(frames, times, fps=fps, max_frames=max_frames,
+                                       source_fps=source_fps)
+    height, width = frames[0].shape[:2]
+    return DecodedVideo(
+        frames=frames,
+        fps=out_fps,
+        height=height,
+        width=width,
+        source_fps=source_fps,
+        rotation=rotation,
+        timestamps=times,
+        num_decoded=num_decoded,
+        truncated=truncated,
+    )
+
+
+def _check_decode_args(path, *, short_side, fps, max_frames):
+    """Raises ValueError for a bad argument, VideoDecodeError for a `path`
+    that is not a non-empty file."""
     for name, value in (("short_side", short_side), ("max_frames", max_frames)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(
@@ -298,59 +344,59 @@ def decode_video(path, *, short_side=None, fps=None, max_frames=None,
         raise VideoDecodeError(path, "file not found")
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
+
+
+def _open(path):
+    """`av.open(path)`; a file FFmpeg cannot open raises VideoDecodeError
+    (reason "truncated: ..." when an MP4/MOV box is cut)."""
     try:
-        container = av.open(path)
+        return av.open(path)
     except av.FFmpegError as e:
         cut = cut_box(path)
         if cut:
             raise VideoDecodeError(path, f"truncated: decoded 0 frames; {cut}") from e
         raise VideoDecodeError(path, f"cannot open as a video: {e}") from e
-    with container:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise VideoDecodeError(
-                path, f"no video stream (streams: {', '.join(kinds)})"
-            )
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        source_fps = float(rate) if rate else 0.0
-        declared = declared_frames(container, stream)
-        frames, raw_pts, rotation, stopped, truncated = [], [], 0, False, None
-        try:
-            for frame in container.decode(stream):
-                if not frames:
-                    rotation = int(round(frame.rotation or 0))
-                frames.append(_to_rgb(frame, rotation, short_side))
-                raw_pts.append(frame.pts)
-                if max_frames is not None and _enough(
-                    raw_pts, stream.time_base, max_frames, fps
-                ):
-                    stopped = True
-                    break
-        except av.FFmpegError as e:
-            failure = f"{type(e).__name__}: {e}"
-            cut = cut_box(path)
-            if not (cut and frames and keep_truncated):
-                raise VideoDecodeError(path, (
-                    f"truncated: decoded {len(frames)} of about "
-                    f"{_about(declared)} frames; {cut} ({failure})"
-                    if cut else
-                    f"decoding failed after {len(frames)} frames: {failure}"
-                )) from e
-            truncated = (f"truncated: decoded {len(frames)} of about "
-                         f"{_about(declared)} frames; {cut}")
-        time_base = stream.time_base
-    if not frames:
-        raise VideoDecodeError(path, "no frames decoded")
-    if truncated is None and not stopped and is_short(len(frames), declared):
+
+
+def _decode_frames(path, container, stream, *, short_side, fps, max_frames,
+                   keep_truncated, declared):
+    """Decodes `stream` to RGB frames, stopping once `max_frames` are fixed.
+
+    Returns:
+        (frames, raw pts, rotation, stopped early, truncated reason or None);
+        a decoding error raises VideoDecodeError unless the file is cut, some
+        frames were decoded and `keep_truncated`.
+    """
+    frames, raw_pts, rotation, stopped, truncated = [], [], 0, False, None
+    try:
+        for frame in container.decode(stream):
+            if not frames:
+                rotation = int(round(frame.rotation or 0))
+            frames.append(_to_rgb(frame, rotation, short_side))
+            raw_pts.append(frame.pts)
+            if max_frames is not None and _enough(
+                raw_pts, stream.time_base, max_frames, fps
+            ):
+                stopped = True
+                break
+    except av.FFmpegError as e:
+        failure = f"{type(e).__name__}: {e}"
+        cut = cut_box(path)
+        if not (cut and frames and keep_truncated):
+            raise VideoDecodeError(path, (
+                f"truncated: decoded {len(frames)} of about "
+                f"{_about(declared)} frames; {cut} ({failure})"
+                if cut else
+                f"decoding failed after {len(frames)} frames: {failure}"
+            )) from e
         truncated = (f"truncated: decoded {len(frames)} of about "
-                     f"{_about(declared)} frames")
-        if not keep_truncated:
-            raise VideoDecodeError(path, truncated)
-    if source_fps <= 0:
-        source_fps = 25.0  # no rate anywhere: times below are then nominal
-    times = _frame_times(raw_pts, time_base, source_fps)
-    num_decoded = len(frames)
+                     f"{_about(declared)} frames; {cut}")
+    return frames, raw_pts, rotation, stopped, truncated
+
+
+def _resample(frames, times, *, fps, max_frames, source_fps):
+    """(frames, times, fps) after resampling to `fps` by timestamp (None
+    keeps every frame at `source_fps`), then the first `max_frames`."""
     if fps is not None:
         keep = resample_indices(times, fps)
         frames = [frames[i] for i in keep]
@@ -360,18 +406,7 @@ def decode_video(path, *, short_side=None, fps=None, max_frames=None,
         out_fps = source_fps
     if max_frames is not None:
         frames, times = frames[:max_frames], times[:max_frames]
-    height, width = frames[0].shape[:2]
-    return DecodedVideo(
-        frames=frames,
-        fps=out_fps,
-        height=height,
-        width=width,
-        source_fps=source_fps,
-        rotation=rotation,
-        timestamps=times,
-        num_decoded=num_decoded,
-        truncated=truncated,
-    )
+    return frames, times, out_fps
 
 
 def _to_rgb(frame, rotation, short_side):

@@ -198,6 +198,36 @@ def random_erasing(
     Returns:
         float (B, T, H, W, C), same dtype.
     """
+    clips = _check_erasing_args(clips, mode=mode, prob=prob, max_count=max_count)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=8))
+    shape = tf.shape(clips)
+    b = shape[0]
+    boxes = _erasing_boxes(seeds, b, shape[2], shape[3], prob=prob, area=area,
+                           aspect=aspect, max_count=max_count,
+                           max_attempts=max_attempts)
+
+    def erase_clip(args):
+        # Noise only for the box pixels (a few % of the batch), not (B, T, H, W, C).
+        clip, clip_boxes, index = args
+        for k in range(max_count):
+            box = clip_boxes[k]
+            key = tf.random.experimental.stateless_fold_in(
+                seeds[6], index * max_count + k
+            )
+            clip = tf.cond(
+                box[4] > 0, lambda: _fill_box(clip, box, key, mode), lambda: clip
+            )
+        return clip
+
+    return tf.map_fn(
+        erase_clip,
+        (clips, boxes, tf.range(b)),
+        fn_output_signature=tf.TensorSpec(clips.shape[1:], clips.dtype),
+    )
+
+
+def _check_erasing_args(clips, *, mode, prob, max_count):
+    """`clips` as a tensor, after checking the `random_erasing` arguments."""
     if mode not in ERASE_MODES:
         raise ValueError(
             f"`mode` must be one of {list(ERASE_MODES)}. Received: mode={mode!r}"
@@ -212,11 +242,17 @@ def random_erasing(
             "`clips` must be float (B, T, H, W, C). "
             f"Received: dtype={clips.dtype.name}, shape={clips.shape}"
         )
-    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=8))
-    shape = tf.shape(clips)
-    b, h_img, w_img = shape[0], shape[2], shape[3]
-    hf, wf = tf.cast(h_img, tf.float32), tf.cast(w_img, tf.float32)
+    return clips
 
+
+def _erasing_boxes(seeds, b, h_img, w_img, *, prob, area, aspect, max_count,
+                   max_attempts):
+    """The boxes of `random_erasing`, drawn from `seeds[0:6]`.
+
+    Returns:
+        int32 (B, max_count, 5): top, left, h, w, enabled (0 or 1).
+    """
+    hf, wf = tf.cast(h_img, tf.float32), tf.cast(w_img, tf.float32)
     apply = tf.random.stateless_uniform([b], seeds[0]) < prob
     count = tf.random.stateless_uniform([b], seeds[1], 1, max_count + 1, tf.int32)
     draws = [b, max_count, max_attempts]
@@ -239,27 +275,7 @@ def random_erasing(
     u_left = tf.random.stateless_uniform([b, max_count], seeds[5])
     top = tf.cast(u_top * tf.cast(h_img - h + 1, tf.float32), tf.int32)
     left = tf.cast(u_left * tf.cast(w_img - w + 1, tf.float32), tf.int32)
-
-    boxes = tf.stack([top, left, h, w, tf.cast(enabled, tf.int32)], -1)  # (B, K, 5)
-
-    def erase_clip(args):
-        # Noise only for the box pixels (a few % of the batch), not (B, T, H, W, C).
-        clip, clip_boxes, index = args
-        for k in range(max_count):
-            box = clip_boxes[k]
-            key = tf.random.experimental.stateless_fold_in(
-                seeds[6], index * max_count + k
-            )
-            clip = tf.cond(
-                box[4] > 0, lambda: _fill_box(clip, box, key, mode), lambda: clip
-            )
-        return clip
-
-    return tf.map_fn(
-        erase_clip,
-        (clips, boxes, tf.range(b)),
-        fn_output_signature=tf.TensorSpec(clips.shape[1:], clips.dtype),
-    )
+    return tf.stack([top, left, h, w, tf.cast(enabled, tf.int32)], -1)
 
 
 def _fill_box(clip, box, key, mode):

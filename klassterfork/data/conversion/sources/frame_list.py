@@ -111,35 +111,11 @@ def encode_entry(
         first_index=entry.first_index,
         num_frames=entry.num_frames,
     )
-    keep = list(range(len(paths)))
-    if fps is not None:
-        if not entry.fps:
-            raise ValueError(
-                f"{entry.path}: `fps` resampling needs the folder's frame rate; "
-                "give the reader `fps=`. Received: entry.fps=None"
-            )
-        keep = video.resample_indices([i / entry.fps for i in keep], fps)
-    keep = keep[:max_frames] if max_frames else keep
+    keep = _kept_indices(entry, len(paths), fps=fps, max_frames=max_frames)
     paths = [paths[i] for i in keep]
-    kept = frames_lib.jpegs_if_target_size(paths, short_side)
-    decoded = None
-    if kept is not None:
-        jpegs, height, width = kept
-        if flow == "farneback":
-            # Flow needs the pixels; the stored frames stay the files' bytes.
-            decoded = [
-                frames_lib.decode_rgb(data, path) for path, data in zip(paths, jpegs)
-            ]
-    else:
-        decoded = [
-            frames_lib.resize_short_side(frames_lib.decode_rgb(data, path), short_side)
-            for path, data in zip(paths, frames_lib.read_bytes(paths))
-        ]
-        sizes = {f.shape for f in decoded}
-        if len(sizes) > 1:
-            raise ValueError(f"{entry.path}: frames differ in size: {sorted(sizes)}")
-        jpegs = [frames_lib.encode_jpeg(f, quality) for f in decoded]
-        height, width = decoded[0].shape[:2]
+    jpegs, height, width, decoded = _stored_frames(
+        entry, paths, short_side=short_side, quality=quality,
+        need_pixels=flow == "farneback")
     out = EncodedFrames(
         frames=jpegs,
         fps=float(fps or entry.fps or 0.0),
@@ -165,6 +141,50 @@ def encode_entry(
     if flow is not None:
         out.flow_bound = float(flow_bound)
     return out
+
+
+def _kept_indices(entry, num_frames, *, fps, max_frames):
+    """Indices of the folder's frames to store: resampled to `fps` by time
+    (frame i at i / entry.fps), then the first `max_frames`."""
+    keep = list(range(num_frames))
+    if fps is not None:
+        if not entry.fps:
+            raise ValueError(
+                f"{entry.path}: `fps` resampling needs the folder's frame rate; "
+                "give the reader `fps=`. Received: entry.fps=None"
+            )
+        keep = video.resample_indices([i / entry.fps for i in keep], fps)
+    return keep[:max_frames] if max_frames else keep
+
+
+def _stored_frames(entry, paths, *, short_side, quality, need_pixels):
+    """The JPEGs to store for frame files `paths`: the files' bytes when they
+    are RGB JPEGs at the target size, else decoded, resized and re-encoded.
+
+    Returns:
+        (list of bytes, height, width, decoded RGB frames or None); the
+        frames are decoded when re-encoding or when `need_pixels` (flow).
+    """
+    kept = frames_lib.jpegs_if_target_size(paths, short_side)
+    if kept is not None:
+        jpegs, height, width = kept
+        decoded = None
+        if need_pixels:
+            # Flow needs the pixels; the stored frames stay the files' bytes.
+            decoded = [
+                frames_lib.decode_rgb(data, path) for path, data in zip(paths, jpegs)
+            ]
+        return jpegs, height, width, decoded
+    decoded = [
+        frames_lib.resize_short_side(frames_lib.decode_rgb(data, path), short_side)
+        for path, data in zip(paths, frames_lib.read_bytes(paths))
+    ]
+    sizes = {f.shape for f in decoded}
+    if len(sizes) > 1:
+        raise ValueError(f"{entry.path}: frames differ in size: {sorted(sizes)}")
+    jpegs = [frames_lib.encode_jpeg(f, quality) for f in decoded]
+    height, width = decoded[0].shape[:2]
+    return jpegs, height, width, decoded
 
 
 def _parse_line(line, where, with_offset, multi_label):
