@@ -147,24 +147,42 @@ def dataset_info(block, source, key):
     return info
 
 
-def class_matrix(block, source, key):
+def class_matrix(block, source, key, *, units=None, num_classes=None):
     """The L2-normalized (C, D) class-name embeddings of a zero-shot dataset.
 
     `class_embeddings` names a `.npy` file written by
     `tools/embed_class_names.py`; row i embeds class i of the dataset's
     label map. Returns None when the block has none (a classification set).
+
+    Args:
+        units: int or None. The model head's output width (EmbeddingHead
+            `units`); D must equal it. None skips the check.
+        num_classes: int or None. The dataset's class count (the manifest's
+            label names); C must equal it. None skips the check.
+
+    Raises:
+        ConfigError: at `{key}.class_embeddings`, for an unreadable file, a
+            file that is not 2-D, or a (C, D) other than (num_classes, units).
     """
     path = block.get("class_embeddings")
     if not path:
         return None
+    where = f"{key}.class_embeddings"
     try:
         matrix = np.load(path).astype(np.float32)
     except (OSError, ValueError) as err:
-        raise ConfigError(source, f"{key}.class_embeddings",
-                          f"cannot read {path!r}: {err}") from None
+        raise ConfigError(source, where, f"cannot read {path!r}: {err}") from None
     if matrix.ndim != 2:
-        raise ConfigError(source, f"{key}.class_embeddings",
+        raise ConfigError(source, where,
                           f"{path} must hold a (classes, dim) matrix. Received shape {matrix.shape}")
+    expected = (matrix.shape[0] if num_classes is None else int(num_classes),
+                matrix.shape[1] if units is None else int(units))
+    if matrix.shape != expected:
+        raise ConfigError(
+            source, where,
+            f"{path} must hold one row per class of the dataset (num_classes="
+            f"{num_classes}) and one column per unit of the model head (units="
+            f"{units}): expected shape {expected}. Received shape {matrix.shape}")
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, 1e-12)
 
