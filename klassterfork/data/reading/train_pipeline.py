@@ -231,7 +231,8 @@ def _clip_fn(build, shard_names):
         key = _example_key(build, names, index, epoch, file, record_index)
         seed_clip, seed_crop, seed_aug, seed_step = tf.unstack(
             tf.random.experimental.stateless_split(key, num=4))
-        indices = _clip_indices(example["num_frames"], spec.sampling, seed_clip, seed_step)
+        indices = transforms.train_clip_indices(example["num_frames"], spec.sampling,
+                                                 seed_clip, seed_step)
         flip, reverse, label = transforms.choose_augmentations(
             first_label(example["labels"]), seed_aug,
             flip_label_map=spec.augment.flip_label_map,
@@ -291,22 +292,6 @@ def _record_key(seed, shard_name, epoch, record_index, view):
     for part in (epoch, record_index, view):
         key = tf.random.experimental.stateless_fold_in(key, tf.cast(part, tf.int64))
     return key
-
-
-def _clip_indices(num_frames, sampling, seed_clip, seed_step):
-    """The frame indices of one clip: TSN segments, fps-jittered or plain."""
-    if sampling.num_segments is not None:
-        return transforms.segment_indices(
-            num_frames, seed_clip, num_segments=sampling.num_segments,
-            new_length=sampling.new_length)
-    if sampling.step_choices is not None:
-        return transforms.stepped_clip_indices(
-            num_frames, seed_clip, clip_len=sampling.clip_len,
-            short_video=sampling.short_video,
-            frame_step=transforms.random_frame_step(seed_step, sampling.step_choices))
-    return transforms.random_clip_indices(
-        num_frames, seed_clip, clip_len=sampling.clip_len, frame_step=sampling.frame_step,
-        short_video=sampling.short_video)
 
 
 def _batch_key(build, index, batch, offset):

@@ -51,6 +51,7 @@ from klassterfork.data.transforms.sampling import (  # noqa: F401
     random_frame_step,
     segment_indices,
     stepped_clip_indices,
+    train_clip_indices,
 )
 
 # Above this many frames (a big static batch of clips) per-frame sums of

@@ -214,3 +214,33 @@ def segment_indices(
 
 
 # --- Issue 3: more crops -----------------------------------------------------
+
+
+def train_clip_indices(num_frames, sampling, seed_clip, seed_step):
+    """The frame indices of one training clip, as `sampling` says.
+
+    TSN segments when `sampling.num_segments` is set, else one clip of
+    `sampling.clip_len` frames at a fixed step or, with a list of steps,
+    at a step drawn per clip (fps jitter).
+
+    Args:
+        num_frames: int scalar tensor. Frames in the video.
+        sampling: `spec.Sampling` (clip_len, frame_step, num_segments,
+            new_length, short_video, step_choices).
+        seed_clip, seed_step: int [2]. Stateless seeds of the clip start /
+            segment offsets and of the step draw.
+
+    Returns:
+        int32 [clip_len]: indices into the video's frames.
+    """
+    if sampling.num_segments is not None:
+        return segment_indices(num_frames, seed_clip, num_segments=sampling.num_segments,
+                               new_length=sampling.new_length)
+    if sampling.step_choices is not None:
+        return stepped_clip_indices(
+            num_frames, seed_clip, clip_len=sampling.clip_len,
+            short_video=sampling.short_video,
+            frame_step=random_frame_step(seed_step, sampling.step_choices))
+    return random_clip_indices(num_frames, seed_clip, clip_len=sampling.clip_len,
+                               frame_step=sampling.frame_step,
+                               short_video=sampling.short_video)
