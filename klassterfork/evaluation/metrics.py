@@ -18,7 +18,11 @@ Conventions shared by every function here:
   NaN for them (and NaN precision for classes never predicted).
 """
 
+import logging
+
 import numpy as np
+
+LOG = logging.getLogger(__name__)
 
 
 def _check_scores(scores):
@@ -279,9 +283,14 @@ def summary(scores, labels):
     Returns:
         dict with `num_videos`, `num_classes`, `num_classes_with_samples`,
         `top1`, `top5`, `mean_class_accuracy`, `mean_class_top5` and the
-        entries of `activitynet_metrics`.
+        entries of `activitynet_metrics`. With C < 5 classes the top-5
+        metrics are top-C (every video a hit), reported as such (the
+        dict's `top5_is_top` is C) and logged once per call.
     """
     scores = _check_scores(scores)
+    if scores.shape[1] < 5:
+        LOG.warning("top5 is top-%d: the dataset has %d classes (every video counts "
+                    "as a top-5 hit)", scores.shape[1], scores.shape[1])
     target = label_matrix(labels, scores.shape[1], scores.shape[0])
     out = {
         "num_videos": int(scores.shape[0]),
@@ -291,6 +300,7 @@ def summary(scores, labels):
         "top5": top_k_accuracy(scores, labels, 5),
         "mean_class_accuracy": mean_class_accuracy(scores, labels, 1),
         "mean_class_top5": mean_class_accuracy(scores, labels, 5),
+        "top5_is_top": min(5, int(scores.shape[1])),
     }
     out.update(activitynet_metrics(scores, labels))
     return out

@@ -5,12 +5,16 @@ one validation set's scores and metrics, and its predictions file.
 the functions here take the model and the set's blocks as plain values.
 """
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
 from klassterfork.evaluation import aggregate
 from klassterfork.evaluation.predictions import write_predictions
 from klassterfork.training import builders
+
+LOG = logging.getLogger(__name__)
 
 
 def make_predict_fn(model, *, zero_shot, chunked):
@@ -67,8 +71,10 @@ def evaluate_set(predict_fn, key, block, info, matrix, source, *, predictions_pa
 
     Returns:
         dict: `top1`, `top5` over the labelled videos (NaN when none),
-        `videos`, and `loss` (mean cross-entropy of the averaged softmax
-        scores) for a classifier.
+        `videos` (all scored), `labelled` (the top-1/top-5 denominator:
+        unlabelled videos are left out), and `loss` (mean cross-entropy of
+        the averaged softmax scores) for a classifier. With C < 5 classes
+        `top5` is top-C (every video a hit): logged once per call.
     """
     dataset = builders.make_eval_dataset(block, info, source, f"datasets.{key}")
     if block.get("views_per_chunk") is not None:
@@ -86,11 +92,24 @@ def evaluate_set(predict_fn, key, block, info, matrix, source, *, predictions_pa
         scores = np.concatenate(scores)
         labels = np.concatenate(labels).astype(np.int64)
     scored = score_metrics(scores, labels, with_loss=matrix is None)
-    metrics = {"top1": scored["top1"], "top5": scored["top5"], "videos": int(len(ids)), **scored}
+    labelled = int(np.sum(labels >= 0))
+    metrics = {"top1": scored["top1"], "top5": scored["top5"], "videos": int(len(ids)),
+               "labelled": labelled, **scored}
+    if len(ids) and scores.shape[1] < 5:
+        LOG.warning(top5_note(scores.shape[1], f"datasets.{key}"))
+    if labelled < len(ids):
+        LOG.warning("datasets.%s: %d of %d videos are unlabelled: top1/top5 are over "
+                    "the %d labelled ones", key, len(ids) - labelled, len(ids), labelled)
     if predictions_path:
         names = info.label_names or [str(i) for i in range(scores.shape[1])]
         write_predictions(predictions_path, ids, scores, labels, names)
     return metrics
+
+
+def top5_note(num_classes, where):
+    """The line that says top5 is top-C (C < 5 classes: every video a hit)."""
+    return (f"{where}: top5 is top-{num_classes}: the dataset has {num_classes} "
+            f"classes (every labelled video counts as a top-5 hit)")
 
 
 def score_metrics(scores, labels, *, with_loss):
@@ -104,7 +123,8 @@ def score_metrics(scores, labels, *, with_loss):
 
     Returns:
         dict of floats; NaN when no row is labelled. Ties rank the lower
-        class index first.
+        class index first. With C < 5 classes `top5` is top-C (1.0): the
+        caller names it (`top5_note`).
     """
     labelled = labels >= 0
     s, y = scores[labelled], labels[labelled]

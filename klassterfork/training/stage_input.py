@@ -84,7 +84,7 @@ def check_data(stage, source, *, warn=print, missing_ok=False):
         (name, kwargs), = model.items()
         if isinstance(kwargs, dict) and kwargs.get("num_classes") is not None:
             num_classes, classes_key = int(kwargs["num_classes"]), f"model.{name}.num_classes"
-    missing = []
+    missing, found = [], {}
     for role, block in (stage.get("datasets") or {}).items():
         key = f"datasets.{role}"
         try:
@@ -99,6 +99,8 @@ def check_data(stage, source, *, warn=print, missing_ok=False):
             warn=warn, num_classes_key=classes_key,
             num_classes=None if block.get("class_embeddings") else num_classes,
         )
+        found[role] = (block, info)
+    preflight.check_label_maps(found, source)  # train vs val classes
     return missing
 
 

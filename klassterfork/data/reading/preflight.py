@@ -16,14 +16,18 @@ numbers:
 | labels >= num_classes (manifest label map or sampled records) | error | the loss would index past the logits |
 | clip span longer than every sampled video | error (warning with `short_video` set) | every clip would repeat frames |
 | clip span longer than the median video | warning | most clips repeat frames (`short_video`) |
-| crop_size larger than the stored frames | error | the crop would be clamped and upscaled |
+| crop_size larger than the stored frames (the manifest's `settings.short_side`, exact; else the median sampled record) | error | the crop would be clamped and upscaled |
+| crop_size larger than the smallest sampled record only (named: file, video id) | warning | those crops are clamped and upscaled |
+| no manifest beside the shards | warning | shard files, record counts and the label map are not checked |
+| train and val manifests name different classes (`check_label_maps`) | error | the val labels would index other classes (zero-shot sets with `class_embeddings` are exempt) |
 
 Costs: the record counts walk each shard's 12-byte record headers
 (`resume.count_records`, no record body read); frame counts and sizes come
 from `SAMPLE_RECORDS` records (their context and first JPEG header), not a
 full pass. The converter's manifest (`shards: [{file, videos, frames}]`)
 holds no byte sizes, so counts are compared, not sizes; a manifest without
-`shards` (other writers) skips the shard checks and says so.
+`shards` (other writers), or no manifest at all, skips the shard checks and
+says so.
 """
 
 import os
@@ -61,17 +65,21 @@ def check_dataset(spec, info, source, key, *, explicit=(), num_classes=None,
     sample = _sample(info.files)
     _check_labels(info, sample, source, key, num_classes, num_classes_key)
     _check_clip(spec.sampling, "short_video" in explicit, sample, source, key, warn)
-    _check_crop(*_crop_of(spec), sample, source, key)
+    _check_crop(*_crop_of(spec), sample, source, key, warn, info.manifest)
 
 
 def _check_shards(info, source, key, warn):
     listed = info.manifest.get("shards")
-    if not listed:
-        if info.manifest:
-            warn(f"{source.locate(key)}: {key}: the manifest lists no shards; shard "
-                 "files and record counts not checked.")
-        return
     folder = os.path.dirname(info.files[0])
+    if set(info.manifest) <= {"counts"}:  # none, or only the block's num_examples
+        warn(f"{source.locate(key)}: {key}: no manifest beside the shards in {folder}; "
+             f"shard files, record counts and the label map not checked "
+             f"({len(info.files)} shard file(s) read as found).")
+        return
+    if not listed:
+        warn(f"{source.locate(key)}: {key}: the manifest lists no shards; shard "
+             "files and record counts not checked.")
+        return
     on_disk = {os.path.basename(f) for f in info.files}
     expected = {s["file"]: s for s in listed}
     missing = sorted(set(expected) - on_disk)
@@ -107,12 +115,47 @@ def _check_shards(info, source, key, warn):
             )
 
 
+def check_label_maps(blocks, source):
+    """Raises when a validation set's manifest names other classes than the
+    train set's (each split's own `label_names`).
+
+    Args:
+        blocks: dict `{role: (block, info)}` of a stage's datasets. Sets
+            with `class_embeddings` (zero-shot: their classes differ on
+            purpose) and sets whose manifest names no classes are skipped.
+        source: config Source.
+
+    Raises:
+        ConfigError: located at `datasets.<role>`, naming the first
+            difference.
+    """
+    train = blocks.get("train")
+    names = train[1].label_names if train else None
+    if not names:
+        return
+    for role, (block, info) in blocks.items():
+        theirs = info.label_names
+        if role == "train" or block.get("class_embeddings") or not theirs:
+            continue
+        if list(theirs) == list(names):
+            continue
+        i = next((i for i, (a, b) in enumerate(zip(names, theirs)) if a != b),
+                 min(len(names), len(theirs)))
+        first = (f"label {i} is {theirs[i]!r} there, {names[i]!r} in train"
+                 if i < min(len(names), len(theirs)) else "one list extends the other")
+        raise ConfigError(
+            source, f"datasets.{role}", f"its manifest names {len(theirs)} classes, the "
+            f"train manifest {len(names)}, in another order or set ({first}): its labels "
+            "would be scored against other classes. Convert both splits with the same "
+            "--labels file (or give the set class_embeddings for a zero-shot set).")
+
+
 def _sample(files):
     """num_frames, short side, labels of up to SAMPLE_RECORDS records."""
     step = max(1, len(files) // SAMPLE_SHARDS)
     chosen = files[::step][:SAMPLE_SHARDS]
     per_shard = max(1, SAMPLE_RECORDS // len(chosen))
-    frames, sides, labels = [], [], []
+    frames, sides, labels, where = [], [], [], []
     for path in chosen:
         try:
             for serialized in tf.data.TFRecordDataset(path).take(per_shard):
@@ -122,9 +165,10 @@ def _sample(files):
                 if len(video["frames"]):
                     h, w = tf.io.extract_jpeg_shape(video["frames"][0]).numpy()[:2]
                     sides.append(int(min(h, w)))
+                    where.append((path, video["id"].numpy().decode("utf-8", "replace")))
         except (tf.errors.OpError, ValueError):
             continue  # an unreadable record is the bad-records stage's business
-    return {"frames": frames, "sides": sides, "labels": labels}
+    return {"frames": frames, "sides": sides, "labels": labels, "where": where}
 
 
 def _check_labels(info, sample, source, key, num_classes, num_classes_key):
@@ -175,15 +219,36 @@ def _check_clip(sampling, short_video_set, sample, source, key, warn):
     )
 
 
-def _check_crop(crop_size, resize_short_side, sample, source, key):
+def _check_crop(crop_size, resize_short_side, sample, source, key, warn, manifest):
+    """Exact when the frames are resized (eval `resize_short_side`, or the
+    converter's `settings.short_side`, to which every record is resized,
+    small videos upscaled); otherwise from the sampled records."""
+    where = f"{key}.crop_size"
+    exact = resize_short_side or (manifest.get("settings") or {}).get("short_side")
+    if exact:
+        if crop_size > exact:
+            what = ("resize_short_side" if resize_short_side
+                    else "the manifest's settings.short_side")
+            raise ConfigError(
+                source, where, f"crop_size {crop_size} is larger than the frames' short "
+                f"side {exact} px ({what}: every record has it): the crop would be "
+                f"clamped and upscaled. Lower crop_size or convert with --short-side >= "
+                f"{crop_size}.")
+        return
     if not sample["sides"]:
         return
-    side = resize_short_side or float(np.median(sample["sides"]))
-    if crop_size <= side:
-        return
-    raise ConfigError(
-        source, f"{key}.crop_size", f"crop_size {crop_size} is larger than the "
-        f"stored frames (median short side {side:g} px in {len(sample['sides'])} sampled "
-        "records): the crop would be clamped and upscaled. Lower crop_size or convert "
-        f"with --short-side >= {crop_size}."
-    )
+    sides, n = sample["sides"], len(sample["sides"])
+    median, smallest = float(np.median(sides)), int(np.argmin(sides))
+    path, video_id = sample["where"][smallest]
+    named = (f"the smallest, {sides[smallest]} px, is video {video_id!r} in {path}; "
+             f"{sum(s < crop_size for s in sides)} of {n} sampled records are smaller")
+    if crop_size > median:
+        raise ConfigError(
+            source, where, f"crop_size {crop_size} is larger than the stored frames "
+            f"(median short side {median:g} px in {n} sampled records; {named}): the "
+            "crop would be clamped and upscaled. Lower crop_size or convert with "
+            f"--short-side >= {crop_size}.")
+    if crop_size > sides[smallest]:
+        warn(f"{source.locate(where)}: {where}: crop_size {crop_size} is larger than "
+             f"some stored frames ({named}; only {n} records were sampled, the manifest "
+             "has no settings.short_side): their crops are clamped and upscaled.")

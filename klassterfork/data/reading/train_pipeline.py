@@ -188,7 +188,7 @@ def _layout(paths, build):
     if policy == "file":
         paths = paths[pipe_id::num_pipes]  # = Dataset.shard on the file list
     layout = resume.Layout(
-        shards=read_shards(paths, log),
+        shards=resume.Shards((), ()),  # read below, once the layout can locate
         # "data": every pipeline must see the same stream, so the same order.
         file_seed=own_seed if policy == "file" else build.seed,
         shuffle_seed=own_seed + 1,
@@ -197,6 +197,10 @@ def _layout(paths, build):
         num_shares=num_pipes if policy == "data" else 1,
         share=pipe_id if policy == "data" else 0,
     )
+    # A truncated shard found now is cut from the epoch the run starts in.
+    start = build.start_batch * spec.batch_size // spec.augment.repeated_views
+    layout = dataclasses.replace(layout, shards=read_shards(paths, log, epoch_of=(
+        lambda shards: dataclasses.replace(layout, shards=shards).locate(start)[0])))
     budget = spec.reading.max_bad_records
     if budget is None:
         budget = bad_records_lib.default_budget(sum(layout.shards.counts))

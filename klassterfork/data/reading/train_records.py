@@ -79,32 +79,45 @@ def pipeline_seed(seed, input_pipeline_id):
     return int(state.generate_state(1, np.uint32)[0] >> 1)
 
 
-def read_shards(paths, log=None):
+def read_shards(paths, log=None, *, epoch_of=None):
     """`resume.Shards` of `paths`: record counts from the headers, bad records.
 
     A shard that ends inside a record is reported (file name, records
-    readable) and added to `log` as cut there; the records `log` names are
-    skipped.
+    readable) and added to `log` as cut there, from the epoch it is found
+    in (the epochs before read it whole, so their positions stay as they
+    were); the records `log` names are skipped. A cut already in `log`
+    keeps its epoch.
 
     Args:
         paths: list of str.
         log: `bad_records.BadRecordLog` or None.
+        epoch_of: callable `resume.Shards -> int` or None. The epoch the
+            pipeline starts in, reckoned on the shards as known before this
+            call's finds (`Layout.locate` of the start record); None: 0.
 
     Raises:
         ValueError: when the files hold no record at all.
     """
     log = log if log is not None else bad_records_lib.BadRecordLog()
-    counts = []
+    counts, found = [], []
     for path in paths:
         count, truncated = resume.count_records(path)
         if truncated:
-            log.add([bad_records_lib.cut_entry(
-                path, count, f"truncated: the file ends inside record {count} "
-                f"({os.path.getsize(path)} bytes)")])
+            found.append((path, count))
         counts.append(count)
     if not sum(counts):
         raise ValueError(f"`files` hold no records. Received: {len(paths)} file(s), "
                          f"e.g. {paths[0]!r}")
+    known = {e["shard"] for e in log.entries if "readable" in e}
+    found = [(p, c) for p, c in found if os.path.basename(p) not in known]
+    if found:
+        epoch = 0
+        if epoch_of is not None:
+            epoch = int(epoch_of(resume.Shards(tuple(paths), tuple(counts),
+                                               *log.for_paths(paths))))
+        log.add([bad_records_lib.cut_entry(
+            path, count, f"truncated: the file ends inside record {count} "
+            f"({os.path.getsize(path)} bytes)", epoch=epoch) for path, count in found])
     skip, cut = log.for_paths(paths)
     return resume.Shards(tuple(paths), tuple(counts), skip, cut)
 
