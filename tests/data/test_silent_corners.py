@@ -169,3 +169,33 @@ def test_truncated_shard_found_on_resume_is_cut_from_that_epoch(tmp_path):
     fresh = bad_records.BadRecordLog()
     pipeline.read_shards(paths, fresh)  # no start known: epoch 0
     assert fresh.entries[0]["epoch"] == 0
+
+
+# ------------------------------------------------ e, f. the converter's plan
+def annotation(label_names, num_videos=2):
+    from klassterfork.data.conversion.sources import Annotation, VideoEntry
+    entries = [VideoEntry(video_id=f"v{i}", path=f"/nowhere/v{i}.mp4", labels=(0,),
+                          label_text=label_names[0]) for i in range(num_videos)]
+    return Annotation(entries=entries, label_names=list(label_names), missing=[])
+
+
+def test_shard_count_clamped_to_the_videos_is_logged(tmp_path, caplog):
+    from klassterfork.data.conversion import planning
+    with caplog.at_level(logging.WARNING):
+        job = planning.plan(annotation(["a", "b"]), str(tmp_path), split="train",
+                            num_shards=5)
+    assert len(job.names) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "split 'train': 5 shards requested, 2 used: a shard holds at least one video "
+        "and there are 2"]
+
+
+def test_a_second_split_with_other_labels_is_refused(tmp_path):
+    from klassterfork.data.conversion import planning
+    (tmp_path / "train.manifest.json").write_text(json.dumps({"label_names": ["a", "b"]}))
+    planning.plan(annotation(["a", "b"]), str(tmp_path), split="validation", num_shards=1)
+    planning.plan(annotation(["b", "a"]), str(tmp_path), split="train", num_shards=1)
+    with pytest.raises(ValueError, match=r"split 'validation' has 2 labels, split 'train' "
+                       r".* has 2, and they differ at index 0 \('b' vs 'a'\)"):
+        planning.plan(annotation(["b", "a"]), str(tmp_path), split="validation",
+                      num_shards=1)

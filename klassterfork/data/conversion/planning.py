@@ -18,6 +18,7 @@ with the same settings and entries already completed (`load_reports`).
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 
@@ -26,6 +27,8 @@ import numpy as np
 
 from klassterfork.data import records
 from klassterfork.data.conversion import video
+
+LOG = logging.getLogger(__name__)
 
 STATE_DIR = ".convert"  # per-shard reports that make a re-run resumable
 SHARD_BYTES = 128 * 2**20  # target shard size for the default shard count
@@ -203,8 +206,11 @@ def plan(
         `Plan`.
 
     Raises:
-        ValueError: a bad argument or an annotation without videos.
+        ValueError: a bad argument, an annotation without videos, or
+            another split in `out_dir` with other label names
+            (`check_same_labels`).
     """
+    check_same_labels(out_dir, split, annotation.label_names)
     entries, skipped = unique_entries(annotation.entries)
     if not entries:
         raise ValueError(
@@ -222,6 +228,9 @@ def plan(
         num_shards = choose_num_shards(
             entries, short_side=short_side, fps=fps, max_frames=max_frames
         )
+    if num_shards > len(entries):
+        LOG.warning("split %r: %d shards requested, %d used: a shard holds at least one "
+                    "video and there are %d", split, num_shards, len(entries), len(entries))
     num_shards = min(num_shards, len(entries))
     os.makedirs(os.path.join(out_dir, STATE_DIR), exist_ok=True)
     settings = {
@@ -244,6 +253,42 @@ def plan(
                skipped=skipped, settings=settings, options=options, shards=shards,
                names=names, reports={})
     return load_reports(job)
+
+
+def check_same_labels(out_dir, split, label_names):
+    """Refuses a split whose label list differs from another split's in
+    `out_dir` (`labels.txt` is shared: one split's would overwrite the
+    other's, and their label indices would mean other classes).
+
+    Raises:
+        ValueError: naming the other split's manifest and the first
+            difference.
+    """
+    names = list(label_names)
+    try:
+        listing = sorted(os.listdir(out_dir))
+    except OSError:
+        return
+    for file_name in listing:
+        other = file_name[: -len(".manifest.json")]
+        if not file_name.endswith(".manifest.json") or other == split:
+            continue
+        try:
+            with open(os.path.join(out_dir, file_name), encoding="utf-8") as f:
+                theirs = json.load(f).get("label_names")
+        except (OSError, ValueError):
+            continue
+        if theirs is None or list(theirs) == names:
+            continue
+        i = next((i for i, (a, b) in enumerate(zip(names, theirs)) if a != b),
+                 min(len(names), len(theirs)))
+        raise ValueError(
+            f"split {split!r} has {len(names)} labels, split {other!r} in {out_dir} "
+            f"({file_name}) has {len(theirs)}, and they differ at index {i} "
+            f"({names[i] if i < len(names) else None!r} vs "
+            f"{theirs[i] if i < len(theirs) else None!r}): labels.txt is shared by "
+            "the splits of one --out. Give both the same --labels file, or use "
+            "another --out.")
 
 
 def load_reports(job):
