@@ -34,8 +34,8 @@ demo: $(VENV)/.installed-demo
 	$(PY) tools/convert_videos.py --dataset synthetic --annotations $(DEMO_DIR)/synthetic \
 		--videos $(DEMO_DIR)/synthetic/videos --split validation --out $(DEMO_DIR)/records \
 		--short-side 56 --workers $(WORKERS)
-	KF_DATA=$(DEMO_DIR)/records $(PY) runs/train.py $(DEMO_CONFIG) -r
-	KF_DATA=$(DEMO_DIR)/records $(PY) runs/train.py $(DEMO_CONFIG) -e
+	KF_DATA=$(DEMO_DIR) $(PY) runs/train.py $(DEMO_CONFIG) -r
+	KF_DATA=$(DEMO_DIR) $(PY) runs/train.py $(DEMO_CONFIG) -e
 
 test: $(VENV)/.installed
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q

@@ -28,7 +28,7 @@ def test_demo_recipe_learns_every_class(tmp_path):
         run("tools/convert_videos.py", "--dataset", "synthetic", "--annotations", str(raw),
             "--videos", str(raw / "videos"), "--split", split, "--out", str(records),
             "--short-side", "56", "--workers", "2", "--quiet")
-    env = {"KF_DATA": str(records), "KF_EXPERIMENTS": str(tmp_path / "exp")}
+    env = {"KF_DATA": str(tmp_path), "KF_EXPERIMENTS": str(tmp_path / "exp")}
     recipe = "demo_r2plus1d_synthetic.hjson"
     run("runs/train.py", recipe, "--set", "train_loop.progress=false", env=env)
     run("runs/train.py", recipe, "-e", env=env)

@@ -349,7 +349,7 @@ def demo_folder(cache, *, trained):
               for s in ("train", "validation"))]), "bash")
     model = cache / "experiments" / "demo_r2plus1d_synthetic" / "stage0" / "model.keras"
     if trained and not model.exists():
-        run_block_in(cache, "KF_DATA=demo_data/records python runs/train.py "
+        run_block_in(cache, "KF_DATA=demo_data python runs/train.py "
                      "demo_r2plus1d_synthetic.hjson --set train_loop.progress=false", "bash")
 
 
