@@ -3,7 +3,9 @@
 Simonyan & Zisserman (NeurIPS 2014), with `keras.applications` backbones
 (InceptionV3 with dropout 0.6, or VGG16), built with `weights=None`: nothing
 is downloaded. ImageNet weights come only from a local file path
-(`imagenet_weights`, a `keras.applications` `*_notop.h5` file). The flow
+(`imagenet_weights`, a `keras.applications` `*_notop.h5` file, loaded
+strictly by `klassterfork.weights.init_weights`: every backbone variable
+from the file, nothing of the file left over). The flow
 stream takes L stacked flow frames (x, y interleaved: 2L channels); its first
 conv is initialised from the RGB first-conv kernel averaged over the 3 input
 channels and repeated 2L times (Wang et al., TSN cross-modality init).
@@ -17,6 +19,7 @@ from keras import layers
 from klassterfork.models.heads import resolve_head
 from klassterfork.models.layers import choose
 from klassterfork.models.registry import MODELS
+from klassterfork.weights import init_weights
 
 BACKBONES = {
     "inception_v3": (keras.applications.InceptionV3, 0.6),
@@ -25,10 +28,15 @@ BACKBONES = {
 
 
 def _backbone(kind, channels, image_size, weights, name):
+    """A keras.applications no-top backbone; `weights`: None or a local
+    weights file, loaded through `init_weights` (strict)."""
     app, _ = BACKBONES[kind]
-    base = app(include_top=False, weights=weights, pooling="avg",
+    base = app(include_top=False, weights=None, pooling="avg",
                input_shape=(image_size, image_size, channels))
-    return keras.Model(base.input, base.output, name=name)
+    net = keras.Model(base.input, base.output, name=name)
+    if weights is not None:
+        init_weights.load_into(net, weights, strict=True)
+    return net
 
 
 def _inflate_first_conv(rgb, flow):
