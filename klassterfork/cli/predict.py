@@ -1,6 +1,7 @@
 """`kf-predict VIDEO [VIDEO...] --model MODEL.keras [--labels labels.txt]`.
 
-Classifies raw video files with a trained model, applying the evaluation
+Classifies raw video files with a trained model (`.keras`, or the `.onnx`
+file of `kf-export --format onnx`, run by onnxruntime), applying the evaluation
 transform of the model's config (`datasets.val`): a thin shell over
 `klassterfork.evaluation.inference` (`load_setup`, `run_video`), whose
 docstring says how a video becomes views and scores.
@@ -33,7 +34,8 @@ def parse_args(argv):
         prog="kf-predict", description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
-    p.add_argument("--model", required=True, help="a saved model (.keras)")
+    p.add_argument("--model", required=True, help="a saved model (.keras), or a "
+                   ".onnx file from kf-export --format onnx (it standardizes inside)")
     p.add_argument("--config", help="config.resolved.json or hjson (default: beside "
                    "the model, ../config.resolved.json)")
     p.add_argument("--labels", help="class list (labels.txt: 'index,name' lines, one "

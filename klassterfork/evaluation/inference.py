@@ -88,7 +88,13 @@ def load_setup(model_path, *, config=None, labels=None, short_side=None, fps=Non
         if value is not None:
             transform["decode"][key] = value
     try:
-        model = keras.saving.load_model(model_path, compile=False)
+        if model_path.endswith(".onnx"):  # kf-export --format onnx: it standardizes
+            from klassterfork.evaluation import onnx_runner
+
+            model = onnx_runner.OnnxClassifier(model_path)
+            transform["norm"] = onnx_runner.NO_NORM
+        else:
+            model = keras.saving.load_model(model_path, compile=False)
     except Exception as err:  # noqa: BLE001  keras raises many kinds
         raise PredictError(f"{model_path}: cannot load the model: {err}") from None
     check_model(model, transform["view"])
