@@ -288,9 +288,6 @@ class TrainData:
                 "batch_size", "`batch_size` must be a multiple of `repeated_views` (each "
                 f"batch holds whole groups of views). Received: batch_size="
                 f"{self.batch_size}, repeated_views={views}")
-        if self.mixing.mixes and not self.mixing.num_classes:
-            raise OptionError("num_classes", "mixup/cutmix needs `num_classes`. Received: "
-                                             f"num_classes={self.mixing.num_classes!r}")
         self.rand_augment_kwargs()
         self.random_erasing_kwargs()
 

@@ -43,6 +43,7 @@ import os
 
 import tensorflow as tf
 
+from klassterfork.config.options import OptionError
 from klassterfork.data import records, transforms
 from klassterfork.data.reading import bad_records as bad_records_lib
 from klassterfork.data.reading import resume
@@ -165,6 +166,10 @@ def _prepare(spec, start_batch, placement):
         raise ValueError(f"`start_batch` must be an int >= 0. Received: "
                          f"start_batch={start_batch!r}")
     spec.augment.flip_label_map  # noqa: B018  (raises when `flip` is unresolved)
+    if spec.mixing.mixes and not spec.mixing.num_classes:
+        # Checked here, not in the spec: a config takes it from the manifest.
+        raise OptionError("num_classes", "mixup/cutmix needs `num_classes`. Received: "
+                                         f"num_classes={spec.mixing.num_classes!r}")
     seed = spec.reading.seed
     seeded = seed is not None
     if not seeded:
