@@ -76,8 +76,9 @@ def build_parser():
                              "DirectRunner, multi-processing, --workers processes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--flow", choices=("farneback", "import"), default=None,
-                        help="store optical flow (frame-folder datasets): computed "
-                             "with Farneback, or the folder's x_/y_ images")
+                        help="store optical flow: computed with Farneback (video "
+                             "files and frame folders), or imported from a frame "
+                             "folder's x_/y_ images (import)")
     parser.add_argument("--flow-bound", type=float, default=20.0,
                         help="flow clipping bound in pixels (default 20)")
     parser.add_argument("--label-remap", metavar="FILE", default=None,
@@ -194,6 +195,9 @@ def read_annotation(name, annotations, options, *, videos, split, label_remap):
         annotation, dropped = apply_label_remap(annotation, label_remap)
         print(f"{label_remap}: dropped {dropped} videos of removed classes; "
               f"{len(annotation.label_names)} classes remain", file=sys.stderr)
+    if annotation.split and annotation.split != split:
+        print(f"--split {split}: written as {annotation.split!r} (the one spelling "
+              "recipes read)", file=sys.stderr)
     if annotation.classes_from == "sorted names":
         print(f"classes: {len(annotation.label_names)} names sorted (--labels FILE "
               "sets the order): " + ", ".join(
@@ -237,6 +241,7 @@ def main(argv=None):
                                      split=args.split, label_remap=args.label_remap)
     except (ValueError, OSError, KeyError) as e:
         parser.error(str(e))
+    args.split = annotation.split or args.split
     kwargs = dict(
         split=args.split,
         short_side=args.short_side or None,

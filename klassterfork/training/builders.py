@@ -174,7 +174,8 @@ def class_matrix(block, source, key, *, units=None, num_classes=None):
         raise ConfigError(source, where, f"cannot read {path!r}: {err}") from None
     if matrix.ndim != 2:
         raise ConfigError(source, where,
-                          f"{path} must hold a (classes, dim) matrix. Received shape {matrix.shape}")
+                          f"{path} must hold a (classes, dim) matrix. "
+                          f"Received shape {matrix.shape}")
     expected = (matrix.shape[0] if num_classes is None else int(num_classes),
                 matrix.shape[1] if units is None else int(units))
     if matrix.shape != expected:

@@ -94,13 +94,14 @@ def test_flow_on_video_files_is_a_clear_error(tmp_path):
     csv.write_text(f"{os.path.abspath(video)},a\n")
     out = tmp_path / "records"
     code = main(["--csv", str(csv), "--out", str(out), "--split", "train", "--workers", "1",
-                 "--quiet", "--flow", "farneback", "--strict"])
+                 "--quiet", "--flow", "import", "--strict"])
     assert code != 0
     import json
 
     with open(out / "train.manifest.json") as f:
         failed = json.load(f)["failed"]
-    assert "frame-folder datasets only" in failed[0]["reason"]
+    # Farneback flow of video files: tests/data/test_video_flow.py.
+    assert "'import' reads x_/y_ images of frame folders" in failed[0]["reason"]
 
 
 def test_label_remap_drops_removed_classes_and_reindexes(tmp_path):

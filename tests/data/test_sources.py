@@ -102,6 +102,26 @@ def test_ucf101_rejects_bad_fold_and_split(tmp_path):
         SOURCES.build("ucf101", annotations=str(UCF), videos=None, split="val")
 
 
+@pytest.mark.parametrize("fold", [1, 2, 3])
+def test_ucf101_all_is_train_then_test_of_the_fold(tmp_path, fold):
+    # Independent reference: both list files' first fields, in file order.
+    want = [line.split()[0] for name in ("trainlist", "testlist")
+            for line in lines_of(UCF / f"{name}{fold:02d}.txt")]
+    assert len(want) == len(set(want)) == 13320  # every UCF101 video once
+    first, last = want[0], want[-1]
+    touch(tmp_path, first)
+    touch(tmp_path, last)
+    ann = SOURCES.build(
+        "ucf101", annotations=str(UCF), videos=str(tmp_path), split="all", fold=fold
+    )
+    got = [e.path for e in ann.entries]
+    assert got == [str(tmp_path / first), str(tmp_path / last)]
+    assert [p for p, _ in ann.missing] == [str(tmp_path / r) for r in want[1:-1]]
+    classes = lines_of(UCF / "classInd.txt")
+    assert ann.entries[-1].labels == (
+        [c.split()[1] for c in classes].index(last.split("/")[0]),)
+
+
 # ---------------------------------------------------------------- HMDB51
 HMDB = ANN / "hmdb51"
 HMDB_SPLITS = HMDB / "testTrainMulti_7030_splits"
@@ -135,6 +155,21 @@ def test_hmdb51_counts_70_30_per_class(tmp_path, fold):
         assert len(ann.missing) == len(ref[code])
         expected = {str(tmp_path / cls / video) for cls, video in ref[code]}
         assert {path for path, _ in ann.missing} == expected
+
+
+@pytest.mark.parametrize("fold", [1, 3])
+def test_hmdb51_all_is_every_listed_video(tmp_path, fold):
+    ref = hmdb_reference(fold)
+    every = {str(tmp_path / cls / video) for code in "012" for cls, video in ref[code]}
+    assert len(every) == 6766  # all HMDB51 videos, whatever the fold's code
+    cls, video = ref["0"][0]  # an "unused" video of this fold is in `all`
+    touch(tmp_path, f"{cls}/{video}")
+    ann = SOURCES.build(
+        "hmdb51", annotations=str(HMDB), videos=str(tmp_path), split="all", fold=fold
+    )
+    assert [e.path for e in ann.entries] == [str(tmp_path / cls / video)]
+    assert ann.entries[0].labels == (lines_of(HMDB / "label_map.txt").index(cls),)
+    assert {p for p, _ in ann.missing} | {ann.entries[0].path} == every
 
 
 def test_hmdb51_class_order_and_labels(tmp_path):
@@ -220,6 +255,29 @@ def test_kinetics_test_csv_is_unlabelled_and_folder_lookup(tmp_path):
         "kinetics", annotations=str(KIN), videos=str(tmp_path), split="600_val"
     )  # folder + "*600_val.csv"
     assert len(k600.missing) == 30000 and len(k600.label_names) == 600
+
+
+@pytest.mark.parametrize("split", ["validation", "val", "validate"])
+@pytest.mark.parametrize("csv_name", ["kinetics-400_val.csv", "validate.csv"])
+def test_kinetics_validation_is_one_spelling(tmp_path, split, csv_name):
+    ann_dir = tmp_path / "annotations"
+    ann_dir.mkdir()
+    for name in (csv_name, "kinetics-400_train.csv", "kinetics-400_test.csv"):
+        (ann_dir / name).write_text(
+            "label,youtube_id,time_start,time_end,split\nzumba,a,1,11,x\n")
+    touch(tmp_path, "v/a_000001_000011.mp4")
+    ann = SOURCES.build(
+        "kinetics", annotations=str(ann_dir), videos=str(tmp_path / "v"), split=split
+    )
+    assert ann.split == "validation"  # kf-convert writes validation.manifest.json
+    assert [e.video_id for e in ann.entries] == ["a_000001_000011"]
+    train = SOURCES.build(
+        "kinetics", annotations=str(ann_dir), videos=str(tmp_path / "v"), split="train"
+    )
+    assert train.split == "train"
+    with pytest.raises(FileNotFoundError, match=r"split 'validation' .*found=\[\]"):
+        SOURCES.build("kinetics", annotations=str(tmp_path / "v"), videos=None,
+                      split="val")
 
 
 def test_kinetics_derives_sorted_classes_without_label_map(tmp_path):

@@ -32,25 +32,31 @@ def test_matching_shape_is_normalized_rows(tmp_path):
     rng = np.random.default_rng(0)
     matrix = rng.normal(size=(7, 300)).astype(np.float32)
     block, source, _ = _load(tmp_path, matrix)
-    got = builders.class_matrix(block, source, "datasets.train", units=300,
-                                num_classes=7)
+    got = builders.class_matrix(
+        block, source, "datasets.train", units=300, num_classes=7
+    )
     want = matrix / np.sqrt((matrix.astype(np.float64) ** 2).sum(1, keepdims=True))
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("shape, kwargs", [
-    ((7, 50), dict(units=300, num_classes=7)),   # 50-d GloVe beside units: 300
-    ((7, 50), dict(units=300)),                  # class count unknown
-    ((664, 300), dict(units=300, num_classes=700)),
-    ((664, 300), dict(num_classes=700)),
-])
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [
+        ((7, 50), dict(units=300, num_classes=7)),  # 50-d GloVe beside units: 300
+        ((7, 50), dict(units=300)),  # class count unknown
+        ((664, 300), dict(units=300, num_classes=700)),
+        ((664, 300), dict(num_classes=700)),
+    ],
+)
 def test_wrong_shape_is_a_located_error(tmp_path, shape, kwargs):
     block, source, path = _load(tmp_path, np.ones(shape, np.float32))
     with pytest.raises(loader.ConfigError) as info:
         builders.class_matrix(block, source, "datasets.train", **kwargs)
     msg = str(info.value)
     # Line 6 of CONFIG holds `class_embeddings:`.
-    assert msg.startswith(f"{tmp_path / 'c.hjson'}:6: datasets.train.class_embeddings: ")
+    assert msg.startswith(
+        f"{tmp_path / 'c.hjson'}:6: datasets.train.class_embeddings: "
+    )
     assert path in msg
     want = (kwargs.get("num_classes", shape[0]), kwargs.get("units", shape[1]))
     assert f"expected shape {want}" in msg

@@ -43,7 +43,7 @@ import sys
 import tqdm
 
 from klassterfork.data import records
-from klassterfork.data.conversion import video
+from klassterfork.data.conversion import video, video_flow
 from klassterfork.data.conversion.planning import (  # noqa: F401  (re-exported)
     BYTES_PER_PIXEL,
     SHARD_BYTES,
@@ -113,11 +113,10 @@ def _encode(entry, options):
     if isinstance(entry, frame_list.FrameEntry):
         kwargs = {k: v for k, v in options.items() if k != "keep_truncated"}
         return frame_list.encode_entry(entry, **kwargs)
-    if options.get("flow"):
-        raise ValueError(
-            f"optical flow is computed for frame-folder datasets only (--dataset frames); "
-            f"{entry.path} is a video file"
-        )
+    if options.get("flow"):  # Farneback on the decoded frames
+        kwargs = {k: v for k, v in options.items() if k != "flow"}
+        return video_flow.decode_to_jpeg_with_flow(entry.path, flow=options["flow"],
+                                                   **kwargs)
     kwargs = {k: v for k, v in options.items() if k not in ("flow", "flow_bound")}
     return video.decode_to_jpeg(entry.path, **kwargs)
 
@@ -283,7 +282,7 @@ def convert(
 
     Frame-folder entries (`--dataset frames`) are stored without re-encoding
     when already at the target size; `flow` ("farneback" or "import") adds
-    `flow/x`, `flow/y` JPEGs clipped to `flow_bound` (frame folders only).
+    `flow/x`, `flow/y` JPEGs clipped to `flow_bound` (video files: "farneback").
 
     Args:
         annotation: `sources.Annotation`.

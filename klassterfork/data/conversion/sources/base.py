@@ -43,6 +43,9 @@ class Annotation:
         classes_from: str or None. Where `label_names` came from when the
             reader chose it ("sorted names", "indices", or the label map
             file); `kf-convert` prints the map for "sorted names".
+        split: str or None. The split's one spelling when the reader was
+            given an alias (Kinetics / SSv2 `val` -> "validation"):
+            `kf-convert` writes that name. None: the name as given.
     """
 
     entries: list
@@ -50,3 +53,4 @@ class Annotation:
     missing: list = dataclasses.field(default_factory=list)
     flip_label_map: list | None = None
     classes_from: str | None = None
+    split: str | None = None

@@ -5,6 +5,10 @@ One file per class and fold, `<class>_test_split<N>.txt`, with lines
 trailing blank). Per fold and class 70 videos train and 30 test. Videos live
 at `videos/<class>/<video>.avi`.
 
+Split `all` is every video listed in the fold's files, whatever its code:
+all 6,766 videos (each file lists every video of its class), what
+zero-shot evaluation (Brattoli et al., CVPR 2020) scores on.
+
 Class order: sorted class names by default, which equals mmaction2's
 `hmdb51/label_map.txt`. TSN's `class_list.txt` orders differently
 (`kick_ball` before `kick`, `sword_exercise` before `sword`: it sorted the
@@ -22,7 +26,8 @@ from klassterfork.data.conversion.sources.json_list import (
     split_existing,
 )
 
-SPLIT_CODES = {"train": "1", "test": "2", "unused": "0"}
+SPLIT_CODES = {"train": ("1",), "test": ("2",), "unused": ("0",),
+               "all": ("0", "1", "2")}
 FOLDS = (1, 2, 3)
 _SPLIT_FILE = re.compile(r"^(.+)_test_split([123])\.txt$")
 
@@ -48,7 +53,7 @@ def read(*, annotations, videos, split, fold=1, label_map=None):
     Args:
         annotations: str. `testTrainMulti_7030_splits` folder (or its parent).
         videos: str or None. HMDB51 root with one folder per class.
-        split: str. "train", "test" or "unused".
+        split: str. "train", "test", "unused", or "all" (every video).
         fold: int. Official split 1, 2 or 3. Defaults to 1.
         label_map: str or None. Class list fixing the order (e.g. TSN's
             `class_list.txt`). Defaults to the sorted class names.
@@ -82,7 +87,7 @@ def read(*, annotations, videos, split, fold=1, label_map=None):
                 f"only in the list {sorted(set(names) - set(files))}, "
                 f"only in the files {sorted(set(files) - set(names))}."
             )
-    code = SPLIT_CODES[split]
+    codes = SPLIT_CODES[split]
     entries = []
     for label, class_name in enumerate(names):
         path = files[class_name]
@@ -92,7 +97,7 @@ def read(*, annotations, videos, split, fold=1, label_map=None):
                 raise ValueError(
                     f"{path}:{n}: expected `<video>.avi <0|1|2>`. Received: {line!r}"
                 )
-            if fields[1] != code:
+            if fields[1] not in codes:
                 continue
             entries.append(
                 VideoEntry(

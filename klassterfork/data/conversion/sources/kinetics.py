@@ -7,6 +7,11 @@ or in a folder per class (`videos/<label>/`, spaces kept or replaced by
 "_"). Many YouTube clips are gone: missing files are counted in
 `Annotation.missing`, never fatal.
 
+Splits: "train", "validation" and "test", the names the recipes read. The
+validation CSV is `*_val.csv` (ActivityNet, CVDF) or `*validate.csv`
+(Kinetics-700-2020); `--split val` / `validate` are read as "validation" and
+written under that name.
+
 Class ids: the line order of `label_map` (mmaction2's `label_map_k400.txt`,
 which equals the sorted class names); by default `label_map_k{N}.txt` beside
 a `kinetics-{N}_*.csv`, else the sorted names found in the CSV.
@@ -21,6 +26,10 @@ from klassterfork.data.conversion.sources.base import SOURCES, Annotation, Video
 from klassterfork.data.conversion.sources.json_list import load_label_names
 
 REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
+SPLIT_ALIASES = {"val": "validation", "validate": "validation"}
+# split -> the endings of its CSV's name, `*{ending}.csv`.
+CSV_ENDINGS = {"train": ("train",), "validation": ("validation", "validate", "val"),
+               "test": ("test",)}
 _VERSION = re.compile(r"kinetics-?(\d+)", re.IGNORECASE)
 
 
@@ -29,16 +38,27 @@ def clip_name(youtube_id, time_start, time_end, extension=".mp4"):
     return f"{youtube_id}_{int(time_start):06d}_{int(time_end):06d}{extension}"
 
 
+def canonical_split(split):
+    """The one spelling of a split: "val" / "validate" -> "validation"."""
+    return SPLIT_ALIASES.get(split, split)
+
+
 def find_csv(annotations, split):
-    """`annotations` if a file, else the one `*{split}.csv` in that folder."""
+    """`annotations` if a file, else the one CSV of `split` in that folder
+    (`*{ending}.csv` for an ending of `CSV_ENDINGS[split]`)."""
     if os.path.isfile(annotations):
         return annotations
-    found = sorted(glob.glob(os.path.join(glob.escape(annotations), f"*{split}.csv")))
+    split = canonical_split(split)
+    patterns = [f"*{end}.csv" for end in CSV_ENDINGS.get(split, (split,))]
+    folder = glob.escape(annotations)
+    found = sorted(
+        {p for pat in patterns for p in glob.glob(os.path.join(folder, pat))}
+    )
     if len(found) != 1:
         raise FileNotFoundError(
             f"`annotations` must be a Kinetics CSV, or a folder with exactly one "
-            f"'*{split}.csv'. Received: annotations={annotations!r}, "
-            f"found={found}"
+            f"CSV of split {split!r} ({' or '.join(repr(p) for p in patterns)}). "
+            f"Received: annotations={annotations!r}, found={found}"
         )
     return found[0]
 
@@ -71,14 +91,15 @@ def read(*, annotations, videos, split, label_map=None, extension=".mp4"):
     Args:
         annotations: str. The CSV, or a folder with one `*{split}.csv`.
         videos: str. Folder of the downloaded clips (flat or per class).
-        split: str. "train", "val"/"validate" or "test"; picks the CSV in a
-            folder. Rows whose `split` column names another split are kept
-            (the file is the split).
+        split: str. "train", "validation" (alias "val", "validate") or
+            "test"; picks the CSV in a folder. Rows whose `split` column names
+            another split are kept (the file is the split).
         label_map: str or None. Class list file; see the module docstring.
         extension: str. Video file extension. Defaults to ".mp4".
 
     Returns:
-        Annotation; test rows have no labels.
+        Annotation; test rows have no labels; `split` is the canonical
+        name ("validation" for "val").
 
     Raises:
         ValueError: a missing column, or a label not in `label_map`.
@@ -130,4 +151,5 @@ def read(*, annotations, videos, split, label_map=None, extension=".mp4"):
                 label_text=label,
             )
         )
-    return Annotation(entries=entries, label_names=names, missing=missing)
+    return Annotation(entries=entries, label_names=names, missing=missing,
+                      split=canonical_split(split))

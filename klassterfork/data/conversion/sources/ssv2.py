@@ -28,6 +28,7 @@ SPLIT_FILES = {
     "val": "something-something-v2-validation.json",
     "test": "something-something-v2-test.json",
 }
+SPLIT_ALIASES = {"val": "validation"}  # read as, and written under, "validation"
 
 
 def class_name(template):
@@ -145,7 +146,8 @@ def read(*, annotations, videos, split, labels=None, mappings=None, extension=".
         annotations: str. Folder with the official json files, or one split
             json (then `labels` defaults to the labels json beside it).
         videos: str or None. Folder of `<id>.webm` files.
-        split: str. "train", "validation" (or "val") or "test".
+        split: str. "train", "validation" (or "val", written as
+            "validation") or "test".
         labels: str or None. `something-something-v2-labels.json`.
         mappings: str or None. `augmentation_mappings.json` for
             `Annotation.flip_label_map`; defaults to the file beside the labels
@@ -190,5 +192,6 @@ def read(*, annotations, videos, split, labels=None, mappings=None, extension=".
         )
     found, missing = split_existing(entries)
     return Annotation(
-        entries=found, label_names=names, missing=missing, flip_label_map=flip
+        entries=found, label_names=names, missing=missing, flip_label_map=flip,
+        split=SPLIT_ALIASES.get(split, split),
     )

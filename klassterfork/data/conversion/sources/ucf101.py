@@ -5,6 +5,10 @@ lines are `<Class>/<video>.avi <1-based index>`; `testlistNN.txt` lines are
 `<Class>/<video>.avi` and take the label from the folder name. Folds 1-3;
 the files use CRLF. Videos live at `videos/<Class>/<video>.avi`.
 
+Split `all` is the train list then the test list of the fold: every one of
+the 13,320 videos, what zero-shot evaluation (Brattoli et al., CVPR 2020)
+scores on.
+
 Class ids are 0-based here: `classInd` index 1 is class 0.
 """
 
@@ -18,7 +22,8 @@ from klassterfork.data.conversion.sources.json_list import (
     split_existing,
 )
 
-SPLITS = {"train": "trainlist", "test": "testlist"}
+SPLITS = {"train": ("trainlist",), "test": ("testlist",),
+          "all": ("trainlist", "testlist")}
 FOLDS = (1, 2, 3)
 
 
@@ -40,7 +45,7 @@ def read(*, annotations, videos, split, fold=1):
     Args:
         annotations: str. `ucfTrainTestlist` folder (or its parent).
         videos: str or None. UCF-101 root with one folder per class.
-        split: str. "train" or "test".
+        split: str. "train", "test", or "all" (both lists of the fold).
         fold: int. Official split 1, 2 or 3. Defaults to 1.
 
     Returns:
@@ -59,7 +64,16 @@ def read(*, annotations, videos, split, fold=1):
     folder = find_split_dir(annotations)
     names = load_label_names(os.path.join(folder, "classInd.txt"))
     index = {name: i for i, name in enumerate(names)}
-    list_path = os.path.join(folder, f"{SPLITS[split]}{fold:02d}.txt")
+    entries = []
+    for prefix in SPLITS[split]:
+        list_path = os.path.join(folder, f"{prefix}{fold:02d}.txt")
+        entries += _read_list(list_path, index, videos)
+    found, missing = split_existing(entries)
+    return Annotation(entries=found, label_names=names, missing=missing)
+
+
+def _read_list(list_path, index, videos):
+    """VideoEntry per line of a train/test list (labels checked vs the folder)."""
     entries = []
     for n, line in enumerate(read_lines(list_path), 1):
         fields = line.split()
@@ -83,5 +97,4 @@ def read(*, annotations, videos, split, fold=1):
                 label_text=class_name,
             )
         )
-    found, missing = split_existing(entries)
-    return Annotation(entries=found, label_names=names, missing=missing)
+    return entries
