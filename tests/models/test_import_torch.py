@@ -78,7 +78,8 @@ def test_r2plus1d18_cli_import_matches_torch(tmp_path):
     got = model.predict(x, verbose=0)
     assert got.shape == (2, 400) and np.abs(want).max() > 0.1
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
-    assert sorted(os.listdir(tmp_path / "out")) == ["r2plus1d.keras"]  # no temp left
+    # No temp left; the sidecar holds the eval transform for kf-predict.
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.resolved.json", "r2plus1d.keras"]
 
 
 @pytest.mark.parametrize("kind, block", [("r3d", "3d"), ("mc3", "mc3")])
