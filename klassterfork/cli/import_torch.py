@@ -56,8 +56,7 @@ def _parse_arg(text):
         return key, value
 
 
-def main(argv=None):
-    """Parses `argv` (default: sys.argv[1:]), imports, saves; returns 0/1."""
+def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="kf-import-torch",
         description="Import a PyTorch state dict into a klassterfork model (.keras).",
@@ -65,27 +64,22 @@ def main(argv=None):
     parser.add_argument("--model", required=True, choices=sorted(FAMILY_OF_MODEL))
     parser.add_argument("--checkpoint", required=True, help="PyTorch .pth / .pt file")
     parser.add_argument("--output", required=True, help="output .keras file")
-    parser.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="head size (default: the checkpoint's classifier)",
-    )
-    parser.add_argument(
-        "--arg",
-        type=_parse_arg,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="other builder arguments",
-    )
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="head size (default: the checkpoint's classifier)")
+    parser.add_argument("--arg", type=_parse_arg, action="append", default=[],
+                        metavar="KEY=VALUE", help="other builder arguments")
     _add_eval_args(parser)
     args = parser.parse_args(argv)
     if not args.output.endswith(".keras"):
         parser.error(f"--output must end with .keras. Received: {args.output}")
     if not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint: no such file: {args.checkpoint}")
+    return args
 
+
+def main(argv=None):
+    """Parses `argv` (default: sys.argv[1:]), imports, saves; returns 0/1."""
+    args = parse_args(argv)
     from klassterfork import models
     from klassterfork.weights import torch_import
 
@@ -96,11 +90,8 @@ def main(argv=None):
         num_classes = args.num_classes or in_checkpoint
         model = models.build(args.model, num_classes=num_classes, **dict(args.arg))
         report = torch_import.import_state_dict(
-            model,
-            state_dict,
-            load_head=num_classes == in_checkpoint,
-            source=args.checkpoint,
-        )
+            model, state_dict, load_head=num_classes == in_checkpoint,
+            source=args.checkpoint)
         sidecar = _sidecar(args, family, model)
     except (ImportError, KeyError, TypeError, ValueError) as err:
         print(f"kf-import-torch: {err}", file=sys.stderr)
@@ -110,22 +101,18 @@ def main(argv=None):
     with atomic_path(args.output) as tmp:
         model.save(tmp)
     write_json_atomic(sidecar_path(args.output), sidecar)
-    print(
-        f"{args.output}: {len(report['loaded'])} layers from {args.checkpoint}"
-        + (
-            f"; head left initialised ({', '.join(report['skipped'])}: "
-            f"{num_classes} classes, checkpoint {in_checkpoint})"
-            if report["skipped"]
-            else ""
-        )
-    )
-    if report["unused"]:
-        print(
-            f"unused checkpoint keys ({len(report['unused'])}): "
-            f"{', '.join(report['unused'][:10])}"
-            + (" ..." if len(report["unused"]) > 10 else "")
-        )
+    _print_report(args, report, num_classes, in_checkpoint)
     return 0
+
+
+def _print_report(args, report, num_classes, in_checkpoint):
+    head = (f"; head left initialised ({', '.join(report['skipped'])}: "
+            f"{num_classes} classes, checkpoint {in_checkpoint})" if report["skipped"] else "")
+    print(f"{args.output}: {len(report['loaded'])} layers from {args.checkpoint}{head}")
+    if report["unused"]:
+        more = " ..." if len(report["unused"]) > 10 else ""
+        print(f"unused checkpoint keys ({len(report['unused'])}): "
+              f"{', '.join(report['unused'][:10])}{more}")
 
 
 def _add_eval_args(parser):
