@@ -1,5 +1,6 @@
-"""The training loop: our own `strategy.run` loop, one code path for the
-default strategy, MirroredStrategy and MultiWorkerMirroredStrategy.
+"""One training stage: its model, optimizer, loss, data and checkpoint, and
+its training through our own `strategy.run` loop (one code path for the
+default strategy, MirroredStrategy and MultiWorkerMirroredStrategy).
 
 Why not `model.fit`: in Keras 3.15, `fit` under MultiWorkerMirroredStrategy
 fails ("unsupported type PerReplica"), while this loop trains identically on 2
@@ -13,36 +14,39 @@ data position. TensorFlow writes checkpoint data under temporary names and
 updates the `checkpoint` index file last, so a killed run never leaves a
 half-written checkpoint as the latest one.
 
-What a stage reads (its input function, steps per epoch, the data checks)
-is in `stage_input.py`; its traced train step in `train_step.py`; its
-multi-view evaluation in `stage_eval.py`; its CSV and TensorBoard logs in
-`run_logs.py`.
+The step loop is `loop.TrainLoop`; what happens around the steps
+(checkpoints, preemption, bad records, logs, evaluation, best and final
+model) are its hooks (`hooks.py`, assembled in `Stage._hooks`). What a stage
+reads (its input function, steps per epoch, the data checks) is in
+`stage_input.py`; its traced train step in `train_step.py`; its multi-view
+evaluation in `stage_eval.py`; its CSV and TensorBoard logs in `run_logs.py`.
+A whole config's stages are run by `experiment.Experiment`.
 """
 
 import os
-import time
+from functools import partial
 
 import keras
-import numpy as np
 import tensorflow as tf
-import tqdm
 
-from klassterfork import files
-from klassterfork.analysis.plot_training import plot_training
 from klassterfork.config.loader import ConfigError
 from klassterfork.data.reading.bad_records import FILE_NAME as BAD_RECORDS_FILE
-from klassterfork.data.reading.bad_records import BadRecordLog, BadRecordsError
-from klassterfork.data.reading.bad_records import describe as describe_bad_record
-from klassterfork.training import builders, preemption, run_logs, stage_eval
+from klassterfork.data.reading.bad_records import BadRecordLog
+from klassterfork.training import builders, hooks, preemption, run_logs, stage_eval
 from klassterfork.training import strategy as strategies
+
+# Kept importable from here (tests, cli, runs/).
+from klassterfork.training.hooks import TrainingDiverged, save_keras_atomic  # noqa: F401
+from klassterfork.training.loop import TrainLoop
+
 # What a stage reads, kept importable from here (runs/, launcher, dry_run).
 from klassterfork.training.stage_input import (  # noqa: F401
-    check_data, planned_steps, steps_from_manifest, train_input_fn)
+    check_data,
+    planned_steps,
+    steps_from_manifest,
+    train_input_fn,
+)
 from klassterfork.training.train_step import make_sync_fn, make_train_step
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
 class WorkerLost(RuntimeError):
@@ -77,26 +81,22 @@ def seed_generator_states(model):
     return states
 
 
-def save_keras_atomic(model, path):
-    """`model.save` to a temporary name, then rename (no half-written model)."""
-    with files.atomic_path(path) as tmp:
-        model.save(tmp)
-
-
 class Stage:
     """One training stage: built from a resolved stage dict.
 
     Args:
-        stage: dict. The stage config (see design.md, Configs).
+        stage: dict. The stage config (see docs/design.md, "Configs").
         source: config Source, for located errors.
         experiment_dir: str. Where checkpoints, logs and models go.
         stage_index: int.
         strategy: tf.distribute.Strategy.
+        loop: dict or None. The stage's resolved `train_loop`
+            (`builders.train_loop_config`), when the caller has it.
     """
 
-    def __init__(self, stage, source, *, experiment_dir, stage_index, strategy):
+    def __init__(self, stage, source, *, experiment_dir, stage_index, strategy, loop=None):
         self.stage, self.source = stage, source
-        self.loop = builders.train_loop_config(stage, source)
+        self.loop = loop if loop is not None else builders.train_loop_config(stage, source)
         self.metrics = builders.metric_names(stage, source)
         self.strategy = strategy
         self.chief = strategies.is_chief(strategy)
@@ -104,6 +104,43 @@ class Stage:
         self.dirs = stage_dirs(experiment_dir, stage_index)
         self.stage_index = stage_index
         datasets = stage.get("datasets") or {}
+        self._read_datasets(datasets)
+        info = self.train_info or self.val_info
+        self.label_names = info.label_names
+        # Zero-shot: the train set's class-name embeddings are the targets.
+        self.train_matrix = None
+        if "train" in datasets:
+            self.train_matrix = builders.class_matrix(datasets["train"], source, "datasets.train")
+        seed = int(self.loop["seed"])
+        if self.loop["deterministic"]:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(seed)
+
+        self.global_batch = None
+        self.steps_per_epoch = 1
+        if self.train_info is not None:
+            self.global_batch = int(datasets["train"]["batch_size"])
+            self.steps_per_epoch = self.loop["steps_per_epoch"] or self._steps_from_manifest()
+        with strategy.scope():
+            self._build_model_and_optimizer()
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            # The running sums of the epoch in progress (loss, top1, top5,
+            # clips, seconds): a run resumed mid-epoch reports the whole epoch.
+            self.epoch_sums = tf.Variable(tf.zeros([5], tf.float64), trainable=False,
+                                          name="epoch_sums")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+            rng=seed_generator_states(self.model), epoch_sums=self.epoch_sums,
+        )
+        self.train_block = datasets.get("train")
+        self.seed = seed
+        self.bad_records = BadRecordLog(os.path.join(self.dirs["root"], BAD_RECORDS_FILE))
+
+    def _read_datasets(self, datasets):
+        """The roles of `datasets` (train, val, val_<name>), their infos and
+        class matrices, and the columns of log.csv."""
+        source = self.source
         self.val_keys = [k for k in datasets if k == "val" or k.startswith("val_")]
         if "train" not in datasets and not self.val_keys:
             raise ConfigError(source, "datasets", "needs a `train` and/or `val` dataset "
@@ -127,59 +164,34 @@ class Stage:
             names = ("top1", "top5") if matrix is not None else ("loss", "top1", "top5")
             self.csv_fields += [prefix + n for n in names]
         self.csv_fields.append("time")
-        info = self.train_info or self.val_info
-        self.label_names = info.label_names
-        # Zero-shot: the train set's class-name embeddings are the targets.
-        self.train_matrix = None
-        if "train" in datasets:
-            self.train_matrix = builders.class_matrix(datasets["train"], source, "datasets.train")
-        seed = int(self.loop["seed"])
-        if self.loop["deterministic"]:
-            tf.config.experimental.enable_op_determinism()
-        keras.utils.set_random_seed(seed)
 
-        self.global_batch = None
-        self.steps_per_epoch = 1
-        if self.train_info is not None:
-            self.global_batch = int(datasets["train"]["batch_size"])
-            self.steps_per_epoch = self.loop["steps_per_epoch"] or self._steps_from_manifest()
-        policy = self.loop["mixed_precision"] or "float32"
-        with strategy.scope():
-            num_classes = len(self.label_names) if self.label_names else None
-            if self.train_matrix is not None:
-                num_classes = None  # an embedding head, not a classifier
-            keras.mixed_precision.set_global_policy(policy)
-            try:
-                self.model = builders.make_model(stage, source, num_classes=num_classes)
-            finally:
-                # Built layers keep their policy; later stages/tests start clean.
-                keras.mixed_precision.set_global_policy("float32")
-            self.frozen = builders.apply_freeze(self.model, self.loop["freeze"], source)
-            if self.loop["sync_batchnorm"]:
-                builders.synchronize_batchnorm(self.model)
-            self.loss_fn = builders.make_loss(stage, source)
-            self.optimizer = builders.make_optimizer(
-                stage, source, steps_per_epoch=self.steps_per_epoch,
-                global_batch=self.global_batch,
-            )
-            if policy == "mixed_float16":
-                # float16 gradients underflow without a dynamic loss scale.
-                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
-            # Build the optimizer's slots now, inside the scope (keras issue 23085).
-            self.optimizer.build(self.model.trainable_variables)
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            # The running sums of the epoch in progress (loss, top1, top5,
-            # clips, seconds): a run resumed mid-epoch reports the whole epoch.
-            self.epoch_sums = tf.Variable(tf.zeros([5], tf.float64), trainable=False,
-                                          name="epoch_sums")
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
-            rng=seed_generator_states(self.model), epoch_sums=self.epoch_sums,
+    def _build_model_and_optimizer(self):
+        """Model, frozen layers, loss and optimizer (with its slots), inside
+        the strategy's scope."""
+        stage, source, loop = self.stage, self.source, self.loop
+        policy = loop["mixed_precision"] or "float32"
+        num_classes = len(self.label_names) if self.label_names else None
+        if self.train_matrix is not None:
+            num_classes = None  # an embedding head, not a classifier
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            self.model = builders.make_model(stage, source, num_classes=num_classes)
+        finally:
+            # Built layers keep their policy; later stages/tests start clean.
+            keras.mixed_precision.set_global_policy("float32")
+        self.frozen = builders.apply_freeze(self.model, loop["freeze"], source)
+        if loop["sync_batchnorm"]:
+            builders.synchronize_batchnorm(self.model)
+        self.loss_fn = builders.make_loss(stage, source)
+        self.optimizer = builders.make_optimizer(
+            stage, source, steps_per_epoch=self.steps_per_epoch,
+            global_batch=self.global_batch,
         )
-        self.train_block = datasets.get("train")
-        self.seed = seed
-        self.bad_records = BadRecordLog(os.path.join(self.dirs["root"], BAD_RECORDS_FILE))
+        if policy == "mixed_float16":
+            # float16 gradients underflow without a dynamic loss scale.
+            self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+        # Build the optimizer's slots now, inside the scope (keras issue 23085).
+        self.optimizer.build(self.model.trainable_variables)
 
     def _train_iterator(self, *, start_batch):
         """A distributed iterator positioned after `start_batch` global steps.
@@ -215,29 +227,6 @@ class Stage:
                 bad_records=self.bad_records,
             )
         return iter(self.strategy.distribute_datasets_from_function(fn))
-
-    def _skip_bad_records(self, err, step, log):
-        """A record failed to parse / decode, or a shard to read, in `step`:
-        name it in the stage's bad_records.jsonl and rebuild the pipeline at
-        this same step without it (see data/reading/bad_records.py).
-
-        Raises:
-            `err` when no record of the step's batches fails on its own (not
-            the data's fault); ConfigError when the bad records exceed
-            datasets.train.max_bad_records.
-        """
-        batches = self.strategy.num_replicas_in_sync  # one input pipeline here
-        try:
-            found = self.bad_records.diagnose(step * batches, batches)
-        except BadRecordsError as over:
-            raise ConfigError(self.source, "datasets.train.max_bad_records", str(over)) from None
-        if not found:
-            raise err
-        for entry in found:
-            log(f"skipped bad record: {describe_bad_record(entry)}")
-        if self.multi_worker:  # the peers wait in this step's collectives
-            raise err
-        self.train_iterator = self._train_iterator(start_batch=step)
 
     def _steps_from_manifest(self):
         return steps_from_manifest(self.train_info, self.stage["datasets"]["train"],
@@ -322,6 +311,35 @@ class Stage:
         manager = tf.train.CheckpointManager(
             self.checkpoint, write_ckpt_dir, max_to_keep=int(loop["keep_checkpoints"])
         )
+        self._restore_for_training(resume, previous_checkpoints, log)
+        spe = self.steps_per_epoch
+        start = int(self.step.numpy())
+        iterator = self._train_iterator(start_batch=start)
+        train_step = make_train_step(
+            self.model, self.optimizer, self.loss_fn, self.strategy, self.step,
+            global_batch=self.global_batch, class_matrix=self.train_matrix,
+            jit_compile=loop["jit_compile"],
+        )
+
+        def one_step(iterator, stop_flag):
+            out = train_step(iterator, tf.constant(stop_flag))
+            return {k: float(v) for k, v in out.items()}
+
+        os.makedirs(dirs["root"], exist_ok=True)
+        log(
+            f"stage {self.stage_index}: {self.strategy.num_replicas_in_sync} replica(s), "
+            f"global batch {self.global_batch} "
+            f"({self.global_batch // self.strategy.num_replicas_in_sync} per replica), "
+            f"{spe} steps/epoch, {loop['epochs']} epochs"
+        )
+        train_loop = TrainLoop(one_step, iterator, step=start,
+                               steps_per_epoch=spe, total_steps=int(loop["epochs"]) * spe)
+        return train_loop.run(self._hooks(manager, log, signals))
+
+    def _restore_for_training(self, resume, previous_checkpoints, log):
+        """Resumes from the stage's own latest checkpoint (cutting the CSV
+        rows logged after it), or starts from the previous stage's weights."""
+        dirs = self.dirs
         if tf.train.latest_checkpoint(dirs["checkpoints"]):
             if not resume:
                 raise ConfigError(
@@ -331,166 +349,48 @@ class Stage:
             restored = self.restore(dirs["checkpoints"])
             log(f"resumed from {restored} at step {int(self.step.numpy())}")
             if self.chief:
-                run_logs.truncate_rows((self.dirs["steps_csv"], self.dirs["csv"]),
+                run_logs.truncate_rows((dirs["steps_csv"], dirs["csv"]),
                                        int(self.step.numpy()), log)
         elif previous_checkpoints:
             restored = self.restore(previous_checkpoints, model_only=True)
             if restored:
                 log(f"stage {self.stage_index}: weights from {restored}")
 
-        spe = self.steps_per_epoch
-        total = int(loop["epochs"]) * spe
-        self.train_iterator = self._train_iterator(start_batch=int(self.step.numpy()))
-        stop_after = loop["stop_after_steps"]
-        train_step = make_train_step(
-            self.model, self.optimizer, self.loss_fn, self.strategy, self.step,
-            global_batch=self.global_batch, class_matrix=self.train_matrix,
-            jit_compile=loop["jit_compile"],
-        )
-        sync_replicas = make_sync_fn(self.model, self.strategy)
+    def _hooks(self, manager, log, signals):
+        """The training loop's hooks, in order (see training/hooks.py): a new
+        concern is one `Hook` class plus one line here."""
+        loop, dirs, chief = self.loop, self.dirs, self.chief
         writer = tf.summary.create_file_writer(
-            strategies.write_dir(dirs["tensorboard"], self.strategy)
-        )
-        os.makedirs(dirs["root"], exist_ok=True)
-        log(
-            f"stage {self.stage_index}: {self.strategy.num_replicas_in_sync} replica(s), "
-            f"global batch {self.global_batch} "
-            f"({self.global_batch // self.strategy.num_replicas_in_sync} per replica), "
-            f"{spe} steps/epoch, {loop['epochs']} epochs"
-        )
-        # A resumed stage keeps the best so far (else its first evaluation
-        # would overwrite best.keras whatever it scored).
-        best = run_logs.best_logged(dirs["csv"], loop["best_metric"], int(self.step.numpy()))
-        metrics = {}
-        while int(self.step.numpy()) < total:
-            step = int(self.step.numpy())
-            epoch = step // spe
-            self.epoch.assign(epoch)
-            sums = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
-            carried = 0.0
-            if step > epoch * spe:  # resumed mid-epoch: the sums so far
-                saved = self.epoch_sums.numpy()
-                sums = dict(zip(sums, (float(x) for x in saved[:4])))
-                carried = float(saved[4])
-            epoch_end = (epoch + 1) * spe
-            bar = tqdm.tqdm(
-                total=epoch_end - step, desc=f"epoch {epoch + 1}/{loop['epochs']}",
-                disable=not (loop["progress"] and self.chief), mininterval=2.0, leave=False,
-            )
-            started = time.perf_counter() - carried
-            stopped = preempted = False
-            while step < epoch_end:
-                requested = 1.0 if signals.received else 0.0
-                try:
-                    out = train_step(self.train_iterator, tf.constant(requested))
-                except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-                    self._skip_bad_records(err, step, log)  # re-raises if not the data's
-                    continue
-                step += 1
-                values = {k: float(v) for k, v in out.items()}
-                if not np.isfinite(values["loss"]):
-                    bar.close()
-                    last = tf.train.latest_checkpoint(dirs["checkpoints"])
-                    raise TrainingDiverged(
-                        f"loss is {values['loss']} at step {step} (epoch {epoch + 1}); "
-                        f"stopped. Last good checkpoint: {last or 'none'}. Lower the "
-                        "learning rate or enable train_loop.global_clipnorm, then resume with -r."
-                    )
-                for k in sums:
-                    sums[k] += values[k]
-                rate = sums["count"] / max(time.perf_counter() - started, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.3f}", clips_s=f"{rate:.1f}")
-                if step % int(loop["log_every_steps"]) == 0 and self.chief:
-                    row = {
-                        "step": step, "epoch": epoch + 1,
-                        "loss": values["loss"] / values["count"],
-                        "lr": builders.current_lr(self.optimizer), "clips_per_s": rate,
-                    }
-                    run_logs.append_step(self.dirs["steps_csv"], row, writer)
-                # Any worker's signal (the all-reduced flag) stops every worker
-                # after this same step; a lone worker also stops on its own
-                # signal that arrived during the step.
-                preempted = values["stop"] > 0 or (signals.received and not self.multi_worker)
-                if (step % int(loop["checkpoint_every_steps"]) == 0 and step < epoch_end) or (
-                        preempted and step < epoch_end):
-                    self._save_epoch_sums(sums, time.perf_counter() - started)
-                    sync_replicas()
-                    manager.save(checkpoint_number=step)
-                if preempted or (stop_after is not None and step >= int(stop_after)):
-                    stopped = True
-                    break
-            bar.close()
-            elapsed = time.perf_counter() - started
-            sync_replicas()
-            if stopped and not preempted:
-                self._save_epoch_sums(sums, elapsed)
-                manager.save(checkpoint_number=step)
-                log(f"stopped after step {step} (train_loop.stop_after_steps)")
-                strategies.remove_worker_dir(write_ckpt_dir, self.strategy)
-                return {"step": step, "stopped": True, "preempted": None}
-            if preempted and step < epoch_end:
-                return self._preempted(step, total, signals, manager, writer, log)
-            # A signal during an epoch's last step: the epoch ends as usual
-            # (evaluation, checkpoint, log row), then the run stops.
-            count = max(sums["count"], 1.0)
-            metrics = {
-                "epoch": epoch + 1,
-                "step": step,
-                "loss": sums["loss"] / count,
-                "top1": sums["top1"] / count,
-                "top5": sums["top5"] / count,
-                "lr": builders.current_lr(self.optimizer),
-                "clips_per_s": sums["count"] / max(elapsed, 1e-9),
-                "time": elapsed,
-            }
-            last_epoch = step >= total
-            if self.val_sets and (
-                last_epoch or (epoch + 1) % int(loop["eval_every_epochs"]) == 0
-            ):
-                metrics.update(self.evaluate())
-                plateau = builders.plateau_controller(self.optimizer)
-                if plateau is not None:
-                    if plateau.monitor not in metrics:
-                        raise ConfigError(
-                            self.source, "optimizer", f"ReduceOnPlateau monitors "
-                            f"{plateau.monitor!r}, which evaluation does not report. "
-                            f"Reported: {', '.join(sorted(metrics))}"
-                        )
-                    if plateau.update(metrics[plateau.monitor]) == "stop":
-                        log(f"learning rate fell below last_lr: stopping after epoch {epoch + 1}")
-                        total = step  # finishes this epoch as the last one
-            self.epoch.assign(epoch + 1)
-            self.epoch_sums.assign(tf.zeros([5], tf.float64))
-            manager.save(checkpoint_number=step)
-            if self.chief:
-                run_logs.append_epoch(self.dirs["csv"], self.csv_fields, metrics, writer)
-                key = loop["best_metric"]
-                sign = -1.0 if key.endswith("loss") else 1.0
-                if key in metrics and sign * metrics[key] > best:
-                    best = sign * metrics[key]
-                    save_keras_atomic(self.model, dirs["best"])
-            log(run_logs.format_metrics(metrics))
-            if preempted and step < total:
-                return self._preempted(step, total, signals, manager, writer, log)
-        strategies.remove_worker_dir(write_ckpt_dir, self.strategy)
-        if self.chief:
-            save_keras_atomic(self.model, dirs["model"])
-            if loop["plot"] and os.path.exists(dirs["csv"]):
-                plot_training(dirs["csv"], os.path.join(dirs["root"], "training_curves.png"))
-            with open(dirs["done"], "w") as f:
-                f.write(f"{int(self.step.numpy())}\n")
-        return {"step": int(self.step.numpy()), "stopped": False, "preempted": None, **metrics}
-
-    def _preempted(self, step, total, signals, manager, writer, log):
-        """Flushes the logs after the preemption checkpoint; the result."""
-        writer.flush()
-        strategies.remove_worker_dir(manager.directory, self.strategy)
-        cause = signals.name or "a signal to another worker"
-        log(f"stage {self.stage_index}: stopped by {cause} after step {step} of {total}; "
-            f"checkpoint ckpt-{step} saved, logs flushed.")
-        return {"step": step, "stopped": True, "preempted": cause}
-
-    def _save_epoch_sums(self, sums, seconds):
-        values = [sums["loss"], sums["top1"], sums["top5"], sums["count"], seconds]
-        self.epoch_sums.assign(tf.constant(values, tf.float64))
+            strategies.write_dir(dirs["tensorboard"], self.strategy))
+        lr = partial(builders.current_lr, self.optimizer)
+        checkpoints = hooks.CheckpointHook(
+            manager, epoch=self.epoch, sync_replicas=make_sync_fn(self.model, self.strategy),
+            every_steps=loop["checkpoint_every_steps"], log=log,
+            stop_after_steps=loop["stop_after_steps"],
+            cleanup=partial(strategies.remove_worker_dir, manager.directory, self.strategy))
+        out = [
+            hooks.PreemptionHook(signals, multi_worker=self.multi_worker,
+                                 stage_index=self.stage_index, log=log),
+            hooks.BadRecordHook(self.bad_records, log=log, source=self.source,
+                                batches_per_step=self.strategy.num_replicas_in_sync,
+                                rebuild=lambda step: self._train_iterator(start_batch=step),
+                                multi_worker=self.multi_worker),
+            hooks.NanCheckHook(dirs["checkpoints"]),
+            hooks.EpochMetricsHook(self.epoch_sums, lr),
+            hooks.ProgressBarHook(epochs=loop["epochs"], enabled=loop["progress"] and chief),
+            hooks.StepLogHook(dirs["steps_csv"], writer, every_steps=loop["log_every_steps"],
+                              current_lr=lr, chief=chief),
+            checkpoints,
+        ]
+        if self.val_sets:
+            out.append(hooks.EvalHook(self.evaluate, every_epochs=loop["eval_every_epochs"],
+                                      optimizer=self.optimizer, source=self.source,
+                                      resave=checkpoints.save, log=log))
+        out += [
+            hooks.EpochLogHook(dirs["csv"], self.csv_fields, writer, chief=chief, log=log),
+            hooks.BestModelHook(self.model, dirs["best"], csv_path=dirs["csv"],
+                                key=loop["best_metric"], chief=chief),
+            hooks.FinalModelHook(self.model, dirs, step=self.step, plot=loop["plot"],
+                                 chief=chief),
+        ]
+        return out

@@ -49,7 +49,7 @@ def truncate_mid_record(path):
 
 def run_like_the_trainer(paths, log, steps, **kw):
     """Iterates `steps` batches; on an error, diagnose and rebuild at the
-    same batch (what `Stage._skip_bad_records` does). Returns the batches."""
+    same batch (what `hooks.BadRecordHook` does). Returns the batches."""
     out, it = [], iter(pipeline.train_dataset(paths, bad_records=log, **kw))
     while len(out) < steps:
         try:
