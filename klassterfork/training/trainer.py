@@ -46,6 +46,7 @@ from klassterfork.training.stage_input import (  # noqa: F401
     steps_from_manifest,
     train_input_fn,
 )
+from klassterfork.training.tracking import MlflowHook
 from klassterfork.training.train_step import make_sync_fn, make_train_step
 
 
@@ -94,8 +95,10 @@ class Stage:
             (`builders.train_loop_config`), when the caller has it.
     """
 
-    def __init__(self, stage, source, *, experiment_dir, stage_index, strategy, loop=None):
+    def __init__(self, stage, source, *, experiment_dir, stage_index, strategy, loop=None,
+                 tracking_run=None):
         self.stage, self.source = stage, source
+        self.tracking_run = tracking_run  # tracking.MlflowRun (chief) or None
         self.loop = loop if loop is not None else builders.train_loop_config(stage, source)
         self.metrics = builders.metric_names(stage, source)
         self.strategy = strategy
@@ -393,4 +396,8 @@ class Stage:
             hooks.FinalModelHook(self.model, dirs, step=self.step, plot=loop["plot"],
                                  chief=chief),
         ]
+        if self.tracking_run is not None and chief:  # after FinalModelHook: its files
+            out.append(MlflowHook(self.tracking_run, stage_index=self.stage_index,
+                                  every_steps=loop["log_every_steps"],
+                                  current_lr=lr, dirs=dirs))
         return out
