@@ -20,6 +20,7 @@ transform that reads it (docs/design.md, "Add a dataset option").
 """
 
 import dataclasses
+import inspect
 import sys
 
 import tensorflow as tf
@@ -86,9 +87,6 @@ class Sampling:
         elif self.new_length != 1:
             raise OptionError("new_length", "`new_length` needs `num_segments`. "
                                             f"Received: new_length={self.new_length}")
-        if self.step_choices is not None:
-            _as_option_error("frame_step", transforms.random_frame_step,
-                             tf.constant([0, 0], tf.int64), self.step_choices)
 
     @property
     def step_choices(self):
@@ -164,8 +162,8 @@ class Standardize:
     def __post_init__(self):
         opts.check_fields(self)
         # Fail now, not inside the graph (e.g. mean_std without mean / std).
-        _as_option_error("standardize", transforms.standardize, tf.zeros([1, 1, 1, 3]),
-                         self.standardize, mean=self.mean, std=self.std)
+        _as_option_error("standardize", transforms.check_standardize, self.standardize,
+                         mean=self.mean, std=self.std)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,8 +303,9 @@ class TrainData:
         return dataclasses.replace(self, augment=dataclasses.replace(
             self.augment, flip=list(label_map)))
 
-    def rand_augment_kwargs(self):
-        """`augment.rand_augment` keyword arguments, or None (checked)."""
+    def rand_augment_kwargs(self, run=False):
+        """`augment.rand_augment` keyword arguments, or None (checked; `run`:
+        also by one eager call)."""
         value = self.augment.rand_augment
         if value not in (None, False) and self.modality != "rgb":
             raise OptionError("rand_augment", "`rand_augment` applies to RGB clips only. "
@@ -317,10 +316,11 @@ class TrainData:
                                   f"{list(RAND_AUGMENT_OPS)}. Received: {value['ops']!r}")
             value = {**value, "ops": RAND_AUGMENT_OPS[value["ops"]]}
         return _augment_kwargs("rand_augment", value, augment.rand_augment,
-                               tf.zeros([1, 4, 4, 3], tf.uint8))
+                               lambda: tf.zeros([1, 4, 4, 3], tf.uint8), run)
 
-    def random_erasing_kwargs(self):
-        """`augment.random_erasing` keyword arguments, or None (checked)."""
+    def random_erasing_kwargs(self, run=False):
+        """`augment.random_erasing` keyword arguments, or None (checked; `run`:
+        also by one eager call)."""
         value = self.augment.random_erasing
         if value not in (None, False) and self.standardize.standardize == "none":
             raise OptionError(
@@ -328,7 +328,7 @@ class TrainData:
                 "and needs float output; it cannot run with standardize='none'. "
                 f"Received: random_erasing={value!r}, standardize='none'")
         return _augment_kwargs("random_erasing", value, augment.random_erasing,
-                               tf.zeros([1, 1, 4, 4, 3]))
+                               lambda: tf.zeros([1, 1, 4, 4, 3]), run)
 
     @property
     def may_flip(self):
@@ -411,15 +411,22 @@ def _as_option_error(name, fn, *args, **kwargs):
         raise OptionError(name, str(err)) from None
 
 
-def _augment_kwargs(name, value, fn, example):
-    """`value` (dict, true = defaults, null / false = off) checked once by
-    calling `fn(example, seed, **value)` eagerly; -> dict or None."""
+def _augment_kwargs(name, value, fn, example, run):
+    """`value` (dict, true = defaults, null / false = off) -> dict or None.
+
+    Its names are checked against `fn`'s signature (no TensorFlow op: a
+    config is checked before a multi-worker strategy starts the runtime);
+    with `run`, `fn(example(), seed, **value)` also runs once eagerly, so
+    bad values fail when the pipeline is built, not inside the graph.
+    """
     if value is None or value is False:
         return None
     if value is True:
         value = {}
     try:
-        fn(example, tf.constant([0, 0]), **value)
+        inspect.signature(fn).bind(None, None, **value)
+        if run:
+            fn(example(), tf.constant([0, 0]), **value)
     except TypeError as err:
         raise OptionError(name, f"`{name}`: {err}. Received: {name}={value!r}") from None
     return value

@@ -25,7 +25,6 @@ import tempfile
 import tensorflow as tf
 
 from klassterfork import exit_codes
-from klassterfork.config import values
 from klassterfork.config.loader import ConfigError
 from klassterfork.files import write_json_atomic
 from klassterfork.training import builders
@@ -86,18 +85,15 @@ class Experiment:
     def run(self):
         """Trains (or with `options.evaluate` evaluates); the exit status.
 
-        The strategy comes first, after the plain checks of the values
-        (`values.check_stage`: no TensorFlow): logical CPU devices and
+        Names, arguments and values first (`builders.validate_stage` runs no
+        TensorFlow op): a typo fails in a second, before any data is read or
+        any worker waits. Then the strategy: logical CPU devices and
         MultiWorkerMirrored's collectives must be configured before anything
-        starts TensorFlow's runtime, and validating a dataset block runs
-        TensorFlow ops (`data/spec.py`). Then names and arguments: a typo
-        fails in a second, before any data is read.
+        starts TensorFlow's runtime.
         """
         for stage in self.stages:
-            values.check_stage(stage, self.source)
-        self.strategy = self._make_strategy()
-        for stage in self.stages:
             builders.validate_stage(stage, self.source)
+        self.strategy = self._make_strategy()
         if self.options.check_data:
             # The data against its manifest, before step 1. After the strategy:
             # reading records starts TensorFlow's runtime, and MultiWorkerMirrored

@@ -9,6 +9,8 @@ and preflight read their defaults from the spec.
 import dataclasses
 import inspect
 import pathlib
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -115,3 +117,28 @@ def test_inference_views_and_defaults_come_from_the_eval_spec():
     stage["datasets"]["val"]["num_segments"] = 4
     with pytest.raises(inference.PredictError, match="datasets.val.num_segments"):
         inference.eval_transform(stage)
+
+
+def test_checking_a_config_starts_no_tensorflow_runtime():
+    """MultiWorkerMirrored must configure its collectives before TensorFlow's
+    runtime starts, and the config is checked before the strategy exists."""
+    code = """
+import json
+from klassterfork.config.loader import load_text
+from klassterfork.training import builders
+from tensorflow.python.eager import context
+cfg = {"datasets": {
+    "train": {"dir": "r", "split": "train", "clip_len": 8, "crop_size": 32,
+              "batch_size": 4, "frame_step": [1, 2], "standardize": "mean_std",
+              "mean": [0.4] * 3, "std": [0.2] * 3, "rand_augment": {"num_layers": 2},
+              "random_erasing": {"prob": 0.25}},
+    "val": {"dir": "r", "split": "v", "clip_len": 8, "crop_size": 32, "batch_size": 2,
+            "num_clips": 2, "num_crops": 3}},
+    "model": {"R2Plus1D18": {}}}
+stages, source = load_text(json.dumps(cfg), "x.hjson")
+builders.validate_stage(stages[0], source)
+print("runtime started:", context.context()._context_handle is not None)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "runtime started: False", out.stderr[-2000:]

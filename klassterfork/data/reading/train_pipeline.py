@@ -175,7 +175,7 @@ def _prepare(spec, start_batch, placement):
     if not seeded:
         seed = int.from_bytes(os.urandom(4), "little") >> 1
     return _Build(spec, placement, int(seed), seeded, start_batch,
-                  spec.rand_augment_kwargs(), spec.random_erasing_kwargs())
+                  spec.rand_augment_kwargs(run=True), spec.random_erasing_kwargs(run=True))
 
 
 def _layout(paths, build):

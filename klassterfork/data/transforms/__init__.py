@@ -90,6 +90,27 @@ def _per_frame_standardization(frames):
     return centred * tf.minimum(tf.math.rsqrt(variance), tf.sqrt(count))
 
 
+def check_standardize(mode, mean=None, std=None):
+    """Raises ValueError unless `standardize(clip, mode, mean=, std=)` can
+    run (pure Python: usable before TensorFlow's runtime starts)."""
+    check_choice(mode, STANDARDIZE_MODES, "standardize")
+    if mode != "mean_std" and (mean is not None or std is not None):
+        raise ValueError(
+            "`mean` and `std` are only used with standardize='mean_std'. "
+            f"Received: standardize={mode!r}, mean={mean!r}, std={std!r}"
+        )
+    if mode != "mean_std":
+        return
+    if mean is None or std is None:
+        raise ValueError(
+            "standardize='mean_std' needs `mean` and `std` (per channel, in [0, 1] "
+            f"units, e.g. KINETICS_MEAN / KINETICS_STD). Received: mean={mean!r}, "
+            f"std={std!r}"
+        )
+    if min(std) <= 0:
+        raise ValueError(f"`std` must be positive. Received: std={std!r}")
+
+
 def standardize(clip, mode="per_frame", *, mean=None, std=None):
     """Turns pixel values in [0, 255] into model inputs.
 
@@ -114,12 +135,7 @@ def standardize(clip, mode="per_frame", *, mean=None, std=None):
     Returns:
         float32, the shape of `clip` (uint8 for "none").
     """
-    check_choice(mode, STANDARDIZE_MODES, "standardize")
-    if mode != "mean_std" and (mean is not None or std is not None):
-        raise ValueError(
-            "`mean` and `std` are only used with standardize='mean_std'. "
-            f"Received: standardize={mode!r}, mean={mean!r}, std={std!r}"
-        )
+    check_standardize(mode, mean, std)
     if mode == "none":
         clip = tf.convert_to_tensor(clip)
         if clip.dtype == tf.uint8:
@@ -140,14 +156,6 @@ def standardize(clip, mode="per_frame", *, mean=None, std=None):
         return clip / 255.0
     if mode == "symmetric":
         return clip / 127.5 - 1.0
-    if mean is None or std is None:
-        raise ValueError(
-            "standardize='mean_std' needs `mean` and `std` (per channel, in [0, 1] "
-            f"units, e.g. KINETICS_MEAN / KINETICS_STD). Received: mean={mean!r}, "
-            f"std={std!r}"
-        )
-    if min(std) <= 0:
-        raise ValueError(f"`std` must be positive. Received: std={std!r}")
     mean = tf.constant(mean, tf.float32)
     std = tf.constant(std, tf.float32)
     return (clip / 255.0 - mean) / std
