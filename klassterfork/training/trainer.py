@@ -302,11 +302,12 @@ class Stage:
             return self._train(resume, previous_checkpoints, log,
                                signals or preemption.NoSignals())
         except tf.errors.OpError as err:
-            if not self.multi_worker or not preemption.is_peer_failure(err):
+            if not self.multi_worker or not preemption.is_peer_failure(err, self.strategy):
                 raise
             last = tf.train.latest_checkpoint(self.dirs["checkpoints"])
             raise WorkerLost(preemption.worker_lost_message(
-                err, self.strategy, last, self.stage_index)) from None
+                err, self.strategy, last, self.stage_index,
+                dump_dir=self.dirs["root"])) from None
 
     def _train(self, resume, previous_checkpoints, log, signals):
         loop, dirs = self.loop, self.dirs
