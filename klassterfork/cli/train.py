@@ -87,6 +87,17 @@ def main(argv=None):
         # The collective runtime's threads still wait on the dead peer and
         # would hold a normal interpreter exit; everything is written.
         os._exit(exit_codes.WORKER_LOST)
+    except Exception as err:
+        if not os.environ.get("TF_CONFIG"):
+            raise
+        # Multi-worker: any other error (a bug, a NaN check, a bad input) is
+        # exit 1 with its whole traceback, never requeued; the collective
+        # threads may still wait on the peers, so exit without teardown.
+        from klassterfork.training import preemption
+
+        print(preemption.failure_report(err), file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(exit_codes.FAILED)
 
 
 def run_experiment(stages, source, args, signals):
