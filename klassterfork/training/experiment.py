@@ -27,7 +27,7 @@ import tensorflow as tf
 from klassterfork import exit_codes
 from klassterfork.config.loader import ConfigError
 from klassterfork.files import write_json_atomic
-from klassterfork.training import builders
+from klassterfork.training import builders, tracking
 from klassterfork.training import strategy as strategies
 from klassterfork.training.trainer import Stage, check_data, planned_steps, stage_dirs
 
@@ -81,6 +81,7 @@ class Experiment:
         self.experiment_dir = (options.experiment_dir or meta.get("experiment_dir")
                                or os.path.join("experiments", name))
         self.strategy = None
+        self.tracking_run = None  # the chief's tracking.MlflowRun while training
 
     def run(self):
         """Trains (or with `options.evaluate` evaluates); the exit status.
@@ -108,7 +109,10 @@ class Experiment:
                               self.stages)
         if self.options.evaluate:
             return self.evaluate()
-        return self.train()
+        if strategies.is_chief(self.strategy):  # MLflow, when the config has `tracking`
+            self.tracking_run = tracking.start_run(
+                self.stages, self.source, self.experiment_dir, resume=self.options.resume)
+        return tracking.run_tracked(self.tracking_run, self.train)
 
     def _make_strategy(self):
         first = self.loops[0]
@@ -124,7 +128,8 @@ class Experiment:
     def stage(self, index):
         """The built `Stage` of stage `index`."""
         return Stage(self.stages[index], self.source, experiment_dir=self.experiment_dir,
-                     stage_index=index, strategy=self.strategy, loop=self.loops[index])
+                     stage_index=index, strategy=self.strategy, loop=self.loops[index],
+                     tracking_run=self.tracking_run)
 
     # ---- training ------------------------------------------------------------
     def train(self):
