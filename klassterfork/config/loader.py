@@ -18,7 +18,7 @@ import hjson
 # `tracking` (MLflow, training/tracking.py) is stated in the first stage and
 # inherited unchanged by the later ones: one MLflow run per experiment.
 STAGE_KEYS = ("datasets", "model", "loss", "metrics", "optimizer", "train_loop", "meta",
-              "tracking")
+              "tracking", "init_weights")
 
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -365,6 +365,7 @@ def validate_stage(stage, source):
         sname, skwargs = split_component(lr, source, key, SCHEDULES)
         key, lr = f"{key}.{sname}.schedule", skwargs.get("schedule")
     check_datasets(stage, source)
+    init_weights_config(stage, source)
 
 
 def check_datasets(stage, source):
@@ -385,6 +386,31 @@ def check_stage(stage, source):
     dataset block against its spec."""
     values.check_stage(stage, source)
     check_datasets(stage, source)
+
+
+INIT_WEIGHTS_KEYS = {"path": str, "exclude": list, "strict": bool}
+
+
+def init_weights_config(stage, source):
+    """The stage's `init_weights: {path, exclude, strict}` block checked, or
+    None. (The file itself is read when the stage starts: training/trainer.py.)"""
+    block = stage.get("init_weights")
+    if block is None:
+        return None
+    if isinstance(block, str):
+        block = {"path": block}
+    if not isinstance(block, dict) or not block.get("path"):
+        raise ConfigError(source, "init_weights", "must be {path: FILE, exclude: [regex, "
+                          f"...], strict: false}} (or a path). Received: {block!r}")
+    for key, value in block.items():
+        kind = INIT_WEIGHTS_KEYS.get(key)
+        if kind is None:
+            raise ConfigError(source, f"init_weights.{key}", "unknown key. Accepted: "
+                              f"{', '.join(INIT_WEIGHTS_KEYS)}")
+        if not isinstance(value, kind):
+            raise ConfigError(source, f"init_weights.{key}", f"must be a {kind.__name__}. "
+                              f"Received: {value!r}")
+    return {"exclude": [], "strict": False, **block}
 
 
 def current_lr(optimizer):

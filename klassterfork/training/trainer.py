@@ -29,6 +29,7 @@ from functools import partial
 import keras
 import tensorflow as tf
 
+from klassterfork import files
 from klassterfork.config.loader import ConfigError
 from klassterfork.data.reading.bad_records import FILE_NAME as BAD_RECORDS_FILE
 from klassterfork.data.reading.bad_records import BadRecordLog
@@ -244,7 +245,7 @@ class Stage:
         return cache[zero_shot, chunked]
 
     # ---- evaluation ----------------------------------------------------------
-    def evaluate(self, predictions_dir=None):
+    def evaluate(self, predictions_dir=None, should_stop=None):
         """Multi-view evaluation on every validation set; returns metrics.
 
         `datasets.val` reports `val_loss`, `val_top1`, `val_top5`; a set named
@@ -252,7 +253,10 @@ class Stage:
         `class_embeddings` is scored zero-shot: cosine between the
         clip-averaged, normalized features and its own class matrix. A set
         with `views_per_chunk` is read in chunks of views (bounded memory)
-        and averaged per video; the scores equal the unchunked ones.
+        and averaged per video; the scores equal the unchunked ones. A bad
+        record is skipped and named in bad_records.jsonl (`*skipped`);
+        `should_stop()` (asked between batches) raises
+        `stage_eval.EvaluationInterrupted`.
         """
         if not self.val_sets:
             raise ConfigError(self.source, "datasets", "evaluation needs a `val` dataset.")
@@ -263,7 +267,9 @@ class Stage:
             if predictions_dir and self.chief:
                 path = os.path.join(predictions_dir, f"predictions_{key}")
             out = stage_eval.evaluate_set(self._predict_fn, key, block, info, matrix,
-                                          self.source, predictions_path=path)
+                                          self.source, predictions_path=path,
+                                          bad_records=self.bad_records,
+                                          should_stop=should_stop)
             metrics.update({prefix + k: v for k, v in out.items()})
         return metrics
 
@@ -355,10 +361,35 @@ class Stage:
             if self.chief:
                 run_logs.truncate_rows((dirs["steps_csv"], dirs["csv"]),
                                        int(self.step.numpy()), log)
+            if self.stage.get("init_weights"):
+                log(f"stage {self.stage_index}: init_weights not loaded: the stage "
+                    "resumes from its own checkpoint")
         elif previous_checkpoints:
             restored = self.restore(previous_checkpoints, model_only=True)
             if restored:
-                log(f"stage {self.stage_index}: weights from {restored}")
+                log(f"stage {self.stage_index}: weights from {restored}"
+                    + (" (init_weights, inherited from an earlier stage, not loaded)"
+                       if self.stage.get("init_weights") else ""))
+        elif self.stage.get("init_weights"):
+            self._load_init_weights(log)
+
+    def _load_init_weights(self, log):
+        """`init_weights`: the pretrained file into the model (every worker
+        alike), `init_report.json` in the stage folder, one log paragraph."""
+        from klassterfork.weights import init_weights
+
+        config = builders.init_weights_config(self.stage, self.source)
+        try:
+            report = init_weights.load_into(self.model, config["path"],
+                                            exclude=config["exclude"],
+                                            strict=config["strict"])
+        except init_weights.InitWeightsError as err:
+            raise ConfigError(self.source, "init_weights.path", str(err)) from None
+        if self.chief:
+            os.makedirs(self.dirs["root"], exist_ok=True)
+            files.write_json_atomic(os.path.join(self.dirs["root"], "init_report.json"),
+                                    report.to_json())
+        log(f"stage {self.stage_index}: {report.paragraph()}")
 
     def _hooks(self, manager, log, signals):
         """The training loop's hooks, in order (see training/hooks.py): a new
