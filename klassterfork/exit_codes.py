@@ -11,8 +11,13 @@ statuses for the whole job.
 | 2 | CONFIG_ERROR | no | fix the named key or file (or the bad records) |
 | 3 | DIVERGED | no | lower the learning rate, then resume with -r |
 | 75 | PREEMPTED | yes | resume with -r: the last step's checkpoint is saved |
+| 75 | OUT_OF_SPACE | yes | free space, then resume with -r (previous checkpoint intact) |
 | 76 | WORKER_LOST | yes | a peer or the data service is gone: all workers -r |
 | 130, 143 | SIGNAL_BASE + signum | if a scheduler sent them | resume with -r |
+
+OUT_OF_SPACE is the same 75 with its own one-paragraph message (the path,
+the free space, what was removed; klassterfork/out_of_space.py): a full
+disk or quota is temporary too, and nothing was corrupted.
 
 PREEMPTED is 75, `EX_TEMPFAIL` of sysexits.h ("a temporary failure; the user
 is invited to retry"), the status batch systems already treat as requeue. A
@@ -38,6 +43,7 @@ CONFIG_ERROR = 2  # the config or the data does not match what the run needs
 # (unknown names, bad values, data checks before step 1, bad-record budget)
 DIVERGED = 3  # loss NaN/Inf; the last good checkpoint is kept
 PREEMPTED = 75  # SIGTERM/SIGINT: step finished, checkpoint saved; resume with -r
+OUT_OF_SPACE = 75  # ENOSPC/EDQUOT while writing: temporaries removed; free space, -r
 WORKER_LOST = 76  # a peer worker (or the tf.data service) was lost; resume all with -r
 SIGNAL_BASE = 128  # a second signal: exit at once with 128 + signum
 
@@ -48,7 +54,8 @@ MEANINGS = {
                   "key or file, then run again",
     DIVERGED: "training diverged (loss NaN/Inf): lower the learning rate, resume "
               "with -r",
-    PREEMPTED: "stopped by SIGTERM/SIGINT after a checkpoint: resume with -r",
+    PREEMPTED: "stopped by SIGTERM/SIGINT after a checkpoint, or out of space "
+               "(OUT_OF_SPACE, the previous checkpoint intact): resume with -r",
     WORKER_LOST: "a peer worker (or the tf.data service) was lost: restart every "
                  "worker with -r",
     SIGNAL_BASE + signal.SIGINT: "second SIGINT: killed at once, no checkpoint",

@@ -26,7 +26,7 @@ MAX_MODULE_LINES = 500
 # `training` uses both, `evaluation.inference` builds models and reads data,
 # and only `cli` sits above `training`.
 LAYERS = [
-    ("base", ["klassterfork.files", "klassterfork.exit_codes",
+    ("base", ["klassterfork.files", "klassterfork.exit_codes", "klassterfork.out_of_space",
               "klassterfork.registry"]),
     ("config", ["klassterfork.config"]),
     ("records, transforms", ["klassterfork.data.records",

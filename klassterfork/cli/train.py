@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 
-from klassterfork import exit_codes
+from klassterfork import exit_codes, out_of_space
 
 RUNS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "runs")
@@ -31,11 +31,15 @@ def parse_args(argv):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train_loop.epochs=3")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved stages as JSON and exit")
+                        help="print the resolved stages as JSON (every dataset option "
+                             "with its value) and exit")
     parser.add_argument("--experiment-dir", help="overrides meta.experiment_dir")
     parser.add_argument("--dry-run", action="store_true",
                         help="build everything and run 2 steps per stage on a tiny "
                              "generated stand-in dataset")
+    parser.add_argument("--smoke", action="store_true",
+                        help="train a few steps and evaluate a few videos on the real "
+                             "records, in a temporary folder (before a long job)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="start N MultiWorkerMirrored processes on 127.0.0.1, each "
                              "with its TF_CONFIG (training/launcher.py)")
@@ -53,8 +57,7 @@ def main(argv=None):
         print(f"kf-train: config error: {err}", file=sys.stderr)
         return exit_codes.CONFIG_ERROR
     if args.print_config:
-        print(json.dumps(stages, indent=2))
-        return 0
+        return print_config(stages, source)
     if args.workers is not None:
         from klassterfork.training.launcher import launch
 
@@ -88,6 +91,8 @@ def main(argv=None):
         # would hold a normal interpreter exit; everything is written.
         os._exit(exit_codes.WORKER_LOST)
     except Exception as err:
+        if out_of_space.is_out_of_space(err):  # a full disk anywhere: requeue-able
+            return out_of_space_exit(err, args)
         if not os.environ.get("TF_CONFIG"):
             raise
         # Multi-worker: any other error (a bug, a NaN check, a bad input) is
@@ -100,6 +105,29 @@ def main(argv=None):
         os._exit(exit_codes.FAILED)
 
 
+def out_of_space_exit(err, args):
+    """One paragraph (path, free space, what was removed); OUT_OF_SPACE."""
+    print(f"kf-train: {out_of_space.report(err, resume_hint=resume_command(args))}",
+          file=sys.stderr, flush=True)
+    if os.environ.get("TF_CONFIG"):  # collective threads may wait on the peers
+        sys.stdout.flush()
+        os._exit(exit_codes.OUT_OF_SPACE)
+    return exit_codes.OUT_OF_SPACE
+
+
+def print_config(stages, source):
+    """The resolved stages, each dataset block with every option of its spec."""
+    from klassterfork.config.loader import ConfigError
+    from klassterfork.training.builders import filled_stages
+
+    try:
+        print(json.dumps(filled_stages(stages, source), indent=2))
+    except ConfigError as err:
+        print(f"kf-train: config error: {err}", file=sys.stderr)
+        return exit_codes.CONFIG_ERROR
+    return 0
+
+
 def run_experiment(stages, source, args, signals):
     """The flags as `experiment.Options`; the dry run or the experiment."""
     from klassterfork.training.experiment import Experiment, Options, dry_run
@@ -108,6 +136,10 @@ def run_experiment(stages, source, args, signals):
                       experiment_dir=args.experiment_dir, resume_command=resume_command(args))
     if args.dry_run:
         return dry_run(stages, source, options)
+    if args.smoke:
+        from klassterfork.training.experiment import smoke_run
+
+        return smoke_run(stages, source, options)
     return Experiment(stages, source, options, signals=signals).run()
 
 

@@ -24,7 +24,7 @@ import tempfile
 
 import tensorflow as tf
 
-from klassterfork import exit_codes
+from klassterfork import exit_codes, out_of_space
 from klassterfork.config.loader import ConfigError
 from klassterfork.files import write_json_atomic
 from klassterfork.training import builders, tracking
@@ -105,6 +105,8 @@ class Experiment:
             self.signals.install()  # over the handler a multi-worker strategy installs
         os.makedirs(self.experiment_dir, exist_ok=True)
         if strategies.is_chief(self.strategy):
+            # A killed run's unfinished `ckpt-N_temp` folders (out_of_space.py).
+            out_of_space.remove_checkpoint_temps(self.experiment_dir, log=warn)
             write_json_atomic(os.path.join(self.experiment_dir, "config.resolved.json"),
                               self.stages)
         if self.options.evaluate:
@@ -268,4 +270,29 @@ def dry_run(stages, source, options):
         data = (f"data NOT checked (not found): {', '.join(missing)}" if missing
                 else "data checked against the manifests")
         print(f"dry run OK: {len(stages)} stage(s) built and trained 2 steps each; {data}")
+    return code
+
+
+def smoke_run(stages, source, options):
+    """`--smoke`: the real config on the real records, a few steps per
+    stage and a few validation videos, in a temporary folder removed at the
+    end (`training/smoke.py`). Missing data is an error here. The exit
+    status."""
+    from klassterfork.training.smoke import SMOKE_STEPS, SMOKE_VIDEOS, smoke_stages
+
+    for stage in stages:
+        builders.validate_stage(stage, source)
+        check_data(stage, source, warn=warn)
+    workdir = tempfile.mkdtemp(prefix="kf_smoke_")
+    try:
+        small = smoke_stages(stages, source, workdir)
+        small_options = dataclasses.replace(options, experiment_dir=None, check_data=False,
+                                            resume=False, evaluate=False)
+        code = Experiment(small, source, small_options).run()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if code == 0:
+        print(f"smoke OK: {len(stages)} stage(s) trained {SMOKE_STEPS} steps each on the "
+              f"real records and evaluated {SMOKE_VIDEOS} videos per validation set; "
+              "nothing written outside a temporary folder")
     return code
