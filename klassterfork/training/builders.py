@@ -1,6 +1,7 @@
 """Builds the pieces of one stage from its config dict: data, model, loss,
 optimizer. Every config problem becomes a `ConfigError` naming file and line."""
 
+import copy
 import dataclasses
 import difflib
 import glob
@@ -14,6 +15,7 @@ import numpy as np
 
 from klassterfork import models
 from klassterfork.config.components import build_component, split_component
+from klassterfork.config import options as opts
 from klassterfork.config import values
 from klassterfork.config.loader import ConfigError
 from klassterfork.data import pipeline, spec as data_spec, transforms
@@ -386,6 +388,18 @@ def check_stage(stage, source):
     dataset block against its spec."""
     values.check_stage(stage, source)
     check_datasets(stage, source)
+
+
+def filled_stages(stages, source):
+    """The stages with every dataset block written out in full: each option
+    of its spec (`data/spec.py`) with the value the run will use, defaults
+    included (what `kf-train --print-config` shows)."""
+    out = copy.deepcopy(stages)
+    for stage in out:
+        for role, block in (stage.get("datasets") or {}).items():
+            spec = data_spec.spec_class(role).from_block(block, source, f"datasets.{role}")
+            stage["datasets"][role] = opts.to_flat(spec)
+    return out
 
 
 INIT_WEIGHTS_KEYS = {"path": str, "exclude": list, "strict": bool}
