@@ -17,16 +17,10 @@ from klassterfork.training import stage_eval
 from klassterfork.training.stage_input import check_data
 from tests.data.test_bad_records import truncate_mid_record
 from tests.data.test_pipeline import video_record, write_shards
-from tests.training.tiny_data import tiny_config, write_split
+from tests.training.test_preflight import config  # the same tiny config
+from tests.training.tiny_data import write_split
 
 
-def config(tmp_path, data, edit=None):
-    cfg = json.loads(tiny_config(data, tmp_path / "exp", epochs=1))
-    if edit:
-        edit(cfg)
-    path = tmp_path / "c.hjson"
-    path.write_text(json.dumps(cfg, indent=1))
-    return path
 
 
 def check(path):
