@@ -11,11 +11,15 @@ matters where a hook reads what an earlier one wrote:
   `CheckpointHook` (it keeps the epoch's running sums in the checkpoint).
 - At an epoch's end: metrics, then the checkpoint (written before the
   evaluation), the evaluation, the CSV row, the best model.
+- `PendingEvalHook` last: it clears the "evaluation pending" record once the
+  epoch's end is through, and on resume replays an epoch end that a crash or
+  a signal interrupted (the evaluation and every hook after it).
 
 Only the chief writes files (CSV, TensorBoard, best / final model, DONE);
 every worker saves the checkpoint (a collective) at the same step.
 """
 
+import json
 import os
 import time
 
@@ -30,6 +34,7 @@ from klassterfork.data.reading.bad_records import BadRecordsError
 from klassterfork.data.reading.bad_records import describe as describe_bad_record
 from klassterfork.training import builders, run_logs
 from klassterfork.training.loop import Hook
+from klassterfork.training.stage_eval import EvaluationInterrupted
 
 
 class TrainingDiverged(RuntimeError):
@@ -229,16 +234,39 @@ class EvalHook(Hook):
     The epoch-end checkpoint is written before the evaluation; the
     plateau's new state is saved again at that step (`resave`), so a resume
     from it continues with the reduced rate.
+
+    With `signals` the evaluation asks between batches whether a SIGTERM /
+    SIGINT arrived: if so it stops there and the run stops as preempted,
+    the epoch's end left undone (no CSV row, no best model). With
+    `pending_path`, the epoch's train metrics are written there before the
+    evaluation starts; `PendingEvalHook` replays that epoch end on resume
+    (after a signal or a crash in the evaluation) and removes the file once
+    the epoch's end is through.
     """
 
-    def __init__(self, evaluate, *, every_epochs, optimizer, source, resave, log):
+    def __init__(self, evaluate, *, every_epochs, optimizer, source, resave, log,
+                 signals=None, pending_path=None):
         self.evaluate, self.every = evaluate, int(every_epochs)
         self.optimizer, self.source, self.resave, self.log = optimizer, source, resave, log
+        self.signals, self.pending_path = signals, pending_path
 
     def after_epoch(self, loop, logs):
         if not (loop.step >= loop.total_steps or (loop.epoch + 1) % self.every == 0):
             return
-        logs.update(self.evaluate())
+        if self.pending_path:
+            files.write_text_atomic(self.pending_path, json.dumps(
+                {"step": loop.step, "epoch": loop.epoch, "logs": logs}, default=float))
+        if self.signals is None:
+            logs.update(self.evaluate())
+        else:
+            try:
+                logs.update(self.evaluate(should_stop=lambda: bool(self.signals.received)))
+            except EvaluationInterrupted:
+                self.log(f"evaluation after step {loop.step} stopped by "
+                         f"{self.signals.name or 'a signal'} between two batches; the "
+                         f"checkpoint ckpt-{loop.step} is saved and -r runs it again")
+                loop.interrupt_epoch_end("preempted")
+                return
         plateau = builders.plateau_controller(self.optimizer)
         if plateau is None:
             return
@@ -262,6 +290,8 @@ class EpochLogHook(Hook):
         self.chief, self.log = chief, log
 
     def after_epoch(self, loop, logs):
+        if not loop.epoch_complete:  # an evaluation was interrupted
+            return
         if self.chief:
             run_logs.append_epoch(self.path, self.fields, logs, self.writer)
         self.log(run_logs.format_metrics(logs))
@@ -283,6 +313,8 @@ class BestModelHook(Hook):
         self.best = run_logs.best_logged(self.csv_path, self.key, loop.step)
 
     def after_epoch(self, loop, logs):
+        if not loop.epoch_complete:  # an evaluation was interrupted
+            return
         if self.chief and self.key in logs and self.sign * logs[self.key] > self.best:
             self.best = self.sign * logs[self.key]
             save_keras_atomic(self.model, self.path)
@@ -346,3 +378,62 @@ class BadRecordHook(Hook):
             raise err
         loop.iterator = self.rebuild(loop.step)
         return True
+
+
+PENDING_FILE = "eval_pending.json"
+
+
+def pending_eval_path(root, task):
+    """The stage's "evaluation pending" file of one process: `task` is
+    `strategy.task_info`'s (type, id), or (None, None) for a single
+    process (each worker of a multi-worker run replays its own)."""
+    task_type, task_id = task
+    name = PENDING_FILE if task_type is None else f"eval_pending.{task_type}{task_id}.json"
+    return os.path.join(root, name)
+
+
+class PendingEvalHook(Hook):
+    """Last in the list: the epoch end an evaluation left pending.
+
+    `begin` (resume): when `EvalHook.pending_path` names the step the run
+    resumed at, that epoch's end runs again from `EvalHook` on (the
+    evaluation, the plateau, the CSV row, the best model) with the train
+    metrics saved before the evaluation; a record of another step is stale
+    and removed. `after_epoch`: the epoch's end is through, the record goes.
+    """
+
+    def __init__(self, hooks, *, log):
+        self.eval_hook = next(h for h in hooks if isinstance(h, EvalHook))
+        self.after = hooks[hooks.index(self.eval_hook):]
+        self.log = log
+
+    def begin(self, loop):
+        path = self.eval_hook.pending_path
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            return
+        if int(record["step"]) != loop.step:
+            self.log(f"{path}: an evaluation pending at step {record['step']} is stale "
+                     f"(resumed at step {loop.step}); removed")
+            os.remove(path)
+            return
+        self.log(f"resumed at step {loop.step}: running the evaluation of epoch "
+                 f"{int(record['epoch']) + 1} that a signal or a crash interrupted")
+        resumed_epoch, loop.epoch = loop.epoch, int(record["epoch"])
+        try:
+            logs = dict(record["logs"])
+            for hook in self.after:
+                hook.after_epoch(loop, logs)
+                if not loop.epoch_complete:  # interrupted again
+                    return
+            loop.epoch_logs = logs
+        finally:
+            loop.epoch = resumed_epoch
+        self.after_epoch(loop, logs)
+
+    def after_epoch(self, loop, logs):
+        path = self.eval_hook.pending_path
+        if loop.epoch_complete and os.path.exists(path):
+            os.remove(path)

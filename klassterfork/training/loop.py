@@ -152,3 +152,10 @@ class TrainLoop:
         """
         if self.stop_reason is None:
             self.stop_reason, self._stop_ends_epoch = reason, bool(end_epoch)
+
+    def interrupt_epoch_end(self, reason):
+        """Stops in the middle of an epoch's end (e.g. a signal during its
+        evaluation), whatever stop was requested before: the epoch counts as
+        not ended (`epoch_complete` and `finished` are False), so the hooks
+        after this one skip it and a resume runs its end again."""
+        self.stop_reason, self._stop_ends_epoch = reason, False

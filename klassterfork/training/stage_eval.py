@@ -10,11 +10,18 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from klassterfork.config.loader import ConfigError
+from klassterfork.data import spec as data_spec
+from klassterfork.data.reading import eval_pipeline
 from klassterfork.evaluation import aggregate
 from klassterfork.evaluation.predictions import write_predictions
-from klassterfork.training import builders
 
 LOG = logging.getLogger(__name__)
+
+
+class EvaluationInterrupted(Exception):
+    """`should_stop` said yes between two batches (a SIGTERM / SIGINT): the
+    evaluation stopped there, its metrics are not complete."""
 
 
 def make_predict_fn(model, *, zero_shot, chunked):
@@ -54,7 +61,8 @@ def make_predict_fn(model, *, zero_shot, chunked):
     return tf.function(view_outputs, reduce_retracing=True) if chunked else predict
 
 
-def evaluate_set(predict_fn, key, block, info, matrix, source, *, predictions_path=None):
+def evaluate_set(predict_fn, key, block, info, matrix, source, *, predictions_path=None,
+                 bad_records=None, should_stop=None):
     """Scores one validation set; writes its predictions file if asked.
 
     Args:
@@ -68,33 +76,42 @@ def evaluate_set(predict_fn, key, block, info, matrix, source, *, predictions_pa
         source: config Source, for located errors.
         predictions_path: str or None. Where the predictions go (without
             extension); None writes nothing.
+        bad_records: `bad_records.BadRecordLog` or None. A record that does
+            not parse or decode is skipped (the rest of its batch is
+            scored), named in the log (with `set` = `key`) and counted in
+            `skipped`. None: a bad record raises, as before.
+        should_stop: callable `() -> bool` or None, asked between batches
+            (e.g. "a SIGTERM arrived"): yes raises `EvaluationInterrupted`.
 
     Returns:
         dict: `top1`, `top5` over the labelled videos (NaN when none),
         `videos` (all scored), `labelled` (the top-1/top-5 denominator:
         unlabelled videos are left out), and `loss` (mean cross-entropy of
         the averaged softmax scores) for a classifier. With C < 5 classes
-        `top5` is top-C (every video a hit): logged once per call.
+        `top5` is top-C (every video a hit): logged once per call. With
+        `bad_records`, `skipped`: the videos left out as bad records.
+
+    Raises:
+        EvaluationInterrupted: `should_stop()` was true between batches.
     """
-    dataset = builders.make_eval_dataset(block, info, source, f"datasets.{key}")
+    spec, dataset = _eval_data(block, info, source, key, skip=bad_records is not None)
+    stop = should_stop or (lambda: False)
+    seen = set()
     if block.get("views_per_chunk") is not None:
         num_views = int(block["num_clips"]) * int(block["num_crops"])
         predict = predict_fn(zero_shot=matrix is not None, chunked=True)
-        ids, scores, labels = predict_chunked(predict, dataset, num_views, matrix)
+        ids, scores, labels = predict_chunked(predict, dataset, num_views, matrix,
+                                              should_stop=stop, seen=seen)
     else:
         predict = predict_fn(zero_shot=matrix is not None, chunked=False)
-        ids, scores, labels = [], [], []
-        for clips, batch_labels, batch_ids in dataset:
-            out = predict(clips).numpy()
-            scores.append(out if matrix is None else out @ matrix.T)
-            labels.append(batch_labels.numpy())
-            ids.extend(x.decode("utf-8") for x in batch_ids.numpy())
-        scores = np.concatenate(scores)
-        labels = np.concatenate(labels).astype(np.int64)
+        ids, scores, labels = predict_unchunked(predict, dataset, matrix,
+                                                should_stop=stop, seen=seen)
     scored = score_metrics(scores, labels, with_loss=matrix is None)
     labelled = int(np.sum(labels >= 0))
     metrics = {"top1": scored["top1"], "top5": scored["top5"], "videos": int(len(ids)),
                "labelled": labelled, **scored}
+    if bad_records is not None:
+        metrics["skipped"] = _name_skipped(info.files, spec, seen, key, bad_records)
     if len(ids) and scores.shape[1] < 5:
         LOG.warning(top5_note(scores.shape[1], f"datasets.{key}"))
     if labelled < len(ids):
@@ -140,10 +157,59 @@ def score_metrics(scores, labels, *, with_loss):
     return metrics
 
 
-def predict_chunked(predict, dataset, num_views, matrix):
-    """(ids, scores (N, C), labels (N,)) of a chunked eval dataset."""
+def _eval_data(block, info, source, key, *, skip):
+    """(spec, dataset) of a validation set; `skip`: bad records are dropped
+    and the positions come out (`eval_pipeline.eval_dataset`)."""
+    where = f"datasets.{key}"
+    spec = data_spec.EvalData.from_block(block, source, where)
+    try:
+        return spec, eval_pipeline.eval_dataset(info.files, spec, with_ids=True,
+                                                skip_bad_records=skip)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(source, where, str(err)) from None
+
+
+def _name_skipped(files, spec, seen, key, bad_records):
+    """Names the records missing from `seen` in `bad_records`; their count."""
+    found = eval_pipeline.missing_records(files, spec, seen, dataset_key=key)
+    bad_records.add(found)
+    if found:
+        LOG.warning("datasets.%s: %d bad record(s) skipped; the metrics are over the "
+                    "other videos (listed in %s)", key, len(found),
+                    bad_records.path or "the bad-record log")
+    return len(found)
+
+
+def _check_stop(should_stop):
+    if should_stop():
+        raise EvaluationInterrupted("evaluation stopped between two batches")
+
+
+def predict_unchunked(predict, dataset, matrix, *, should_stop, seen):
+    """(ids, scores (N, C), labels (N,)) of an unchunked eval dataset; the
+    record positions of a bad-record-tolerant dataset go into `seen`."""
+    ids, scores, labels = [], [], []
+    for clips, batch_labels, batch_ids, *positions in dataset:
+        _check_stop(should_stop)
+        out = predict(clips).numpy()
+        scores.append(out if matrix is None else out @ matrix.T)
+        labels.append(batch_labels.numpy())
+        ids.extend(x.decode("utf-8") for x in batch_ids.numpy())
+        if positions:
+            seen.update(int(p) for p in positions[0].numpy())
+    if not scores:
+        return [], np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return ids, np.concatenate(scores), np.concatenate(labels).astype(np.int64)
+
+
+def predict_chunked(predict, dataset, num_views, matrix, *, should_stop=None, seen=None):
+    """(ids, scores (N, C), labels (N,)) of a chunked eval dataset; the
+    videos' positions go into `seen` (a set) when given."""
     accumulator = aggregate.ViewAccumulator(num_views)
     for clips, batch_labels, batch_ids, chunks in dataset:
+        _check_stop(should_stop or (lambda: False))
+        if seen is not None:
+            seen.update(int(p) for p in chunks["video_index"].numpy())
         accumulator.add(
             chunks["video_index"].numpy(), predict(clips).numpy(),
             chunks["view_mask"].numpy(), batch_labels.numpy(),

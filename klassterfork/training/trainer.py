@@ -418,9 +418,11 @@ class Stage:
             checkpoints,
         ]
         if self.val_sets:
-            out.append(hooks.EvalHook(self.evaluate, every_epochs=loop["eval_every_epochs"],
-                                      optimizer=self.optimizer, source=self.source,
-                                      resave=checkpoints.save, log=log))
+            out.append(hooks.EvalHook(
+                self.evaluate, every_epochs=loop["eval_every_epochs"],
+                optimizer=self.optimizer, source=self.source, resave=checkpoints.save,
+                log=log, signals=signals, pending_path=hooks.pending_eval_path(
+                    dirs["root"], strategies.task_info(self.strategy)[:2])))
         out += [
             hooks.EpochLogHook(dirs["csv"], self.csv_fields, writer, chief=chief, log=log),
             hooks.BestModelHook(self.model, dirs["best"], csv_path=dirs["csv"],
@@ -432,4 +434,6 @@ class Stage:
             out.append(MlflowHook(self.tracking_run, stage_index=self.stage_index,
                                   every_steps=loop["log_every_steps"],
                                   current_lr=lr, dirs=dirs))
+        if self.val_sets:  # last: an evaluation a signal or a crash left pending
+            out.append(hooks.PendingEvalHook(out, log=log))
         return out

@@ -64,6 +64,11 @@ def csv_rows(path):
         return list(csv.DictReader(f))
 
 
+def err_class(message):
+    """The TensorFlow error class the paragraph names."""
+    return message.split("(TensorFlow: ", 1)[1].split(":", 1)[0]
+
+
 def logged_steps(exp):
     path = exp / "stage0" / "log_steps.csv"
     return [int(r["step"]) for r in csv_rows(path)] if path.exists() else []
@@ -202,6 +207,10 @@ def test_sigkill_of_one_worker_gives_one_paragraph_and_resumes(data, tmp_path, r
     assert f"lost contact with worker 1 (127.0.0.1:{cluster['worker'][1].split(':')[1]})" \
         in message[0]
     assert f"the last checkpoint is step {saved} of stage 0" in message[0]
+    # The whole gRPC error is kept in the stage folder, named in the paragraph.
+    dump = exp / "stage0" / "worker_lost.worker0.txt"
+    assert f"the whole error: {dump}" in message[0], message[0]
+    assert dump.read_text().startswith(err_class(message[0]) + ": ")
     assert message[0].endswith(f"on this worker: kf-train {cfg} -r")
     if not resume:
         return

@@ -22,6 +22,10 @@ One JSON object a line:
      record 17 (truncated, or a corrupt record after which the file cannot
      be read): its first 17 records are used, `lost` (from the manifest's
      per-shard count; null when unknown) are counted as bad.
+    {"shard": "val-00000-of-00001.tfrecord", "record": 5, "video_id": "x",
+     "error": "...", "epoch": 0, "set": "val"}                 a validation
+     record the evaluation skipped (`set`: the key under `datasets`); it
+     counts in the set's `skipped` metric, not against the train budget.
 
 The budget (`max_bad_records`) counts bad records plus lost ones (an unknown
 loss counts 1); over it, training stops with one paragraph naming the
@@ -96,7 +100,7 @@ class BadRecordLog:
         """(skip, cut) for `resume.Shards` over `paths` (matched by file name)."""
         index = {os.path.basename(p): i for i, p in enumerate(paths)}
         skip, cut = [], []
-        for e in self.entries:
+        for e in self._train_entries():
             f = index.get(e["shard"])
             if f is None:
                 continue
@@ -106,15 +110,21 @@ class BadRecordLog:
                 skip.append((f, int(e["record"]), int(e.get("epoch", 0))))
         return tuple(skip), tuple(cut)
 
+    def _train_entries(self):
+        """The entries of the train data (an evaluation's carry `set`)."""
+        return [e for e in self.entries if e.get("set", "train") == "train"]
+
     def count(self):
-        """Records counted against the budget."""
-        return sum(1 if "readable" not in e else (e.get("lost") or 1) for e in self.entries)
+        """Records counted against the budget (train data only)."""
+        return sum(1 if "readable" not in e else (e.get("lost") or 1)
+                   for e in self._train_entries())
 
     def check_budget(self, budget, where=""):
         if self.count() <= budget:
             return
-        shards = sorted({e["shard"] for e in self.entries})
-        ids = [e["video_id"] for e in self.entries if e.get("video_id")]
+        entries = self._train_entries()
+        shards = sorted({e["shard"] for e in entries})
+        ids = [e["video_id"] for e in entries if e.get("video_id")]
         raise BadRecordsError(
             f"{self.count()} bad records exceed the budget of {budget} "
             f"(max_bad_records){where}: shards {', '.join(shards)}; video ids "
@@ -166,7 +176,8 @@ def _locked(lock_path):
 
 
 def _key(entry):
-    return (entry["shard"], entry.get("record"), "readable" in entry)
+    return (entry.get("set", "train"), entry["shard"], entry.get("record"),
+            "readable" in entry)
 
 
 def describe(entry):
@@ -176,7 +187,9 @@ def describe(entry):
         return (f"{entry['shard']}: unreadable after record {entry['readable']} "
                 f"({entry['error']}); its first {entry['readable']} records are used, "
                 f"{'an unknown number' if lost is None else lost} counted as bad")
-    return (f"{entry['shard']} record {entry['record']} (video {entry.get('video_id')!r}, "
+    where = f"datasets.{entry['set']}: " if entry.get("set") else ""
+    return (f"{where}{entry['shard']} record {entry['record']} "
+            f"(video {entry.get('video_id')!r}, "
             f"epoch {entry.get('epoch', 0)}): {entry['error']}")
 
 

@@ -11,6 +11,9 @@ even when clips overlap.
 Public as `pipeline.eval_dataset`; the options come from a `spec.EvalData`.
 """
 
+import logging
+import os
+
 import tensorflow as tf
 
 from klassterfork.data import records, transforms
@@ -18,8 +21,10 @@ from klassterfork.data.reading.clips import (
     AUTOTUNE, dataset_options, decode_clip, encoded_frames, first_image, first_label,
     graph_fn, list_files, stack_flow)
 
+LOG = logging.getLogger(__name__)
 
-def eval_dataset(files, spec, *, with_ids=False):
+
+def eval_dataset(files, spec, *, with_ids=False, skip_bad_records=False):
     """The evaluation pipeline: every video once, `num_clips * num_crops` views.
 
     Clips are evenly spaced (`transforms.even_clip_indices`); crops are the
@@ -39,6 +44,13 @@ def eval_dataset(files, spec, *, with_ids=False):
             video. `flatten_views` yields single views.
         with_ids: bool. Add the video ids as a third element. Defaults to
             False.
+        skip_bad_records: bool. A record that does not parse or decode is
+            dropped before batching and the stream goes on (the other
+            videos of its batch are kept); without `views_per_chunk` each
+            element then ends with the records' positions in the files,
+            int64 (B,), so the caller names the missing ones
+            (`training/stage_eval.py`). Needs `with_ids` and no
+            `flatten_views`. Defaults to False: a bad record raises.
 
     Returns:
         `tf.data.Dataset` of `(clips, labels[, ids])`: clips float32
@@ -57,7 +69,12 @@ def eval_dataset(files, spec, *, with_ids=False):
         `aggregate.ViewAccumulator`), as without chunks.
     """
     views = spec.views
-    ds = _video_views(tf.data.TFRecordDataset(list_files(files)), spec)
+    if skip_bad_records and (views.flatten_views or not with_ids):
+        raise ValueError("`skip_bad_records` needs `with_ids=True` and no "
+                         f"`flatten_views`. Received: with_ids={with_ids}, "
+                         f"flatten_views={views.flatten_views}")
+    ds = _video_views(tf.data.TFRecordDataset(list_files(files)), spec,
+                      skip_bad_records=skip_bad_records)
     if views.flatten_views:
         ds = ds.flat_map(
             lambda clips, label, vid: tf.data.Dataset.from_tensor_slices(
@@ -74,26 +91,34 @@ def eval_dataset(files, spec, *, with_ids=False):
     return ds.prefetch(AUTOTUNE).with_options(dataset_options())
 
 
-def _video_views(ds, spec):
-    """Serialized records -> (views, label, id) per video, or with
-    `views_per_chunk` the chunks of each video's views."""
+def _video_views(ds, spec, *, skip_bad_records=False):
+    """Serialized records -> (views, label, id) per video (plus the record's
+    position with `skip_bad_records`), or with `views_per_chunk` the chunks
+    of each video's views.
+
+    `skip_bad_records`: a failed decode is dropped right after the decode
+    map (`ignore_errors`, before any batch), so one bad record costs only
+    itself; its position is what goes missing from the stream."""
     views = spec.views
     decode = _video_decoder(spec)
+    tolerate = (lambda d: d.ignore_errors()) if skip_bad_records else (lambda d: d)
 
     def views_of(crops, position, view_ids):
         out = _gather_views(crops, position, view_ids, num_crops=views.num_crops)
         return stack_flow(out) if spec.modality == "flow" else out
 
     if views.views_per_chunk is None:
-        def make_views(serialized):
+        def make_views(index, serialized):
             crops, position, label, vid = decode(serialized)
-            return views_of(crops, position, tf.range(views.num_views)), label, vid
+            out = views_of(crops, position, tf.range(views.num_views)), label, vid
+            return (*out, index) if skip_bad_records else out
 
-        return ds.map(graph_fn(make_views), num_parallel_calls=spec.num_parallel_calls,
-                      deterministic=True)
-    ds = ds.enumerate().map(
+        return tolerate(ds.enumerate().map(
+            graph_fn(make_views), num_parallel_calls=spec.num_parallel_calls,
+            deterministic=True))
+    ds = tolerate(ds.enumerate().map(
         graph_fn(lambda index, serialized: (*decode(serialized), index)),
-        num_parallel_calls=spec.num_parallel_calls, deterministic=True)
+        num_parallel_calls=spec.num_parallel_calls, deterministic=True))
     return ds.flat_map(graph_fn(
         lambda crops, position, label, vid, index: _view_chunks(
             lambda ids: views_of(crops, position, ids), label, vid, index,
@@ -200,3 +225,47 @@ def _standardizer(mode, mean, std):
         return (transforms.standardize(clips, mode, mean=mean, std=std), *rest)
 
     return apply
+
+
+def missing_records(files, spec, seen, *, dataset_key):
+    """Names the records that `eval_dataset(..., skip_bad_records=True)` dropped.
+
+    Every record position of `files` not in `seen` is read again on its own,
+    parsed and decoded eagerly with the same decoder, and described with
+    the error that dropped it (or, when it decodes now, says so).
+
+    Args:
+        files: as `eval_dataset`.
+        spec: the same `spec.EvalData`.
+        seen: set of int. The positions (in file order) that came out.
+        dataset_key: str. The set's key under `datasets` (`val`, ...),
+            stored as the entry's `set`.
+
+    Returns:
+        list of dicts, `bad_records.jsonl` entries: `shard`, `record`,
+        `video_id`, `error`, `epoch` (0) and `set`.
+    """
+    from klassterfork.data.reading import resume  # the header walk
+    from klassterfork.data.reading.train_records import _first_line, _video_id
+
+    decode = _video_decoder(spec)
+    found, position = [], 0
+    for path in list_files(files):
+        count, truncated = resume.count_records(path)
+        missing = [r for r in range(count) if position + r not in seen]
+        position += count
+        for record in missing:
+            entry = {"shard": os.path.basename(path), "record": record, "video_id": None,
+                     "epoch": 0, "set": dataset_key}
+            try:
+                serialized = next(iter(tf.data.TFRecordDataset(path).skip(record).take(1)))
+                entry["video_id"] = _video_id(serialized)
+                decode(serialized)
+                entry["error"] = "dropped by the evaluation pipeline; decodes on its own"
+            except tf.errors.OpError as err:
+                entry["error"] = _first_line(err)
+            found.append(entry)
+        if truncated:
+            LOG.warning("datasets.%s: %s ends inside record %d: the rest is not read",
+                        dataset_key, path, count)
+    return found
