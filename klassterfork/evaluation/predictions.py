@@ -16,11 +16,12 @@ Both files are written atomically (temporary name, then rename), npz first.
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from klassterfork.files import atomic_write  # noqa: E402  (re-exported)
+from klassterfork.files import atomic_write, is_remote  # noqa: E402  (atomic_write re-exported)
 
 FORMAT = "klassterfork.predictions/1"
 _SUFFIXES = (".npz", ".json")
@@ -38,6 +39,17 @@ def video_id_str(video_id):
 def _stem(path):
     path = Path(path)
     return path.with_suffix("") if path.suffix in _SUFFIXES else path
+
+
+def _pair(path):
+    """(npz, json) paths of `<stem>`: Paths, or strs for a remote path
+    (`Path` would fold `gs://b` into `gs:/b`)."""
+    if not is_remote(path):
+        stem = _stem(path)
+        return stem.with_suffix(".npz"), stem.with_suffix(".json")
+    root, ext = os.path.splitext(str(path))
+    stem = root if ext in _SUFFIXES else str(path)
+    return stem + ".npz", stem + ".json"
 
 
 def _pad_labels(labels, num_videos):
@@ -98,8 +110,7 @@ def write_predictions(path, ids, scores, labels, class_names):
             f"labels must be < {len(class_names)} (number of class names). "
             f"Received: max label {padded.max()}"
         )
-    stem = _stem(path)
-    npz_path, json_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    npz_path, json_path = _pair(path)
     with atomic_write(npz_path, "wb") as f:
         np.savez(f, ids=np.array(ids, dtype=str), scores=scores,
                  labels=padded, class_names=np.array(class_names, dtype=str))
@@ -114,7 +125,7 @@ def write_predictions(path, ids, scores, labels, class_names):
     ]
     doc = {
         "format": FORMAT,
-        "scores_file": npz_path.name,
+        "scores_file": os.path.basename(str(npz_path)),
         "num_videos": len(ids),
         "num_classes": len(class_names),
         "class_names": class_names,

@@ -4,7 +4,6 @@ optimizer. Every config problem becomes a `ConfigError` naming file and line."""
 import copy
 import dataclasses
 import difflib
-import glob
 import re
 import inspect
 import json
@@ -13,6 +12,7 @@ import os
 import keras
 import numpy as np
 
+from klassterfork import files as kf_files
 from klassterfork import models
 from klassterfork.config.components import build_component, split_component
 from klassterfork.config import options as opts
@@ -119,7 +119,7 @@ def dataset_info(block, source, key):
     """Finds the shard files and manifest of a `datasets.<name>` block."""
     if "files" in block:
         pattern = block["files"]
-        files = sorted(glob.glob(pattern)) if isinstance(pattern, str) else list(pattern)
+        files = kf_files.glob(pattern) if isinstance(pattern, str) else list(pattern)
         manifest_path = None
         if "split" in block and files:
             manifest_path = os.path.join(
@@ -129,7 +129,7 @@ def dataset_info(block, source, key):
         split = block.get("split")
         if not split:
             raise ConfigError(source, f"{key}.dir", "`split` is required with `dir`.")
-        files = sorted(glob.glob(os.path.join(block["dir"], f"{split}-*-of-*.tfrecord")))
+        files = kf_files.glob(os.path.join(block["dir"], f"{split}-*-of-*.tfrecord"))
         manifest_path = os.path.join(block["dir"], f"{split}.manifest.json")
     else:
         raise ConfigError(source, key, "a dataset needs `dir` + `split`, or `files`.")
@@ -140,8 +140,8 @@ def dataset_info(block, source, key):
             f"(split {block.get('split')!r}). Run kf-convert first."
         )
     manifest = None
-    if manifest_path and os.path.exists(manifest_path):
-        with open(manifest_path, encoding="utf-8") as f:
+    if manifest_path and kf_files.exists(manifest_path):
+        with kf_files.open_file(manifest_path) as f:
             manifest = json.load(f)
     info = DatasetInfo(files, manifest)
     if "num_examples" in block:

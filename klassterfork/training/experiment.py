@@ -24,7 +24,7 @@ import tempfile
 
 import tensorflow as tf
 
-from klassterfork import exit_codes, out_of_space
+from klassterfork import exit_codes, files, out_of_space
 from klassterfork.config.loader import ConfigError
 from klassterfork.files import write_json_atomic
 from klassterfork.training import builders, tracking
@@ -103,7 +103,7 @@ class Experiment:
                 check_data(stage, self.source, warn=warn)
         if self.signals is not None:
             self.signals.install()  # over the handler a multi-worker strategy installs
-        os.makedirs(self.experiment_dir, exist_ok=True)
+        files.makedirs(self.experiment_dir)  # local, gs://, ram:// (files.py)
         if strategies.is_chief(self.strategy):
             # A killed run's unfinished `ckpt-N_temp` folders (out_of_space.py).
             out_of_space.remove_checkpoint_temps(self.experiment_dir, log=warn)
@@ -139,7 +139,7 @@ class Experiment:
         previous, result, stage = None, {}, None
         for index in range(len(self.stages)):
             dirs = stage_dirs(self.experiment_dir, index)
-            if os.path.exists(dirs["done"]) and self._is_complete(index, dirs["done"]):
+            if files.exists(dirs["done"]) and self._is_complete(index, dirs["done"]):
                 previous = dirs["checkpoints"]
                 continue
             stage = self.stage(index)
@@ -179,7 +179,7 @@ class Experiment:
                 self.source, "meta.experiment_dir", f"{self.experiment_dir} already holds "
                 "a finished run: resume with -r, or choose another experiment_dir."
             )
-        with open(done_path) as f:
+        with files.open_file(done_path) as f:
             done_step = int(f.read().split()[0])
         planned = planned_steps(self.stages[index], self.source)
         if planned is None or done_step >= planned:
@@ -218,7 +218,7 @@ class Experiment:
         """What `-e` evaluates, restored into `stage`; None when nothing is."""
         checkpoint = self.options.checkpoint
         restored = None
-        if checkpoint and os.path.isdir(checkpoint):
+        if checkpoint and files.isdir(checkpoint):
             restored = stage.restore(checkpoint)
         if checkpoint and not restored:
             stage.checkpoint.restore(checkpoint).expect_partial()

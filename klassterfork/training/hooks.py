@@ -338,8 +338,7 @@ class FinalModelHook(Hook):
             if self.plot and os.path.exists(self.dirs["csv"]):
                 plot_training(self.dirs["csv"],
                               os.path.join(self.dirs["root"], "training_curves.png"))
-            with open(self.dirs["done"], "w") as f:
-                f.write(f"{step}\n")
+            files.write_text_atomic(self.dirs["done"], f"{step}\n")  # local or remote
         loop.result.update({"step": step, **loop.epoch_logs})
 
 

@@ -3,11 +3,12 @@ scalars: appended a row at a time, cut back to a restored step on resume,
 and read back for the best metric so far."""
 
 import csv
-import os
+import io
 
 import numpy as np
 import tensorflow as tf
 
+from klassterfork import files
 from klassterfork.files import atomic_write
 
 STEP_CSV_FIELDS = ("step", "epoch", "loss", "lr", "clips_per_s")
@@ -19,9 +20,9 @@ def truncate_rows(paths, step, log):
     checkpoint by the interrupted run), so a resumed run logs no step
     twice."""
     for path in paths:
-        if not os.path.exists(path):
+        if not files.exists(path):
             continue
-        with open(path, newline="") as f:
+        with files.open_file(path) as f:
             reader = csv.DictReader(f)
             fields, rows = reader.fieldnames, list(reader)
         kept = [r for r in rows if int(r["step"]) <= step]
@@ -37,12 +38,7 @@ def truncate_rows(paths, step, log):
 
 def append_step(path, row, writer):
     """One row of `log_steps.csv` and its scalars."""
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=STEP_CSV_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    _append_row(path, STEP_CSV_FIELDS, row)
     with writer.as_default(step=row["step"]):
         tf.summary.scalar("train/loss_step", row["loss"])
         tf.summary.scalar("train/lr", row["lr"])
@@ -51,12 +47,7 @@ def append_step(path, row, writer):
 
 def append_epoch(path, fields, metrics, writer):
     """One epoch row of `log.csv` (the `fields` columns) and its scalars."""
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow({k: metrics.get(k, "") for k in fields})
+    _append_row(path, fields, {k: metrics.get(k, "") for k in fields})
     with writer.as_default(step=metrics["step"]):
         for k, v in metrics.items():
             if not (k in ("epoch", "step") or k.endswith("videos")):
@@ -70,7 +61,7 @@ def best_logged(csv_path, key, up_to_step):
     sign = -1.0 if key.endswith("loss") else 1.0
     best = -np.inf
     try:
-        with open(csv_path, newline="") as f:
+        with files.open_file(csv_path) as f:
             for row in csv.DictReader(f):
                 try:
                     step, value = int(row["step"]), float(row[key])
@@ -81,6 +72,17 @@ def best_logged(csv_path, key, up_to_step):
     except FileNotFoundError:
         pass
     return best
+
+
+def _append_row(path, fields, row):
+    """One CSV row (the header first in a new file), through files.py: a
+    local append, a rewrite on a remote store."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    if not files.exists(path):
+        w.writeheader()
+    w.writerow(row)
+    files.append_text(path, text.getvalue())
 
 
 def format_metrics(metrics):

@@ -335,7 +335,7 @@ class Stage:
             out = train_step(iterator, tf.constant(stop_flag))
             return {k: float(v) for k, v in out.items()}
 
-        os.makedirs(dirs["root"], exist_ok=True)
+        files.makedirs(dirs["root"])  # local, gs://, ram:// (files.py)
         log(
             f"stage {self.stage_index}: {self.strategy.num_replicas_in_sync} replica(s), "
             f"global batch {self.global_batch} "

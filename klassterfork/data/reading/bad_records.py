@@ -85,7 +85,7 @@ class BadRecordLog:
             return []
         self.entries += new
         if self.path:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            kf_files.makedirs(os.path.dirname(self.path) or ".")
             with _locked(self.path + ".lock"):
                 theirs = _read(self.path)
                 ours = {_key(e) for e in theirs}
@@ -158,7 +158,7 @@ class BadRecordLog:
 
 def _read(path):
     try:
-        with open(path, encoding="utf-8") as f:
+        with kf_files.open_file(path) as f:
             return [json.loads(line) for line in f if line.strip()]
     except FileNotFoundError:
         return []
@@ -166,7 +166,11 @@ def _read(path):
 
 @contextlib.contextmanager
 def _locked(lock_path):
-    """An exclusive `flock` on `lock_path` (created if missing)."""
+    """An exclusive `flock` on `lock_path` (created if missing); none on a
+    remote store (gs://, ram://), which has no locks: there the chief writes."""
+    if kf_files.is_remote(lock_path):
+        yield
+        return
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -204,7 +208,7 @@ def manifest_count(path):
         return None
     manifest = os.path.join(os.path.dirname(path), f"{split}.manifest.json")
     try:
-        with open(manifest, encoding="utf-8") as f:
+        with kf_files.open_file(manifest) as f:
             shards = json.load(f).get("shards") or []
     except (OSError, ValueError):
         return None

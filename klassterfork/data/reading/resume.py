@@ -33,6 +33,8 @@ import struct
 
 import tensorflow as tf
 
+from klassterfork import files as kf_files
+
 AUTOTUNE = tf.data.AUTOTUNE
 # Remote file systems (gs://, s3://, hdfs://) read through TFRecordDataset's
 # default buffer: there every unbuffered header read would be a request.
@@ -47,9 +49,12 @@ def count_records(path):
     file ends inside a record (a partial header or body): `records` then
     counts the complete ones before it.
     """
-    size = os.path.getsize(path)
+    size = kf_files.getsize(path)
     count, pos = 0, 0
-    with open(path, "rb", buffering=0) as f:  # unbuffered: 12 bytes a read
+    # Local: unbuffered, 12 bytes a read; remote (gs://, ram://): a GFile.
+    opened = (kf_files.open_file(path, "rb") if kf_files.is_remote(path)
+              else open(path, "rb", buffering=0))
+    with opened as f:
         while pos < size:
             header = f.read(12)
             if len(header) < 12:
