@@ -75,3 +75,27 @@ def test_train_resume_evaluate_on_ram(tmp_path):
         text = f.read()
     assert "validation_0" in text and "validation_7" in text
     assert not os.path.exists("ram:")  # nothing went to a local folder named ram:
+
+
+def test_converter_rerun_removes_a_killed_runs_tmp_shard(tmp_path, caplog):
+    from klassterfork.data.conversion import convert, synthetic
+    from klassterfork.data.conversion.sources import SOURCES
+
+    videos = tmp_path / "videos"
+    synthetic.generate(videos, num_train=4, num_val=0, seed=3, workers=1, progress=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    # What files.atomic_write leaves when the process is killed mid-shard.
+    stale = out / ".train-00001-of-00002.tfrecord.abcd1234.tmp"
+    stale.write_bytes(b"half a shard")
+    stale.chmod(0o600)
+    other = out / ".notes.txt.abcd1234.tmp"  # not a shard of this split: kept
+    other.write_bytes(b"")
+    annotation = SOURCES["synthetic"](annotations=str(videos), split="train")
+    with caplog.at_level("WARNING"):
+        manifest = convert.convert(annotation, out, split="train", short_side=32,
+                                   workers=1, num_shards=2, progress=False)
+    assert not stale.exists() and other.exists()
+    assert any(str(stale) in r.getMessage() for r in caplog.records)
+    assert manifest["counts"]["written"] == 4
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == [other.name]

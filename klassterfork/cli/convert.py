@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 
+from klassterfork import exit_codes, out_of_space
 from klassterfork.data.conversion.sources import SOURCES
 
 
@@ -271,6 +272,12 @@ def main(argv=None):
         return 1
     except (ValueError, ImportError) as e:
         parser.error(str(e))
+    except OSError as e:  # a full disk or quota: one paragraph, exit 75
+        if not out_of_space.is_out_of_space(e):
+            raise
+        text = out_of_space.report(e, resume_hint="run the same command again")
+        print(f"kf-convert: {text}", file=sys.stderr)
+        return exit_codes.OUT_OF_SPACE
     print_summary(manifest, convert_lib.not_converted(manifest), split=args.split,
                   out=args.out)
     return 0

@@ -34,6 +34,7 @@ pipeline; both go through the functions here, in this order:
 import collections
 import concurrent.futures
 import dataclasses
+import glob
 import json
 import logging
 import multiprocessing
@@ -316,6 +317,7 @@ def convert(
                max_frames=max_frames, num_shards=num_shards,
                jpeg_quality=jpeg_quality, flow=flow, flow_bound=flow_bound,
                keep_truncated=keep_truncated)
+    remove_stale_temps(job.out_dir, job.names)
     workers = workers or os.cpu_count() or 1
     bar = tqdm.tqdm(
         total=len(job.entries),
@@ -337,6 +339,24 @@ def convert(
     bar.close()
     return finish(job, annotation, source=source, strict=strict,
                   extra={"runner": {"name": "local", "workers": workers}})
+
+
+def remove_stale_temps(out_dir, names, log=None):
+    """Removes the temporary files (`.{shard}.XXXX.tmp`, files.atomic_write)
+    a killed conversion left beside the shards `names`, with one log line.
+
+    Returns:
+        list of str, the removed files.
+    """
+    folder = glob.escape(os.fspath(out_dir))
+    stale = sorted(p for n in names
+                   for p in glob.glob(os.path.join(folder, f".{glob.escape(n)}.*.tmp")))
+    for path in stale:
+        os.remove(path)
+    if stale:
+        (log or LOG.warning)(f"removed {len(stale)} unfinished shard file(s) of an "
+                             f"earlier, killed conversion: {', '.join(stale)}")
+    return stale
 
 
 def _manifest(annotation, job, source):
