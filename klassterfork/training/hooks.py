@@ -350,8 +350,10 @@ class BadRecordHook(Hook):
 
     Raises (from `on_step_error`): the step's error when no record of its
     batches fails on its own (not the data's fault) or on a multi-worker
-    run (the peers wait in this step's collectives); ConfigError when the
-    bad records exceed datasets.train.max_bad_records.
+    run (the peers wait in this step's collectives; there the pipeline
+    drops bad records itself, `Placement.skip_bad_records`); ConfigError
+    when the bad records exceed datasets.train.max_bad_records (from
+    `after_step` when the pipeline counted them).
     """
 
     ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
@@ -360,6 +362,14 @@ class BadRecordHook(Hook):
         self.bad_records, self.batches = bad_records, int(batches_per_step)
         self.rebuild, self.multi_worker = rebuild, multi_worker
         self.source, self.log = source, log
+
+    def after_step(self, loop, logs):
+        # A pipeline that drops bad records itself (multi-worker) counts them
+        # there; over the budget, this worker stops with exit 2.
+        over = getattr(self.bad_records, "over_budget", None)
+        if over is not None:
+            raise ConfigError(self.source, "datasets.train.max_bad_records",
+                              str(over)) from None
 
     def on_step_error(self, loop, err):
         if not isinstance(err, self.ERRORS):

@@ -38,6 +38,10 @@ def train_input_fn(block, info, source, key, *, global_batch, seed, start_step,
         }
         if bad_records is not None:  # skipped records, named (data/reading/bad_records.py)
             placement["bad_records"] = bad_records
+            # Several workers: a failed step cannot be retried on one of them
+            # (the peers wait in its collectives): drop bad records in the
+            # pipeline, before the batch (`Placement.skip_bad_records`).
+            placement["skip_bad_records"] = context.num_input_pipelines > 1
         return builders.make_train_dataset(
             block, info, source, key, seed=seed, placement=placement
         )

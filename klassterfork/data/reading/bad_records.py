@@ -67,6 +67,9 @@ class BadRecordLog:
         self.path = path
         self.entries = []
         self._diagnosers = {}
+        # A pipeline that drops bad records itself (`Placement.skip_bad_records`)
+        # puts its `BadRecordsError` here; the trainer raises it after the step.
+        self.over_budget = None
         if path:
             self.entries = _read(path)
 

@@ -39,6 +39,7 @@ stream: P pipelines then produce exactly the clips of one.
 """
 
 import dataclasses
+import logging
 import os
 
 import tensorflow as tf
@@ -51,9 +52,10 @@ from klassterfork.data.reading.clips import (
     AUTOTUNE, dataset_options, decode_clip, encoded_frames, first_image, first_label,
     flip_clip, graph_fn, list_files, stack_flow)
 from klassterfork.data.reading.train_records import (
-    _diagnoser, _examples, pipeline_seed, read_shards, shard_policy_for)
+    _diagnoser, _example_namer, _examples, pipeline_seed, read_shards, shard_policy_for)
 from klassterfork.data.transforms import augment
 from klassterfork.data.transforms.checks import check_choice
+LOG = logging.getLogger(__name__)
 # What keys an example's random draws (see `Placement`).
 EXAMPLE_KEYS = ("position", "record")
 
@@ -78,12 +80,23 @@ class Placement:
             `bad_records.jsonl`, or None (an in-memory log). The records it
             names are skipped; truncated shards found are added to it; the
             trainer calls its `diagnose` when the iterator raises.
+        skip_bad_records: bool. Drop an example that fails to parse or
+            decode inside the pipeline, before the batch (`ignore_errors`
+            after the per-example map), and name it in `bad_records` from
+            the gap it leaves in the example indices (a `tf.py_function` on
+            the process that runs the pipeline replays that example
+            eagerly). For multi-worker runs, where a failed step cannot be
+            retried on one worker. A batch that met a bad record takes the
+            next example instead; clean data gives the same batches as
+            without it. Over the budget, the log's `over_budget` holds the
+            `BadRecordsError` (the trainer stops with it). Defaults to False.
     """
 
     num_input_pipelines: int = 1
     input_pipeline_id: int = 0
     example_key: str = "position"
     bad_records: object = None
+    skip_bad_records: bool = False
 
     def __post_init__(self):
         if not (_is_int(self.num_input_pipelines) and self.num_input_pipelines >= 1):
@@ -153,8 +166,13 @@ def train_dataset(files, spec, *, start_batch=0, placement=None):
     ds = _examples(layout, start_example=start_batch * spec.batch_size,
                    repeated_views=spec.augment.repeated_views, repeat=spec.reading.repeat,
                    seeded=build.seeded)
-    ds = ds.map(graph_fn(make_clip),
-                num_parallel_calls=spec.reading.num_parallel_calls, deterministic=True)
+    if build.placement.skip_bad_records:
+        ds = _skipping_bad_examples(ds, make_clip, build, _example_namer(
+            layout, make_clip, repeated_views=spec.augment.repeated_views,
+            repeat=spec.reading.repeat), log, budget)
+    else:
+        ds = ds.map(graph_fn(make_clip),
+                    num_parallel_calls=spec.reading.num_parallel_calls, deterministic=True)
     ds = ds.batch(spec.batch_size, drop_remainder=spec.reading.drop_remainder)
     ds = _batch_stages(ds, build)
     return ds.prefetch(AUTOTUNE).with_options(dataset_options())
@@ -184,6 +202,7 @@ def _layout(paths, build):
     None) and the budget; raises `BadRecordsError` when the known bad
     records exceed it."""
     spec, place = build.spec, build.placement
+    all_paths = paths
     log = place.bad_records
     if not isinstance(log, bad_records_lib.BadRecordLog):
         log = bad_records_lib.BadRecordLog(log)
@@ -208,9 +227,48 @@ def _layout(paths, build):
         lambda shards: dataclasses.replace(layout, shards=shards).locate(start)[0])))
     budget = spec.reading.max_bad_records
     if budget is None:
-        budget = bad_records_lib.default_budget(sum(layout.shards.counts))
+        # A fraction of the WHOLE train set (every pipeline's shards), as the
+        # log counts every worker's entries: the meaning does not depend on P.
+        every = layout.shards.counts if len(paths) == len(all_paths) else [
+            resume.count_records(p)[0] for p in all_paths]
+        budget = bad_records_lib.default_budget(sum(every))
     log.check_budget(budget)
     return layout, log, budget
+
+
+def _skipping_bad_examples(ds, make_clip, build, name_examples, log, budget):
+    """The per-example map with bad examples dropped and named (see
+    `Placement.skip_bad_records`): `ignore_errors` right after the map, then
+    a scan that finds the gaps in the example indices and names them."""
+    spec = build.spec
+
+    def clip_and_index(index, record):
+        return (*make_clip(index, record), index)
+
+    def name(first, stop):
+        found = log.add(name_examples(int(first), int(stop) - int(first)))
+        if not found:
+            LOG.warning("examples %d to %d were dropped by the pipeline but are not "
+                        "new bad records (named before, or they decode on their own)",
+                        int(first), int(stop) - 1)
+        try:
+            log.check_budget(budget)
+        except bad_records_lib.BadRecordsError as err:
+            log.over_budget = err
+        return len(found)
+
+    def find_gaps(expected, element):
+        index = tf.cast(element[-1], tf.int64)
+        named = tf.cond(index > expected, lambda: tf.py_function(
+            name, [expected, index], tf.int64), lambda: tf.constant(0, tf.int64))
+        with tf.control_dependencies([named]):
+            index = tf.identity(index)
+        return index + 1, element[:-1]
+
+    ds = ds.map(graph_fn(clip_and_index), num_parallel_calls=spec.reading.num_parallel_calls,
+                deterministic=True).ignore_errors()
+    start = build.start_batch * spec.batch_size
+    return ds.scan(tf.constant(start, tf.int64), graph_fn(find_gaps))
 
 
 def _example_key(build, names, index, epoch, file, record_index):

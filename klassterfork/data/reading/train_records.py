@@ -156,20 +156,27 @@ def _diagnoser(layout, make_clip, *, batch_size, repeated_views, repeat):
     """`fn(first_batch, num_batches) -> bad-record entries` (see
     `bad_records.BadRecordLog.diagnose`): replays those batches' examples
     and parses + decodes each eagerly with its own key."""
+    name = _example_namer(layout, make_clip, repeated_views=repeated_views, repeat=repeat)
+    return lambda first_batch, num_batches: name(first_batch * batch_size,
+                                                 num_batches * batch_size)
 
-    def diagnose(first_batch, num_batches):
-        ds = _examples(layout, start_example=first_batch * batch_size,
+
+def _example_namer(layout, make_clip, *, repeated_views, repeat):
+    """`fn(first_example, num_examples) -> bad-record entries`: replays those
+    examples and parses + decodes each eagerly with its own key."""
+
+    def diagnose(first_example, num_examples):
+        ds = _examples(layout, start_example=first_example,
                        repeated_views=repeated_views, repeat=repeat)
         found, seen = [], set()
-        it = iter(ds.take(num_batches * batch_size))
+        it = iter(ds.take(num_examples))
         while True:
             try:
                 index, (epoch, f, r, serialized) = next(it)
             except StopIteration:
                 break
             except tf.errors.OpError as err:  # the shard reader itself failed
-                found += _unreadable_shards(layout, first_batch * batch_size
-                                            // repeated_views, err)
+                found += _unreadable_shards(layout, first_example // repeated_views, err)
                 break
             f, r = int(f), int(r)
             if (f, r) in seen:
