@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from klassterfork.data import pipeline
 from klassterfork.data.reading import bad_records
