@@ -35,7 +35,7 @@ from klassterfork.data.spec import (  # noqa: F401  (public names)
     CROPS, MODALITIES, SHARD_POLICIES, EvalData, TrainData)
 
 PLACEMENT_KEYWORDS = ("num_input_pipelines", "input_pipeline_id", "example_key",
-                      "bad_records", "skip_bad_records")
+                      "bad_records", "skip_bad_records", "bad_records_dir")
 
 
 def _old_train_call(files, **keywords):

@@ -367,6 +367,12 @@ class BadRecordHook(Hook):
         # A pipeline that drops bad records itself (multi-worker) counts them
         # there; over the budget, this worker stops with exit 2.
         over = getattr(self.bad_records, "over_budget", None)
+        try:
+            # Records dropped on tf.data service workers, reported as files.
+            for entry in getattr(self.bad_records, "collect", list)():
+                self.log(f"skipped bad record: {describe_bad_record(entry)}")
+        except BadRecordsError as err:
+            over = err
         if over is not None:
             raise ConfigError(self.source, "datasets.train.max_bad_records",
                               str(over)) from None

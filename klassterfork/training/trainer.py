@@ -222,7 +222,7 @@ class Stage:
             fn = trainer_input_fn(
                 self.train_block, self.train_info, self.source, "datasets.train",
                 global_batch=self.global_batch, seed=self.seed, start_step=start_batch,
-                run_dir=self.dirs["root"],
+                run_dir=self.dirs["root"], bad_records=self.bad_records,
             )
         else:
             fn = train_input_fn(

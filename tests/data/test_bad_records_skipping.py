@@ -78,3 +78,28 @@ def test_the_default_budget_is_a_fraction_of_the_whole_train_set(tmp_path):
     with pytest.raises(bad_records.BadRecordsError, match="budget of 2 "):
         pipeline.train_dataset(paths, bad_records=log, num_input_pipelines=2,
                                input_pipeline_id=0, **KW)
+
+
+# ---- pipelines in another process (tf.data service workers): flag files ----
+def test_flagged_examples_are_dropped_recorded_as_files_and_collected(tmp_path):
+    clean = write_shards(tmp_path, [video_record(f"v{i}", 4, i % 3) for i in range(8)])
+    flags = tmp_path / "bad_records.d"
+    ordinary = take(pipeline.train_dataset(clean, **KW), 5)
+    flagged = take(pipeline.train_dataset(clean, bad_records_dir=str(flags), **KW), 5)
+    for a, b in zip(ordinary, flagged, strict=True):  # clean data: the same batches
+        np.testing.assert_array_equal(a[0], b[0])
+    assert os.listdir(flags) == []
+    videos = [video_record(f"v{i}", 4, i % 3, bad=(1,) if i == 5 else ()) for i in range(8)]
+    paths = write_shards(tmp_path, videos)  # v5: record 2 of shard 1
+    log = bad_records.BadRecordLog(str(tmp_path / "bad_records.jsonl"))
+    batches = take(pipeline.train_dataset(paths, bad_records=log, max_bad_records=5,
+                                          bad_records_dir=str(flags), **KW), 7)
+    assert len(batches) == 7  # past the record's epoch 0 and 1
+    assert sorted(os.listdir(flags)) == [f"e0-r2-{os.path.basename(paths[1])}.bad",
+                                         f"e1-r2-{os.path.basename(paths[1])}.bad"]
+    assert log.entries == []  # named by `collect`, on the trainer
+    new = log.collect()
+    assert [(e["shard"], e["record"], e["video_id"], e["epoch"]) for e in new] == [
+        (os.path.basename(paths[1]), 2, "v5", 0)], new  # once: epoch 0
+    assert os.listdir(flags) == [] and log.collect() == []
+    assert "JPEG" in new[0]["error"] or "image" in new[0]["error"], new

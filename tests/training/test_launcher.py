@@ -80,7 +80,7 @@ def test_two_workers_through_the_service_end_with_identical_weights(tmp_path):
     assert "resume is not exact" in out
 
 
-@pytest.mark.slow
+# Default (issue 24): the one real launcher preemption of the default run.
 def test_sigterm_is_forwarded_to_every_worker(tmp_path):
     data, exp = write_data(tmp_path)
     path = tmp_path / "c.hjson"

@@ -70,6 +70,7 @@ class BadRecordLog:
         # A pipeline that drops bad records itself (`Placement.skip_bad_records`)
         # puts its `BadRecordsError` here; the trainer raises it after the step.
         self.over_budget = None
+        self._watched = None  # (folder, shard paths) of `collect`
         if path:
             self.entries = _read(path)
 
@@ -82,8 +83,11 @@ class BadRecordLog:
         entries other processes added are kept, so no worker's rewrite drops
         another's.
         """
-        known = {_key(e) for e in self.entries}
-        new = [e for e in entries if _key(e) not in known]
+        known, new = {_key(e) for e in self.entries}, []
+        for e in entries:  # the first of a record named twice (two epochs) is kept
+            if _key(e) not in known:
+                known.add(_key(e))
+                new.append(e)
         if not new:
             return []
         self.entries += new
@@ -136,6 +140,44 @@ class BadRecordLog:
             "re-convert those shards (kf-convert resumes per shard), or raise "
             "datasets.train.max_bad_records to train without them."
         )
+
+    def watch(self, folder, paths):
+        """`collect` reads the `.bad` files of `folder` (a pipeline built with
+        `Placement.bad_records_dir` writes them) for the shards `paths`."""
+        os.makedirs(folder, exist_ok=True)
+        self._watched = (folder, {os.path.basename(p): p for p in paths})
+
+    def collect(self):
+        """Names the records the watched folder's files report (shard,
+        record, epoch; the video id and error read again from the shard),
+        adds them, removes the files and checks the budgets.
+
+        Returns:
+            list of the new entries.
+
+        Raises:
+            BadRecordsError: over a registered pipeline's budget.
+        """
+        if self._watched is None:
+            return []
+        from klassterfork.data.reading.train_records import name_record  # TF import
+
+        folder, paths = self._watched
+        names = [n for n in sorted(os.listdir(folder)) if n.endswith(".bad")]
+        if not names:
+            return []
+        found = []
+        for name in names:
+            epoch, record, shard = name[1:-len(".bad")].split("-", 2)
+            if shard in paths:
+                found.append(name_record(paths[shard], int(record[1:]), int(epoch)))
+        found.sort(key=lambda e: e["epoch"])  # a record dropped twice: its first epoch
+        new = self.add(found)
+        for name in names:
+            os.remove(os.path.join(folder, name))
+        for _, budget in list(self._diagnosers.values()):
+            self.check_budget(budget)
+        return new
 
     def register(self, pipeline_id, diagnose, budget):
         """Called by `pipeline.train_dataset`: how to name the bad records

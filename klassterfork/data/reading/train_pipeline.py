@@ -90,6 +90,14 @@ class Placement:
             next example instead; clean data gives the same batches as
             without it. Over the budget, the log's `over_budget` holds the
             `BadRecordsError` (the trainer stops with it). Defaults to False.
+        bad_records_dir: str or None. For a pipeline that runs in another
+            process (a tf.data service worker, where no `tf.py_function`
+            can run): each example is decoded under a guard (a one-element
+            dataset with `ignore_errors`, then a flagged stand-in when it
+            came out empty), flagged examples are dropped with `filter`,
+            and each is recorded as an empty file
+            `e<epoch>-r<record>-<shard>.bad` in this folder (`tf.io.write_file`);
+            `BadRecordLog.collect` names them. Defaults to None.
     """
 
     num_input_pipelines: int = 1
@@ -97,6 +105,7 @@ class Placement:
     example_key: str = "position"
     bad_records: object = None
     skip_bad_records: bool = False
+    bad_records_dir: str = None
 
     def __post_init__(self):
         if not (_is_int(self.num_input_pipelines) and self.num_input_pipelines >= 1):
@@ -166,7 +175,11 @@ def train_dataset(files, spec, *, start_batch=0, placement=None):
     ds = _examples(layout, start_example=start_batch * spec.batch_size,
                    repeated_views=spec.augment.repeated_views, repeat=spec.reading.repeat,
                    seeded=build.seeded)
-    if build.placement.skip_bad_records:
+    if build.placement.bad_records_dir:
+        ds = _flagging_bad_examples(ds, make_clip, build, build.placement.bad_records_dir,
+                                    [os.path.basename(p) for p in layout.shards.paths])
+        log.watch(build.placement.bad_records_dir, layout.shards.paths)
+    elif build.placement.skip_bad_records:
         ds = _skipping_bad_examples(ds, make_clip, build, _example_namer(
             layout, make_clip, repeated_views=spec.augment.repeated_views,
             repeat=spec.reading.repeat), log, budget)
@@ -234,6 +247,36 @@ def _layout(paths, build):
         budget = bad_records_lib.default_budget(sum(every))
     log.check_budget(budget)
     return layout, log, budget
+
+
+def _flagging_bad_examples(ds, make_clip, build, out_dir, shard_names):
+    """The per-example map with bad examples flagged, dropped and recorded as
+    files in `out_dir` (see `Placement.bad_records_dir`); pure graph ops."""
+    names = tf.constant(shard_names)
+    spec = ds.map(graph_fn(make_clip)).element_spec  # traced only
+    stand_in = tuple(tf.zeros([d or 0 for d in s.shape.as_list()], s.dtype) for s in spec)
+
+    def guarded(index, record):
+        epoch, file, record_index, _ = record
+        good = tf.data.Dataset.from_tensors((index, record)).map(
+            graph_fn(lambda i, r: (True, *make_clip(i, r)))).ignore_errors()
+
+        def flag(_):
+            path = tf.strings.join([
+                out_dir, "/e", tf.strings.as_string(epoch), "-r",
+                tf.strings.as_string(record_index), "-", tf.gather(names, file), ".bad"])
+            with tf.control_dependencies([tf.io.write_file(path, "")]):
+                return (tf.constant(False), *stand_in)
+
+        return good.concatenate(tf.data.Dataset.from_tensors(0).map(graph_fn(flag))).take(1)
+
+    parallel = build.spec.reading.num_parallel_calls
+    ds = ds.interleave(graph_fn(guarded), cycle_length=parallel if parallel != AUTOTUNE
+                       else None, block_length=1, num_parallel_calls=parallel,
+                       deterministic=True)
+    ds = ds.filter(lambda ok, *element: ok)
+    return ds.map(lambda ok, *element: tuple(
+        tf.ensure_shape(x, s.shape) for x, s in zip(element, spec)))
 
 
 def _skipping_bad_examples(ds, make_clip, build, name_examples, log, budget):

@@ -215,6 +215,22 @@ def _unreadable_shards(layout, start_record, err):
     return found
 
 
+def name_record(path, record, epoch):
+    """The bad-record entry of record `record` of shard `path`, read again:
+    its video id and the first error of parsing it or decoding its frames."""
+    entry = {"shard": os.path.basename(path), "record": int(record), "video_id": None,
+             "error": "dropped by the pipeline; decodes on its own", "epoch": int(epoch)}
+    try:
+        serialized = next(iter(tf.data.TFRecordDataset(path).skip(record).take(1)))
+        entry["video_id"] = _video_id(serialized)
+        for frame in records.parse(serialized)["frames"]:
+            tf.io.decode_image(frame)
+    except (tf.errors.OpError, StopIteration) as err:
+        entry["error"] = _first_line(err) if isinstance(err, tf.errors.OpError) else (
+            "the record is no longer in the shard")
+    return entry
+
+
 def _video_id(serialized):
     try:
         return records.parse(serialized)["id"].numpy().decode("utf-8", "replace")
