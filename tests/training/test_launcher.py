@@ -95,3 +95,40 @@ def test_sigterm_is_forwarded_to_every_worker(tmp_path):
     assert proc.wait(timeout=300) == exit_codes.PREEMPTED
     out = (tmp_path / "launcher.log").read_text()
     assert "forwarding SIGTERM to 2 workers" in out
+
+
+@pytest.mark.slow  # two launches of 2 workers: a few minutes on 2 cores
+def test_sigterm_during_evaluation_stops_it_and_resume_runs_it(tmp_path):
+    # Issue 24: every worker stops its evaluation at the next batch and
+    # exits 75; the epoch-end checkpoint is already written; -r runs the
+    # pending evaluation first and finishes with every step and row.
+    data = tmp_path / "data"
+    write_split(str(data), "train", 16, seed=0, num_shards=2)
+    write_split(str(data), "validation", 400, seed=1)  # a long evaluation
+    exp = tmp_path / "exp"
+    path = tmp_path / "c.hjson"
+    path.write_text(tiny_config(data, exp, epochs=2, plot=False))
+    proc = run_launcher(path, tmp_path)
+    pending = exp / "stage0" / "eval_pending.worker0.json"
+    deadline = time.monotonic() + 600
+    while not pending.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            (tmp_path / "launcher.log").read_text()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out_log = tmp_path / "launcher.log"
+    assert proc.wait(timeout=300) == exit_codes.PREEMPTED, out_log.read_text()
+    out = out_log.read_text()
+    step = json.loads(pending.read_text())["step"]
+    assert out.count(f"evaluation after step {step} stopped by SIGTERM") == 2, out
+    checkpoints = exp / "stage0" / "checkpoints"
+    assert f"ckpt-{step}" in (checkpoints / "checkpoint").read_text()
+    os.rename(out_log, tmp_path / "first.log")
+    proc = run_launcher(path, tmp_path, "-r")
+    assert proc.wait(timeout=600) == 0, out_log.read_text()
+    out = out_log.read_text()
+    assert f"at step {step}" in out and "running the evaluation of epoch 1" in out, out
+    rows = (exp / "stage0" / "log.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",," not in r for r in rows[1:]), rows
+    assert (exp / "stage0" / "DONE").read_text().strip() == "8"
+    assert (exp / "stage0" / "best.keras").exists()
