@@ -84,6 +84,7 @@ def tiny_stages(stages, workdir):
     for index, stage in enumerate(stages):
         stage = copy.deepcopy(stage)
         stage.pop("tracking", None)  # a dry run sends nothing to MLflow
+        stage.pop("init_weights", None)  # the recipe is checked, not the file
         for name in ("frozen_weights", "imagenet_weights"):
             # A dry run checks the recipe, not the pretrained files.
             for kwargs in (stage.get("model") or {}).values():
