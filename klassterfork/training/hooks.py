@@ -93,7 +93,8 @@ class NanCheckHook(Hook):
         raise TrainingDiverged(
             f"loss is {logs['loss']} at step {loop.step} (epoch {loop.epoch + 1}); "
             f"stopped. Last good checkpoint: {last or 'none'}. Lower the learning rate "
-            "or enable train_loop.global_clipnorm, then resume with -r."
+            "or clip gradients with optimizer.<Name>.global_clipnorm (e.g. optimizer: "
+            "{SGD: {global_clipnorm: 20}}), then resume with -r."
         )
 
 
