@@ -8,7 +8,16 @@ verbatim there (only `--workers N` becomes `--workers 1`), and every recipe
 that reads the dataset (`recipes_reading`) is loaded with KF_DATA pointing
 at the result: each `datasets.*` block whose records the page makes must find
 shards and `{split}.manifest.json` (flow in the manifest for `modality:
-flow`). A `--smoke` run per recipe goes in `check_recipe`.
+flow`). Then `kf-train RECIPE --smoke` runs every recipe on those records
+(`test_recipe_smoke`), with KF_WEIGHTS holding stand-ins of the public
+pretrained files its `init_weights` names, written in the same format by
+writers independent of klassterfork (torch state dicts of
+references/torch_reference.py models, keras.applications' own legacy h5
+writer), and the recipe's page command (tools/resnet50_to_tdn.py) run on
+them; the run's init_weights paragraph must report every tensor of the file
+loaded that the reference model shares with ours. The smoke runs lower the
+batch sizes and evaluation views (`smoke_set`): they check the recipe's
+wiring on this 2-core machine, not its memory.
 """
 
 import csv
@@ -20,6 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from klassterfork.config import loader
@@ -264,12 +274,27 @@ def check_recipe(recipe, data, dataset, monkeypatch):
     return checked
 
 
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    """`pages(*datasets)` -> the data folder where those pages have run, one
+    folder for the module (each page run once, as a user would in turn)."""
+    work = tmp_path_factory.mktemp("pages")
+    done = set()
+
+    def make(*datasets):
+        for dataset in datasets:
+            if dataset not in done:
+                MAKERS[dataset](work / "data")
+                run_page(dataset, work)
+                done.add(dataset)
+        return work / "data"
+
+    return make
+
+
 @pytest.mark.parametrize("dataset", sorted(PAGE_DIRS))
-def test_page_makes_what_its_recipes_read(dataset, tmp_path, monkeypatch):
-    work = tmp_path / "work"
-    data = work / "data"
-    MAKERS[dataset](data)
-    run_page(dataset, work)
+def test_page_makes_what_its_recipes_read(dataset, pages, monkeypatch):
+    data = pages(dataset)
     recipes = recipes_reading(dataset)
     assert recipes, dataset
     for recipe in recipes:
@@ -313,3 +338,121 @@ def test_kinetics_split_val_is_written_as_validation(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
         "labels.txt", "validation-00000-of-00001.tfrecord",
         "validation.manifest.json"]
+
+
+# --- kf-train RECIPE --smoke on the records the pages made -------------------
+# The default suite smokes two recipes (ResNet-50 TSN, and model3D_1 at 84^2);
+# the others take minutes each on 2 shared cores (224-px ViTs and the
+# 4096-wide frozen block, 299-px InceptionV3, 60 x 224^2 model3D_1, TDN's 40
+# frames per clip, R(2+1)D-18 on three datasets): `-m slow`.
+DEFAULT_SMOKE = {"smth_model3d_1", "tsn_r50_ssv2_8f"}
+SMOKED = sorted(
+    p.stem for p in RECIPES.glob("*.hjson") if p.stem != "demo_r2plus1d_synthetic"
+)
+PARAGRAPH = re.compile(
+    r"init_weights: (\S+) \((\w+), sha256 \w+\): (\d+) variables loaded, "
+    r"(\d+) left initialized, (\d+) file tensors unused"
+)
+
+
+def smoke_set(stages):
+    """`--set` lowering every batch size: train 2 clips (2 views of one
+    video where a recipe repeats views), evaluation 1 video of 1 view."""
+    out = []
+    for role, block in stages[0]["datasets"].items():
+        out += ["--set", f"datasets.{role}.batch_size={2 if role == 'train' else 1}"]
+        for key in ("num_clips", "num_crops"):
+            if role != "train" and block.get(key, 1) != 1:
+                out += ["--set", f"datasets.{role}.{key}=1"]
+    return out
+
+
+def write_embeddings(stages):
+    """Stand-in `kf-embed-classes` output for zero-shot blocks: one random
+    300-d row per class of the records' labels.txt (word vectors are not
+    shared test data)."""
+    for block in stages[0]["datasets"].values():
+        path = Path(block.get("class_embeddings") or "")
+        if block.get("class_embeddings") and not path.is_file():
+            rows = len((Path(block["dir"]) / "labels.txt").read_text().splitlines())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(rows)
+            np.save(path, rng.normal(size=(rows, 300)).astype("float32"))
+
+
+def write_weights(stages, folder):
+    """Writes the stand-in of the file `init_weights` names (its page's
+    prepare command included). Returns [(path, loaded, unused)] that the
+    run's init_weights paragraph must show, [] for a recipe without one."""
+    from tests import pretrained_standins as standins
+
+    init = stages[0].get("init_weights")
+    if os.environ.get("KF_FROZEN_BLOCK") and "frozen_weights" in str(stages):
+        standins.frozen_block(os.environ["KF_FROZEN_BLOCK"])
+    if not init:
+        return []
+    path = Path(init["path"])
+    assert path.parent == folder, path
+    model = stages[0]["model"]
+    if path.name == "resnet50-0676ba61.pth":
+        loaded, unused = standins.torchvision_resnet50(path)
+    elif path.name == "resnet50-0676ba61_tdn.pth":
+        source = folder / "resnet50-0676ba61.pth"
+        standins.torchvision_resnet50(source)
+        subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "resnet50_to_tdn.py"), str(source),
+             str(path)], check=True, capture_output=True, timeout=300)
+        import torch
+
+        state = torch.load(path, weights_only=True)
+        loaded, unused = sum(not k.endswith("num_batches_tracked") for k in state), 0
+    elif path.name.startswith("inception_v3"):
+        loaded, unused = standins.inception_v3_notop(path)
+        if model["TwoStream2D"]["stream"] == "flow":
+            loaded -= 1  # the 20-channel first conv keeps its initialization
+    elif path.name.startswith("videomae_vit"):
+        loaded, unused = standins.videomae_pretrain(path, model["VideoViT"]["variant"])
+    else:
+        raise AssertionError(f"no stand-in writer for {path.name}")
+    return [(str(path), loaded, unused)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in DEFAULT_SMOKE else pytest.param(n, marks=pytest.mark.slow)
+        for n in SMOKED
+    ],
+)
+def test_recipe_smoke(name, pages, tmp_path, monkeypatch, capsys):
+    """`kf-train RECIPE --smoke` passes on the records its pages made, with
+    its pretrained file loaded, and leaves no experiment folder."""
+    import keras
+
+    from klassterfork.cli.train import main
+
+    recipe = RECIPES / f"{name}.hjson"
+    data = pages(*[d for d in sorted(PAGE_DIRS) if recipe in recipes_reading(d)])
+    weights, exp = tmp_path / "weights", tmp_path / "experiments"
+    weights.mkdir()
+    monkeypatch.setenv("KF_DATA", str(data))
+    monkeypatch.setenv("KF_WEIGHTS", str(weights))
+    monkeypatch.setenv("KF_EXPERIMENTS", str(exp))
+    monkeypatch.setenv("KF_FROZEN_BLOCK", str(weights / "frozen_block.npz"))
+    stages, _ = loader.load(recipe)
+    write_embeddings(stages)
+    expected = write_weights(stages, weights)
+    capsys.readouterr()
+    try:
+        code = main([str(recipe), "--smoke", *smoke_set(stages)])
+    finally:
+        keras.backend.clear_session()
+    out = capsys.readouterr()
+    assert code == 0, f"{name}: exit {code}\n{out.out[-2000:]}\n{out.err[-3000:]}"
+    assert "smoke OK" in out.out, out.out[-2000:]
+    found = [
+        (path, int(loaded), int(unused))
+        for path, _, loaded, _, unused in PARAGRAPH.findall(out.out + out.err)
+    ]
+    assert found == expected, PARAGRAPH.pattern
+    assert not exp.exists()
