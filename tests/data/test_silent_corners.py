@@ -104,11 +104,11 @@ def test_top5_with_three_classes_is_named_once_and_labelled_is_reported(
     class Info:
         label_names = ["a", "b", "c"]
 
-    def fake_dataset(block, info, source, key):
-        return [(tf.constant(scores[:, None]), tf.constant(labels),
-                 tf.constant([b"x", b"y", b"z"]))]
+    def fake_data(block, info, source, key, *, skip):
+        return None, [(tf.constant(scores[:, None]), tf.constant(labels),
+                       tf.constant([b"x", b"y", b"z"]))]
 
-    monkeypatch.setattr(stage_eval.builders, "make_eval_dataset", fake_dataset)
+    monkeypatch.setattr(stage_eval, "_eval_data", fake_data)
     predict = lambda zero_shot, chunked: (lambda clips: tf.reduce_mean(clips, axis=1))  # noqa: E731
     with caplog.at_level(logging.WARNING):
         out = stage_eval.evaluate_set(predict, "val", {}, Info(), None, None)
