@@ -258,14 +258,6 @@ def train_spec(block, info, source, key, *, seed, overrides=None):
     return resolve_flip(spec, info, source, key)
 
 
-def make_eval_dataset(block, info, source, key):
-    spec = data_spec.EvalData.from_block(block, source, key)
-    try:
-        return pipeline.eval_dataset(info.files, spec, with_ids=True)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(source, key, str(err)) from None
-
-
 def make_model(stage, source, *, num_classes=None):
     block = stage.get("model")
     if block is None:
