@@ -40,6 +40,10 @@ import time
 
 from klassterfork import exit_codes
 
+# Set in each worker's environment: the launcher forwards every signal to
+# every worker, so a worker may stop an evaluation on its own signal
+# (training/trainer.py); under other launchers one worker may be signalled alone.
+EVERY_WORKER_SIGNALLED = "KF_EVERY_WORKER_SIGNALLED"
 GRACE_S = 30.0  # after a failure or a preemption, how long the others get
 KILL_AFTER_S = 5.0  # after the second SIGTERM, before SIGKILL
 POLL_S = 0.05  # how often worker statuses are read
@@ -107,7 +111,8 @@ def launch(argv, num_workers, *, log=None, command=None):
     try:
         for i, config in enumerate(configs):
             proc = subprocess.Popen(
-                [*command, *worker_argv], env=dict(os.environ, TF_CONFIG=config),
+                [*command, *worker_argv], env=dict(os.environ, TF_CONFIG=config,
+                                                 **{EVERY_WORKER_SIGNALLED: "1"}),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True, bufsize=1,
                 start_new_session=True)

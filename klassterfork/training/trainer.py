@@ -38,6 +38,7 @@ from klassterfork.training import strategy as strategies
 
 # Kept importable from here (tests, cli, runs/).
 from klassterfork.training.hooks import TrainingDiverged, save_keras_atomic  # noqa: F401
+from klassterfork.training.launcher import EVERY_WORKER_SIGNALLED
 from klassterfork.training.loop import TrainLoop
 
 # What a stage reads, kept importable from here (runs/, launcher, dry_run).
@@ -391,6 +392,16 @@ class Stage:
                                     report.to_json())
         log(f"stage {self.stage_index}: {report.paragraph()}")
 
+    def _eval_signals(self, signals):
+        """What evaluation watches for a signal: every process alone, but a
+        multi-worker evaluation only when every worker gets the signal (the
+        local launcher forwards it to all); a worker that stopped evaluating
+        alone would leave its peers waiting in the next collective (exit 76).
+        Otherwise the all-reduced flag stops every worker after the next step."""
+        if not self.multi_worker or os.environ.get(EVERY_WORKER_SIGNALLED) == "1":
+            return signals
+        return None
+
     def _hooks(self, manager, log, signals):
         """The training loop's hooks, in order (see training/hooks.py): a new
         concern is one `Hook` class plus one line here."""
@@ -421,7 +432,8 @@ class Stage:
             out.append(hooks.EvalHook(
                 self.evaluate, every_epochs=loop["eval_every_epochs"],
                 optimizer=self.optimizer, source=self.source, resave=checkpoints.save,
-                log=log, signals=signals, pending_path=hooks.pending_eval_path(
+                log=log, signals=self._eval_signals(signals),
+                pending_path=hooks.pending_eval_path(
                     dirs["root"], strategies.task_info(self.strategy)[:2])))
         out += [
             hooks.EpochLogHook(dirs["csv"], self.csv_fields, writer, chief=chief, log=log),
