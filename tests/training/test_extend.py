@@ -15,17 +15,23 @@ from tests.training.tiny_data import tiny_config, write_split
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def start_cli(*args):
+    return subprocess.Popen([sys.executable, "runs/train.py", *map(str, args)], cwd=ROOT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def run_cli(*args):
-    return subprocess.run([sys.executable, "runs/train.py", *map(str, args)], cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                          capture_output=True, text=True, timeout=300)
+    proc = start_cli(*args)
+    proc.stdout, proc.stderr = proc.communicate(timeout=300)
+    return proc
 
 
 def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
     data = tmp_path / "data"
     write_split(str(data), "train", 24, seed=0)
     write_split(str(data), "validation", 8, seed=1)
-    runs = {}
+    runs, procs = {}, []
     for name, epochs in (("long", 2), ("short", 1)):
         folder = tmp_path / name
         folder.mkdir()
@@ -34,8 +40,11 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
         (folder / "c.hjson").write_text(tiny_config(data, folder / "exp", epochs=epochs,
                                                     deterministic=True))
         runs[name] = (folder / "c.hjson", folder / "exp" / "stage0")
-        proc = run_cli(runs[name][0])
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        # Side by side: independent runs, and most of each is one-core start-up.
+        procs.append(start_cli(runs[name][0]))
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
     cfg, stage = runs["short"]
     assert (stage / "DONE").read_text().strip() == "6"
 
