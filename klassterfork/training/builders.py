@@ -190,6 +190,19 @@ def class_matrix(block, source, key, *, units=None, num_classes=None):
     return matrix / np.maximum(norms, 1e-12)
 
 
+def embedding_units(stage):
+    """The `units` of the stage's `EmbeddingHead` (`model.<Family>.head`), or
+    None for a classifier head or a model block this cannot read."""
+    block = stage.get("model")
+    if not isinstance(block, dict) or len(block) != 1:
+        return None
+    kwargs = next(iter(block.values()))
+    head = kwargs.get("head") if isinstance(kwargs, dict) else None
+    if isinstance(head, dict) and isinstance(head.get("EmbeddingHead"), dict):
+        return head["EmbeddingHead"].get("units")
+    return None
+
+
 def resolve_flip(spec, info, source, key):
     """`spec` with `flip: manifest / true / ssv2_tdn` resolved to the label map."""
     flip = spec.augment.flip

@@ -115,7 +115,7 @@ class Stage:
         # Zero-shot: the train set's class-name embeddings are the targets.
         self.train_matrix = None
         if "train" in datasets:
-            self.train_matrix = builders.class_matrix(datasets["train"], source, "datasets.train")
+            self.train_matrix = self._class_matrix(datasets, "train", self.train_info)
         seed = int(self.loop["seed"])
         if self.loop["deterministic"]:
             tf.config.experimental.enable_op_determinism()
@@ -160,7 +160,7 @@ class Stage:
         self.val_sets = {}
         for key in self.val_keys:
             info = builders.dataset_info(datasets[key], source, f"datasets.{key}")
-            matrix = builders.class_matrix(datasets[key], source, f"datasets.{key}")
+            matrix = self._class_matrix(datasets, key, info)
             self.val_sets[key] = (datasets[key], info, matrix)
         self.val_info = self.val_sets[self.val_keys[0]][1] if self.val_keys else None
         self.csv_fields = list(run_logs.TRAIN_CSV_FIELDS)
@@ -169,6 +169,15 @@ class Stage:
             names = ("top1", "top5") if matrix is not None else ("loss", "top1", "top5")
             self.csv_fields += [prefix + n for n in names]
         self.csv_fields.append("time")
+
+    def _class_matrix(self, datasets, key, info):
+        """`datasets.<key>.class_embeddings`, checked against the head's
+        `units` and the dataset's class count before anything trains."""
+        names = info.label_names
+        return builders.class_matrix(
+            datasets[key], self.source, f"datasets.{key}",
+            units=builders.embedding_units(self.stage),
+            num_classes=len(names) if names else None)
 
     def _build_model_and_optimizer(self):
         """Model, frozen layers, loss and optimizer (with its slots), inside

@@ -68,3 +68,39 @@ def test_no_check_without_units_or_classes(tmp_path):
     got = builders.class_matrix(block, source, "datasets.train")
     assert got.shape == (3, 5)
     np.testing.assert_allclose(got, np.full((3, 5), 1 / np.sqrt(5)), rtol=1e-6)
+
+
+def test_embedding_units_reads_the_head_of_the_stage(tmp_path):
+    stages, _ = loader.load_text(CONFIG.replace("EMB", "x.npy"), str(tmp_path / "c.hjson"))
+    assert builders.embedding_units(stages[0]) == 300
+    assert builders.embedding_units({"model": {"R2Plus1D": {"num_classes": 4}}}) is None
+
+
+@pytest.mark.parametrize("shape", [(2, 50), (3, 8)])  # GloVe-50 beside units 8; 3 rows, 2 classes
+def test_a_run_with_a_mismatched_file_stops_before_training(tmp_path, capsys, shape):
+    import json
+
+    from klassterfork.cli.train import main
+    from tests.training.tiny_data import write_split
+
+    write_split(str(tmp_path / "data"), "train", 8, seed=0, classes=(0, 1))
+    np.save(tmp_path / "emb.npy", np.ones(shape, np.float32))
+    config = {
+        "meta": {"experiment_dir": str(tmp_path / "exp")},
+        "datasets": {"train": {"dir": str(tmp_path / "data"), "split": "train",
+                               "clip_len": 4, "crop_size": 32, "batch_size": 4,
+                               "class_embeddings": str(tmp_path / "emb.npy")}},
+        "model": {"R2Plus1D": {"num_classes": None, "blocks_per_stage": [1, 1],
+                               "widths": [8, 8], "stem_width": 4,
+                               "input_shape": [4, 32, 32, 3],
+                               "head": {"EmbeddingHead": {"units": 8}}}},
+        "loss": {"EmbeddingMSE": {}},
+        "optimizer": {"Adam": {"learning_rate": 0.01}},
+        "train_loop": {"epochs": 1, "progress": False},
+    }
+    (tmp_path / "c.hjson").write_text(json.dumps(config))
+    assert main([str(tmp_path / "c.hjson")]) == 2
+    err = capsys.readouterr().err
+    assert "datasets.train.class_embeddings" in err and "Traceback" not in err
+    assert f"expected shape (2, 8). Received shape {shape}" in err
+    assert not (tmp_path / "exp" / "stage0" / "log.csv").exists()
