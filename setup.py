@@ -18,6 +18,9 @@ setup(
         "tqdm",
         "tensorboard",
         "matplotlib",
+        # The converter's filesystem layer (data/conversion/fs.py): gs://, s3://,
+        # memory:// output without TensorFlow. gcsfs / s3fs add those schemes.
+        "fsspec>=2026.9.0",
     ],
     package_data={"klassterfork": ["data/overrides/*.json"]},
     extras_require={

@@ -20,10 +20,11 @@ the accuracy so that the baseline maps to 0 and perfect to 1:
 """
 
 import dataclasses
-from pathlib import Path
+import os
 
 import numpy as np
 
+from klassterfork import files
 from klassterfork.evaluation.metrics import label_matrix
 
 
@@ -53,7 +54,7 @@ def parse_groups(path, class_names):
             twice in a group, or a merge line whose length differs from its
             group.
     """
-    path = Path(path)
+    path = os.fspath(path)  # not Path: it would fold gs://b into gs:/b
     index = {name: i for i, name in enumerate(class_names)}
     groups, current, merge, blanks = [], [], None, 0
 
@@ -73,7 +74,8 @@ def parse_groups(path, class_names):
             ))
         current, merge = [], None
 
-    lines = path.read_text(encoding="utf-8").splitlines()
+    with files.open_file(path) as f:
+        lines = f.read().splitlines()
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
         if line.startswith("##"):

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from klassterfork.files import atomic_write  # noqa: E402
+from klassterfork.files import atomic_write, open_file  # noqa: E402
 
 ALIASES = {
     "top1": ("top1", "accuracy", "sparse_categorical_accuracy",
@@ -47,7 +47,7 @@ def read_csv_log(path):
     Raises:
         ValueError: naming the file when it has no header row.
     """
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_file(path) as f:  # a local path or a URL (log.csv on gs://)
         rows = list(csv.reader(f))
     if not rows or not any(h.strip() for h in rows[0]):
         raise ValueError(f"{path}: empty CSV log (expected a header row)")

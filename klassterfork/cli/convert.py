@@ -49,7 +49,9 @@ def build_parser():
                              "sorted and the map is printed")
     parser.add_argument("--reader-arg", metavar="KEY=VALUE", action="append",
                         default=[], help="extra reader option (e.g. fold=2)")
-    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: a local path or a URL fsspec knows "
+                             "(gs://bucket/records with gcsfs installed, s3://, ...)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--short-side", type=int, default=128,
                         help="resize so the short side is this (0 = keep)")

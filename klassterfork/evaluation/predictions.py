@@ -12,15 +12,18 @@ top-5 classes with their scores, for people and other tools:
      "num_videos": N, "num_classes": C, "class_names": [...],
      "videos": [{"id": ..., "labels": [...], "top5": [[class, score], ...]}]}
 
-Both files are written atomically (temporary name, then rename), npz first.
+Both files are written atomically (temporary name, then rename), npz first,
+through `klassterfork.files`: a local path or a URL (`gs://`, `ram://`).
 """
 
+import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from klassterfork import files
 from klassterfork.files import atomic_write, is_remote  # noqa: E402  (atomic_write re-exported)
 
 FORMAT = "klassterfork.predictions/1"
@@ -153,13 +156,17 @@ def read_predictions(path):
         FileNotFoundError: naming the npz file when it is missing.
         ValueError: when the npz lacks a key or the shapes disagree.
     """
-    npz_path = _stem(path).with_suffix(".npz")
-    if not npz_path.is_file():
+    npz_path = _pair(path)[0]
+    if not files.exists(npz_path) or files.isdir(npz_path):
         raise FileNotFoundError(
             f"{npz_path}: no scores file (expected the .npz written by "
             "write_predictions next to the .json)"
         )
-    with np.load(npz_path, allow_pickle=False) as data:
+    source = npz_path
+    if is_remote(npz_path):  # np.load seeks: read the (small) file whole
+        with files.open_file(npz_path, "rb") as f:
+            source = io.BytesIO(f.read())
+    with np.load(source, allow_pickle=False) as data:
         missing = {"ids", "scores", "labels", "class_names"} - set(data.files)
         if missing:
             raise ValueError(
@@ -197,9 +204,9 @@ def read_class_names(path):
     Raises:
         ValueError: naming the file when the json indices are not 0..C-1.
     """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix != ".json":
+    with files.open_file(path) as f:  # a local path or a URL
+        text = f.read()
+    if os.path.splitext(os.fspath(path))[1] != ".json":
         return [line.strip() for line in text.splitlines() if line.strip()]
     doc = json.loads(text)
     if isinstance(doc, list):

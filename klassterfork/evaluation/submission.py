@@ -10,7 +10,7 @@ import numpy as np
 
 from klassterfork.evaluation.metrics import top_k_indices
 from klassterfork.evaluation.predictions import video_id_str
-from klassterfork.files import atomic_write
+from klassterfork.files import atomic_write, is_remote, open_file
 
 
 def write_submission(path, ids, scores, k=5):
@@ -23,7 +23,7 @@ def write_submission(path, ids, scores, k=5):
         k: int. Classes per line, clipped to C. Defaults to 5.
 
     Returns:
-        Path written.
+        Path written (str for a URL: `Path` would fold `gs://b` into `gs:/b`).
     """
     scores = np.asarray(scores)
     ids = [video_id_str(i) for i in ids]
@@ -42,7 +42,7 @@ def write_submission(path, ids, scores, k=5):
     with atomic_write(path) as f:
         for vid, row in zip(ids, top):
             f.write(";".join([vid, *map(str, row)]) + "\n")
-    return Path(path)
+    return path if is_remote(path) else Path(path)
 
 
 def read_submission(path):
@@ -55,7 +55,7 @@ def read_submission(path):
         ValueError: naming the file and line of a malformed row.
     """
     ids, rows = [], []
-    with open(path, encoding="utf-8") as f:
+    with open_file(path) as f:  # a local path or a URL
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

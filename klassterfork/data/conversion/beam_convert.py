@@ -17,9 +17,11 @@ leaves them out), like the local runner.
 Locally it runs on the DirectRunner with `workers` processes
 (`--direct_running_mode=multi_processing`); `beam_options` takes any Beam
 pipeline options, e.g. `--runner=DataflowRunner ...` (see
-docs/convert_beam.md). The output folder must be one every worker can write
-(a shared or mounted file system): shards are written with ordinary file
-calls, to a temporary name, then renamed.
+docs/convert_beam.md). The output folder must be one every worker can write:
+a shared or mounted file system, or an object store URL (`gs://...`): shards
+are written through `fs` (fsspec for a URL), to a temporary name, then moved
+onto their name. Not `memory://`: it lives in one process, and the
+DirectRunner's workers are others.
 """
 
 import os

@@ -25,6 +25,9 @@ pipeline; both go through the functions here, in this order:
   manifest with the reason and the run goes on; `strict=True` raises
   `ConversionError`, after the manifest is written, when anything was not
   converted: failed, missing or skipped.
+- Every output (shards, manifest, labels.txt, reports, temporary files) goes
+  through `fs`: `out_dir` may be a local folder or a URL (`gs://`, `s3://`,
+  `memory://`), without TensorFlow.
 - No TensorFlow anywhere here: records are serialized and framed by
   `records` itself, so neither the parent nor the workers pay TensorFlow's
   4 s import (at 18 videos that was a third of the run). Workers are
@@ -34,6 +37,7 @@ pipeline; both go through the functions here, in this order:
 import collections
 import concurrent.futures
 import dataclasses
+import fnmatch
 import glob
 import json
 import logging
@@ -44,7 +48,7 @@ import sys
 import tqdm
 
 from klassterfork.data import records
-from klassterfork.data.conversion import video, video_flow
+from klassterfork.data.conversion import fs, video, video_flow
 from klassterfork.data.conversion.planning import (  # noqa: F401  (re-exported)
     BYTES_PER_PIXEL,
     SHARD_BYTES,
@@ -58,7 +62,6 @@ from klassterfork.data.conversion.planning import (  # noqa: F401  (re-exported)
     unique_entries,
 )
 from klassterfork.data.conversion.sources import frame_list
-from klassterfork.files import atomic_write, write_text_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class Converted:
 
 
 def _write_json(path, data):
-    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+    fs.write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def _init_worker():
@@ -192,7 +195,7 @@ def write_shard(out_dir, name, members, results, settings, on_result=None):
         dict: file, videos, frames, failed, truncated, ids, settings.
     """
     failed, truncated, frames, written = [], [], 0, 0
-    with atomic_write(os.path.join(out_dir, name), "wb") as f:
+    with fs.atomic_write(fs.join(out_dir, name), "wb") as f:
         writer = records.RecordWriter(f)
         for entry, result in zip(members, results, strict=True):
             if result.video_id != entry.video_id:
@@ -220,7 +223,7 @@ def write_shard(out_dir, name, members, results, settings, on_result=None):
             "settings": settings,
         }
         # Before the shard's rename: a report without its shard is ignored.
-        _write_json(os.path.join(out_dir, STATE_DIR, f"{name}.json"), report)
+        _write_json(fs.join(out_dir, STATE_DIR, f"{name}.json"), report)
     return report
 
 
@@ -236,10 +239,10 @@ def finish(job, annotation, *, source=None, strict=False, extra=None):
     manifest = _manifest(annotation, job, source)
     if extra:
         manifest.update(extra)
-    manifest_path = os.path.join(job.out_dir, f"{job.split}.manifest.json")
+    manifest_path = fs.join(job.out_dir, f"{job.split}.manifest.json")
     _write_json(manifest_path, manifest)
-    write_text_atomic(
-        os.path.join(job.out_dir, "labels.txt"),
+    fs.write_text_atomic(
+        fs.join(job.out_dir, "labels.txt"),
         "".join(f"{i},{name}\n" for i, name in enumerate(annotation.label_names)),
     )
     counts = manifest["counts"]
@@ -287,7 +290,8 @@ def convert(
 
     Args:
         annotation: `sources.Annotation`.
-        out_dir: str. Output folder (created).
+        out_dir: str. Output folder (created): a local path or a URL
+            (`gs://b/records`, `memory://x`; see `fs`).
         split: str. Shard prefix and manifest name.
         short_side: int or None. Frames resized so min(H, W) equals it.
             Defaults to 128.
@@ -342,17 +346,20 @@ def convert(
 
 
 def remove_stale_temps(out_dir, names, log=None):
-    """Removes the temporary files (`.{shard}.XXXX.tmp`, files.atomic_write)
+    """Removes the temporary files (`.{shard}.XXXX.tmp`, `fs.atomic_write`)
     a killed conversion left beside the shards `names`, with one log line.
 
     Returns:
         list of str, the removed files.
     """
-    folder = glob.escape(os.fspath(out_dir))
-    stale = sorted(p for n in names
-                   for p in glob.glob(os.path.join(folder, f".{glob.escape(n)}.*.tmp")))
+    try:
+        listing = fs.listdir(out_dir)
+    except FileNotFoundError:
+        return []
+    stale = sorted(fs.join(out_dir, f) for n in names
+                   for f in fnmatch.filter(listing, f".{glob.escape(n)}.*.tmp"))
     for path in stale:
-        os.remove(path)
+        fs.remove(path)
     if stale:
         (log or LOG.warning)(f"removed {len(stale)} unfinished shard file(s) of an "
                              f"earlier, killed conversion: {', '.join(stale)}")

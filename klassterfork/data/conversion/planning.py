@@ -12,6 +12,7 @@ with the same settings and entries already completed (`load_reports`).
 - A shard counts as complete when its file and its report
   (`{out_dir}/.convert/{shard}.json`) both exist and the report holds the
   same settings, ids and `entries_key`.
+- Every file is reached through `fs` (local, `gs://`, `memory://`, ...).
 - No TensorFlow here (see `convert`).
 """
 
@@ -26,7 +27,7 @@ import av
 import numpy as np
 
 from klassterfork.data import records
-from klassterfork.data.conversion import video
+from klassterfork.data.conversion import fs, video
 
 LOG = logging.getLogger(__name__)
 
@@ -146,12 +147,12 @@ def entries_key(members):
 
 def _load_report(out_dir, name, settings, ids, key):
     """The report of a complete shard written with these settings, or None."""
-    report_path = os.path.join(out_dir, STATE_DIR, f"{name}.json")
-    shard_path = os.path.join(out_dir, name)
-    if not (os.path.exists(shard_path) and os.path.exists(report_path)):
+    report_path = fs.join(out_dir, STATE_DIR, f"{name}.json")
+    shard_path = fs.join(out_dir, name)
+    if not (fs.exists(shard_path) and fs.exists(report_path)):
         return None
     try:
-        with open(report_path, encoding="utf-8") as f:
+        with fs.open_file(report_path) as f:
             report = json.load(f)
     except (OSError, ValueError):
         return None
@@ -232,7 +233,7 @@ def plan(
         LOG.warning("split %r: %d shards requested, %d used: a shard holds at least one "
                     "video and there are %d", split, num_shards, len(entries), len(entries))
     num_shards = min(num_shards, len(entries))
-    os.makedirs(os.path.join(out_dir, STATE_DIR), exist_ok=True)
+    fs.makedirs(fs.join(out_dir, STATE_DIR))
     settings = {
         "short_side": short_side,
         "fps": fps,
@@ -266,7 +267,7 @@ def check_same_labels(out_dir, split, label_names):
     """
     names = list(label_names)
     try:
-        listing = sorted(os.listdir(out_dir))
+        listing = sorted(fs.listdir(out_dir))
     except OSError:
         return
     for file_name in listing:
@@ -274,7 +275,7 @@ def check_same_labels(out_dir, split, label_names):
         if not file_name.endswith(".manifest.json") or other == split:
             continue
         try:
-            with open(os.path.join(out_dir, file_name), encoding="utf-8") as f:
+            with fs.open_file(fs.join(out_dir, file_name)) as f:
                 theirs = json.load(f).get("label_names")
         except (OSError, ValueError):
             continue
