@@ -114,7 +114,20 @@ class Experiment:
         if strategies.is_chief(self.strategy):  # MLflow, when the config has `tracking`
             self.tracking_run = tracking.start_run(
                 self.stages, self.source, self.experiment_dir, resume=self.options.resume)
-        return tracking.run_tracked(self.tracking_run, self.train)
+        try:
+            return tracking.run_tracked(self.tracking_run, self.train)
+        except ConfigError as err:
+            if strategies.task_info(self.strategy)[0] is None:
+                raise
+            # Multi-worker: every worker raises it after the same step (the
+            # bad-record budget's vote, hooks.BadRecordHook). A normal exit
+            # aborted there ("terminate called without an active exception",
+            # status 134: tf.data's read-ahead threads were still running), so
+            # print what kf-train prints and exit without teardown, as a
+            # worker that lost a peer does; everything is written.
+            print(f"kf-train: config error: {err}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(exit_codes.CONFIG_ERROR)
 
     def _make_strategy(self):
         first = self.loops[0]

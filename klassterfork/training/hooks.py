@@ -34,6 +34,7 @@ from klassterfork.data.reading.bad_records import BadRecordsError
 from klassterfork.data.reading.bad_records import describe as describe_bad_record
 from klassterfork.training import builders, run_logs
 from klassterfork.training.loop import Hook
+from klassterfork.training.preemption import OVER_BUDGET_VOTE, stop_votes
 from klassterfork.training.stage_eval import EvaluationInterrupted
 
 
@@ -68,7 +69,7 @@ class PreemptionHook(Hook):
         # this same step; a lone worker also stops on its own signal that
         # arrived during the step. At an epoch's last step the epoch ends as
         # usual (checkpoint, evaluation, log row), then the run stops.
-        if logs["stop"] > 0 or (self.signals.received and not self.multi_worker):
+        if stop_votes(logs)[0] > 0 or (self.signals.received and not self.multi_worker):
             loop.request_stop("preempted", end_epoch=True)
 
     def end(self, loop):
@@ -349,34 +350,77 @@ class BadRecordHook(Hook):
     same step without it (see data/reading/bad_records.py); the step runs
     again.
 
-    Raises (from `on_step_error`): the step's error when no record of its
-    batches fails on its own (not the data's fault) or on a multi-worker
-    run (the peers wait in this step's collectives; there the pipeline
-    drops bad records itself, `Placement.skip_bad_records`); ConfigError
-    when the bad records exceed datasets.train.max_bad_records (from
-    `after_step` when the pipeline counted them).
+    Multi-worker: a step cannot run again on one worker (the peers wait in
+    its collectives): the pipeline drops bad records itself
+    (`Placement.skip_bad_records`), this hook logs each (marked
+    `resume_exact: false`: docs/long_runs.md "Bad records"). A worker over
+    the budget votes in the next step's all-reduced stop flag
+    (`preemption.OVER_BUDGET_VOTE`); after it every worker raises the same
+    paragraph, read from the shared file (exit 2 on each).
+
+    Raises: ConfigError over datasets.train.max_bad_records; from
+    `on_step_error`, the step's error when no record of its batches fails on
+    its own (not the data's fault) or on a multi-worker run.
     """
 
     ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
+    KEY = "datasets.train.max_bad_records"
 
     def __init__(self, bad_records, *, batches_per_step, rebuild, multi_worker, source, log):
         self.bad_records, self.batches = bad_records, int(batches_per_step)
         self.rebuild, self.multi_worker = rebuild, multi_worker
         self.source, self.log = source, log
+        self.over, self.known = None, set()  # this worker's BadRecordsError; keys logged
+
+    def begin(self, loop):
+        entries = getattr(self.bad_records, "entries", [])
+        self.known = {json.dumps(e, sort_keys=True) for e in entries}
+        if not self.multi_worker:
+            return
+        self.bad_records.mark = {"resume_exact": False}  # what this run drops from now on
+        late = [e for e in entries if e.get("resume_exact") is False]
+        if late and loop.step:
+            self.log(f"resume at step {loop.step}: not exact: an earlier multi-worker run "
+                     f"dropped {len(late)} bad record(s) inside its pipeline (e.g. "
+                     f"{describe_bad_record(late[0])}); they are now skipped from the epoch "
+                     "they were found in, so from there the order of each pass after their "
+                     "shuffle blocks and every clip's random draws differ from an "
+                     "uninterrupted run (docs/long_runs.md, \"Bad records\")")
+
+    def before_step(self, loop):
+        if self.multi_worker:  # this worker's budget vote, beside its signal vote
+            loop.stop_flag = loop.stop_flag % OVER_BUDGET_VOTE + (
+                0.0 if self.over is None else OVER_BUDGET_VOTE)
 
     def after_step(self, loop, logs):
-        # A pipeline that drops bad records itself (multi-worker) counts them
-        # there; over the budget, this worker stops with exit 2.
         over = getattr(self.bad_records, "over_budget", None)
         try:
             # Records dropped on tf.data service workers, reported as files.
-            for entry in getattr(self.bad_records, "collect", list)():
-                self.log(f"skipped bad record: {describe_bad_record(entry)}")
+            found = getattr(self.bad_records, "collect", list)()
         except BadRecordsError as err:
-            over = err
-        if over is not None:
-            raise ConfigError(self.source, "datasets.train.max_bad_records",
-                              str(over)) from None
+            found, over = [], err
+            self.bad_records.over_budget = err  # the file now stays as it is
+        if not self.multi_worker:
+            for entry in found:
+                self.log(f"skipped bad record: {describe_bad_record(entry)}")
+            if over is not None:
+                raise ConfigError(self.source, self.KEY, str(over)) from None
+            return
+        self._log_dropped()
+        self.over = self.over or over
+        if stop_votes(logs)[1]:  # the same step and the same paragraph on every worker
+            shared = getattr(self.bad_records, "shared_budget_error", type(None))() or self.over
+            raise ConfigError(self.source, self.KEY, (
+                f"{shared or 'another worker counted too many bad records'} (Every "
+                f"worker stops after step {loop.step}, without a checkpoint of it.)")) from None
+
+    def _log_dropped(self):
+        for entry in getattr(self.bad_records, "entries", []):
+            key = json.dumps(entry, sort_keys=True)
+            if key not in self.known and entry.get("set", "train") == "train":
+                self.known.add(key)
+                self.log(f"skipped bad record (dropped in the pipeline; -r from a later "
+                         f"checkpoint is not exact): {describe_bad_record(entry)}")
 
     def on_step_error(self, loop, err):
         if not isinstance(err, self.ERRORS):
@@ -384,8 +428,7 @@ class BadRecordHook(Hook):
         try:
             found = self.bad_records.diagnose(loop.step * self.batches, self.batches)
         except BadRecordsError as over:
-            raise ConfigError(self.source, "datasets.train.max_bad_records",
-                              str(over)) from None
+            raise ConfigError(self.source, self.KEY, str(over)) from None
         if not found:
             raise err
         for entry in found:

@@ -15,7 +15,11 @@ prefixed `[worker i]`. The launcher's status is the job's, for a scheduler
   status is logged, and one that did not end with 75 is named.
 - Any other failing status (1, 2, 3, 76, 128 + s for a worker killed by signal
   s): the others get SIGTERM, `GRACE_S`, then SIGKILL, and the launcher exits
-  with the first failure's status.
+  with the first failure's status. After a 2 or a 3 (`SAME_STEP`: the
+  bad-record budget and a diverged loss are decided after the same step on
+  every worker, through all-reduced values) the others first get `GRACE_S`
+  to exit by themselves. Each worker's status is logged, and one the
+  launcher stopped is named.
 - A SIGTERM / SIGINT to the launcher is forwarded once to each worker (never
   to one already signalled: for a worker a second signal means "exit at once,
   no checkpoint"), and the launcher waits for them with no bound (a step may
@@ -48,6 +52,8 @@ GRACE_S = 30.0  # after a failure or a preemption, how long the others get
 KILL_AFTER_S = 5.0  # after the second SIGTERM, before SIGKILL
 POLL_S = 0.05  # how often worker statuses are read
 PREEMPTED = exit_codes.PREEMPTED
+# Failures every worker reaches by itself at the same step (module docstring).
+SAME_STEP = (exit_codes.CONFIG_ERROR, exit_codes.DIVERGED)
 LAUNCHER_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 WORKER_COMMAND = (sys.executable, "-m", "klassterfork.cli.train")
 
@@ -215,18 +221,32 @@ def _wait(workers):
         failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0, PREEMPTED)]
         preempted = [i for i, c in enumerate(codes) if c == PREEMPTED]
         if failed:
-            index, code = failed[0]
-            workers.log(f"worker {index} failed with status {code}; "
-                        "stopping the others")
-            _stop(workers, GRACE_S)
-            if workers.escalated:
-                return exit_codes.SIGNAL_BASE + workers.escalated
-            return code
+            return _failed(workers, *failed[0])
         if preempted:
             return _preempted(workers, preempted[0])
         if all(c == 0 for c in codes):
             return 0
         time.sleep(POLL_S)
+
+
+def _failed(workers, index, code):
+    """Worker `index` failed with `code`: stops the others, returns `code`."""
+    if code in SAME_STEP and workers.running():
+        # They stop after the same step by themselves: SIGTERM would make
+        # them checkpoint and exit 75 instead.
+        workers.log(f"worker {index} failed with status {code}; waiting up to {GRACE_S:g} s "
+                    "for the others, which stop after the same step by themselves")
+        workers.wait_until(time.monotonic() + GRACE_S)
+    stopped = workers.running()
+    if stopped and not workers.escalated:
+        workers.log(f"worker {index} failed with status {code}; stopping the others")
+    _stop(workers, GRACE_S)
+    if workers.escalated:
+        return exit_codes.SIGNAL_BASE + workers.escalated
+    workers.log(f"failed: {workers.statuses()}" + (
+        f"; stopped by the launcher: {', '.join(f'worker {i}' for i in stopped)}"
+        if stopped else ""))
+    return code
 
 
 def _preempted(workers, index):

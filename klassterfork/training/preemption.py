@@ -26,6 +26,12 @@ and the data position; (4) it saves at the start of the *next* `run` call, so
 a signal during the last step of an epoch waits for the whole evaluation.
 The all-reduced flag gives the same guarantee (all workers stop after the
 same step) and the checkpoint goes through our own `CheckpointManager`.
+
+The same flag carries the bad-record budget (`hooks.BadRecordHook`): a
+worker over it adds `OVER_BUDGET_VOTE`, so every worker learns after the
+same step that one is over and stops there with exit 2 (the budget counts
+every worker's records; without the vote one worker would stop alone and
+leave its peers waiting in the next collective).
 """
 
 import json
@@ -39,6 +45,18 @@ import traceback
 from klassterfork import exit_codes, files
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The all-reduced stop flag is a sum: one per worker signalled plus
+# OVER_BUDGET_VOTE per worker over the bad-record budget (times the replica
+# count: the train step all-reduces it, then sums the replicas' copies).
+# float32 keeps the signal part while the sum stays below 2**24.
+OVER_BUDGET_VOTE = 4096.0
+
+
+def stop_votes(logs):
+    """(signal votes, bad-record budget votes) of a step's flag: each > 0
+    when any worker voted (each is scaled by the replica count)."""
+    total = float(logs.get("stop", 0.0))
+    return total % OVER_BUDGET_VOTE, total // OVER_BUDGET_VOTE
 
 
 class SignalWatcher:

@@ -71,6 +71,9 @@ class BadRecordLog:
         # puts its `BadRecordsError` here; the trainer raises it after the step.
         self.over_budget = None
         self._watched = None  # (folder, shard paths) of `collect`
+        # Fields added to each new entry (the trainer marks the records a
+        # multi-worker pipeline drops mid-run: a resume after them is not exact).
+        self.mark = {}
         if path:
             self.entries = _read(path)
 
@@ -90,8 +93,12 @@ class BadRecordLog:
                 new.append(e)
         if not new:
             return []
+        new = [{**e, **self.mark} for e in new]
         self.entries += new
-        if self.path:
+        # Once over the budget the run stops: the file keeps the entries up to
+        # the one past it, so every worker's paragraph (`shared_budget_error`)
+        # reads the same file.
+        if self.path and self.over_budget is None:
             kf_files.makedirs(os.path.dirname(self.path) or ".")
             with _locked(self.path + ".lock"):
                 theirs = _read(self.path)
@@ -141,6 +148,17 @@ class BadRecordLog:
             "datasets.train.max_bad_records to train without them."
         )
 
+    def shared_budget_error(self):
+        """The `BadRecordsError` of the file as it is now (every worker's
+        entries) against the registered pipelines' budget, or None."""
+        shared = BadRecordLog(self.path) if self.path else self
+        for _, budget in list(self._diagnosers.values()):
+            try:
+                shared.check_budget(budget)
+            except BadRecordsError as err:
+                return err
+        return None
+
     def watch(self, folder, paths):
         """`collect` reads the `.bad` files of `folder` (a pipeline built with
         `Placement.bad_records_dir` writes them) for the shards `paths`."""
@@ -174,7 +192,8 @@ class BadRecordLog:
         found.sort(key=lambda e: e["epoch"])  # a record dropped twice: its first epoch
         new = self.add(found)
         for name in names:
-            os.remove(os.path.join(folder, name))
+            with contextlib.suppress(FileNotFoundError):  # another worker collected it
+                os.remove(os.path.join(folder, name))
         for _, budget in list(self._diagnosers.values()):
             self.check_budget(budget)
         return new
