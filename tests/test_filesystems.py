@@ -105,6 +105,18 @@ def test_converter_rerun_removes_a_killed_runs_tmp_shard(tmp_path, caplog):
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == [other.name]
 
 
+def local_to_memory(folder, url):
+    """Copies a local folder's files to a memory:// folder."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for d, _, names in os.walk(folder):
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                memory.pipe_file(f"{url}/{os.path.relpath(os.path.join(d, n), folder)}",
+                                 f.read())
+
+
 def memory_to_ram(url, ram_dir):
     """Copies every file under a memory:// folder to `ram_dir`: the
     converter's memory (fsspec) and TensorFlow's ram:// are two stores."""
@@ -118,27 +130,40 @@ def memory_to_ram(url, ram_dir):
     memory.rm(root, recursive=True)
 
 
+def fsspec_memory_rm(url):
+    import fsspec
+
+    fsspec.filesystem("memory").rm(url, recursive=True)
+
+
 def test_demo_converts_trains_resumes_evaluates_in_memory(tmp_path):
     """The small demo (synthetic videos, `make demo`'s conversion settings)
-    with every written path in memory: records on memory:// then ram://, the
-    experiment folder on ram://; the tiny model, a few steps."""
+    with every path it reads or writes in memory: the videos and annotations
+    (generated locally, then copied) and the records on memory://, the
+    records then on ram://, the experiment folder on ram://; the tiny model,
+    a few steps."""
     from klassterfork.data.conversion import convert, synthetic
     from klassterfork.data.conversion.sources import SOURCES
 
     videos = tmp_path / "synthetic"
     synthetic.generate(videos, num_train=8, num_val=4, seed=0, workers=1,
                        progress=False)
-    url = f"memory://kf-demo-{uuid.uuid4().hex[:8]}/records"
+    root = f"memory://kf-demo-{uuid.uuid4().hex[:8]}"
+    local_to_memory(videos, f"{root}/synthetic")
+    url = f"{root}/records"
     ids = {}
     for split in ("train", "validation"):
-        annotation = SOURCES["synthetic"](annotations=str(videos),
-                                          videos=str(videos / "videos"), split=split)
+        annotation = SOURCES["synthetic"](annotations=f"{root}/synthetic",
+                                          videos=f"{root}/synthetic/videos",
+                                          split=split)
+        assert all(e.path.startswith(root) for e in annotation.entries)
         ids[split] = sorted(e.video_id for e in annotation.entries)
         manifest = convert.convert(annotation, url, split=split, short_side=56,
                                    workers=1, num_shards=2, progress=False)
         assert manifest["counts"]["written"] == len(ids[split])
     data, exp = "ram://kf_demo_data", "ram://kf_demo_exp"
     memory_to_ram(url, data)
+    fsspec_memory_rm(root)
     assert len(files.glob(f"{data}/train-*.tfrecord")) == 2
     cfg = tmp_path / "c.hjson"
     cfg.write_text(tiny_config(data, exp, epochs=2))

@@ -40,9 +40,11 @@ def build_parser():
     src.add_argument("--dataset", metavar="NAME",
                      help=f"annotation reader: {', '.join(SOURCES.names())}")
     parser.add_argument("--annotations", metavar="PATH",
-                        help="annotation file or folder (with --dataset)")
+                        help="annotation file or folder (with --dataset); a local "
+                             "path or a URL, as --out")
     parser.add_argument("--videos", metavar="DIR", default=None,
-                        help="folder the annotation's video paths are under")
+                        help="folder the annotation's video paths are under (a "
+                             "local path or a URL)")
     parser.add_argument("--labels", metavar="FILE", default=None,
                         help="class list for --csv: its order is the index order "
                              "(names, or index,name lines); without it, names are "

@@ -117,12 +117,25 @@ def _encode(entry, options):
     if isinstance(entry, frame_list.FrameEntry):
         kwargs = {k: v for k, v in options.items() if k != "keep_truncated"}
         return frame_list.encode_entry(entry, **kwargs)
+    if not fs.is_remote(entry.path):
+        return _encode_file(entry.path, options)
+    try:  # a URL: decoded from a local copy (see `fs`)
+        with fs.local_copy(entry.path) as local:
+            try:
+                return _encode_file(local, options)
+            except video.VideoDecodeError as e:  # the reason names the URL
+                raise video.VideoDecodeError(
+                    entry.path, e.reason.replace(local, entry.path)) from None
+    except FileNotFoundError:
+        raise video.VideoDecodeError(entry.path, "file not found") from None
+
+
+def _encode_file(path, options):
     if options.get("flow"):  # Farneback on the decoded frames
         kwargs = {k: v for k, v in options.items() if k != "flow"}
-        return video_flow.decode_to_jpeg_with_flow(entry.path, flow=options["flow"],
-                                                   **kwargs)
+        return video_flow.decode_to_jpeg_with_flow(path, flow=options["flow"], **kwargs)
     kwargs = {k: v for k, v in options.items() if k not in ("flow", "flow_bound")}
-    return video.decode_to_jpeg(entry.path, **kwargs)
+    return video.decode_to_jpeg(path, **kwargs)
 
 
 def _reason(error):

@@ -1,10 +1,13 @@
-"""The converter's filesystem layer: every file it writes or reads back.
+"""The converter's filesystem layer: every file it writes or reads.
 
 The converter's output folder (shards, `{split}.manifest.json`, the failure
 list inside it, `labels.txt`, the per-shard reports in `.convert/` that make
 a re-run resumable, and the temporary files of atomic writes) is reached
 only through the functions here, so `--out gs://bucket/records` (or `s3://`,
-or fsspec's in-memory `memory://` that the tests use) works end to end.
+or fsspec's in-memory `memory://` that the tests use) works end to end. So
+are video files and the annotation files of the readers that take a URL
+(csv, json, synthetic, ssv2, ucf101, kinetics, hmdb51); frame folders
+(`--dataset frames`) are read with local file calls.
 
 Why fsspec and not `tf.io.gfile` (what `klassterfork.files` uses on the
 training side): the converter never imports TensorFlow (its 4 s import
@@ -23,6 +26,10 @@ output through the same fsspec calls.
   gives, so `convert.remove_stale_temps` finds either) and then `fs.mv`-ed
   onto the final name: a reader sees the whole file or none, and a killed
   run leaves only a temporary that the next run removes.
+- A video at a URL is decoded from a local temporary copy (`local_copy`):
+  FFmpeg and the MP4 box walk (`video.cut_box`) need a file name and seek
+  back and forth (an MP4's index is often at its end), which through a
+  remote file object would be one request per seek.
 - `memory://` lives in one process: convert into it with the local runner
   (its shards are written by the parent process), not with Beam's
   multi-processing DirectRunner.
@@ -31,6 +38,8 @@ output through the same fsspec calls.
 import contextlib
 import os
 import posixpath
+import shutil
+import tempfile
 import uuid
 
 from klassterfork import files
@@ -70,10 +79,29 @@ def join(folder, *names):
     return posixpath.join(folder, *names)
 
 
+def parent(path):
+    """The folder holding `path` (for a URL: everything before its last `/`)."""
+    if not is_remote(path):
+        return os.path.dirname(os.fspath(path))
+    return posixpath.dirname(os.fspath(path))
+
+
 def exists(path):
     if not is_remote(path):
         return os.path.exists(_local(path))
     return _filesystem(path).exists(os.fspath(path))
+
+
+def isfile(path):
+    if not is_remote(path):
+        return os.path.isfile(_local(path))
+    return _filesystem(path).isfile(os.fspath(path))
+
+
+def isdir(path):
+    if not is_remote(path):
+        return os.path.isdir(_local(path))
+    return _filesystem(path).isdir(os.fspath(path))
 
 
 def makedirs(path):
@@ -105,13 +133,13 @@ def remove(path):
         _filesystem(path).rm(os.fspath(path))
 
 
-def open_file(path, mode="r"):
-    """Opens a file to read: text as UTF-8, or "rb".
+def open_file(path, mode="r", encoding="utf-8"):
+    """Opens a file to read: text (`encoding`, newlines as in the file), or "rb".
 
     Raises:
         FileNotFoundError: the file does not exist (either kind of path).
     """
-    kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+    kwargs = {} if "b" in mode else {"encoding": encoding, "newline": ""}
     if not is_remote(path):
         return open(_local(path), mode, **kwargs)
     return _filesystem(path).open(os.fspath(path), mode, **kwargs)
@@ -120,6 +148,28 @@ def open_file(path, mode="r"):
 def read_bytes(path):
     with open_file(path, "rb") as f:
         return f.read()
+
+
+@contextlib.contextmanager
+def local_copy(path):
+    """Yields a local file name holding `path`'s bytes: `path` itself when
+    local; for a URL a temporary copy (same suffix), removed afterwards.
+
+    Raises:
+        FileNotFoundError: a URL that names no file.
+    """
+    if not is_remote(path):
+        yield _local(path)
+        return
+    fd, tmp = tempfile.mkstemp(prefix="kf_input_",
+                               suffix=posixpath.splitext(os.fspath(path))[1])
+    try:
+        with os.fdopen(fd, "wb") as out, open_file(path, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 @contextlib.contextmanager

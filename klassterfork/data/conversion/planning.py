@@ -16,6 +16,7 @@ with the same settings and entries already completed (`load_reports`).
 - No TensorFlow here (see `convert`).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -86,9 +87,13 @@ def shard_assignment(num_entries, num_shards):
 
 
 def _probe_frames(path, fps, max_frames):
-    """(frames, height, width) from the header: an estimate for sizing only."""
+    """(frames, height, width) from the header: an estimate for sizing only.
+    A URL is opened as a file object: FFmpeg reads the header, not the file."""
     try:
-        with av.open(path) as container:
+        with contextlib.ExitStack() as stack:
+            source = (stack.enter_context(fs.open_file(path, "rb"))
+                      if fs.is_remote(path) else path)
+            container = stack.enter_context(av.open(source))
             stream = container.streams.video[0]
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             frames = stream.frames
@@ -104,7 +109,7 @@ def _probe_frames(path, fps, max_frames):
             if max_frames:
                 frames = min(frames, max_frames)
             return frames, stream.height, stream.width
-    except (av.FFmpegError, IndexError, ZeroDivisionError, TypeError):
+    except (av.FFmpegError, OSError, IndexError, ZeroDivisionError, TypeError):
         return None
 
 

@@ -19,9 +19,11 @@ hold `clip1.mp4`, or one folder `clip1.avi` and `clip1.mp4`).
 import csv
 import os
 
+from klassterfork.data.conversion import fs
 from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 from klassterfork.data.conversion.sources.json_list import (
     check_label_kinds,
+    join_video_path,
     load_label_names,
     split_existing,
 )
@@ -35,7 +37,7 @@ def _is_int(text):
 
 def _rows(path):
     """(line number, path, label) per data row; the header is skipped."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with fs.open_file(path, encoding="utf-8-sig") as f:
         lines = [(n, row) for n, row in enumerate(csv.reader(f), 1)]
     rows = []
     for n, row in lines:
@@ -75,7 +77,11 @@ def read(*, annotations, videos=None, split=None, label_map=None):
     """
     del split
     rows = _rows(annotations)
-    base = videos if videos is not None else os.path.dirname(os.path.abspath(annotations))
+    if videos is not None:
+        base = videos
+    else:  # the folder of the list (absolute, so the stored paths are)
+        base = fs.parent(annotations if fs.is_remote(annotations)
+                         else os.path.abspath(annotations))
     labelled = [(n, label) for n, _, label in rows if label]
     indices = check_label_kinds(
         [(f"{annotations}:{n}", label) for n, label in labelled], _is_int)
@@ -108,7 +114,7 @@ def read(*, annotations, videos=None, split=None, label_map=None):
         entries.append(
             VideoEntry(
                 video_id=path,
-                path=path if os.path.isabs(path) else os.path.join(base, path),
+                path=join_video_path(base, path),
                 labels=ids,
                 label_text=";".join(names[i] for i in ids),
             )

@@ -18,6 +18,7 @@ split-file names, where "_" < "t"); pass `label_map=` to use such a list.
 import os
 import re
 
+from klassterfork.data.conversion import fs
 from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 from klassterfork.data.conversion.sources.json_list import (
     join_video_path,
@@ -34,10 +35,10 @@ _SPLIT_FILE = re.compile(r"^(.+)_test_split([123])\.txt$")
 
 def find_split_dir(annotations):
     """The folder holding the split files (`annotations` or a child of it)."""
-    candidates = [annotations, os.path.join(annotations, "testTrainMulti_7030_splits")]
+    candidates = [annotations, fs.join(annotations, "testTrainMulti_7030_splits")]
     for folder in candidates:
-        if os.path.isdir(folder) and any(
-            _SPLIT_FILE.match(f) for f in os.listdir(folder)
+        if fs.isdir(folder) and any(
+            _SPLIT_FILE.match(f) for f in fs.listdir(folder)
         ):
             return folder
     raise FileNotFoundError(
@@ -73,10 +74,10 @@ def read(*, annotations, videos, split, fold=1, label_map=None):
         raise ValueError(f"`fold` must be one of {FOLDS}. Received: fold={fold!r}")
     folder = find_split_dir(annotations)
     files = {}
-    for name in os.listdir(folder):
+    for name in fs.listdir(folder):
         m = _SPLIT_FILE.match(name)
         if m and int(m.group(2)) == fold:
-            files[m.group(1)] = os.path.join(folder, name)
+            files[m.group(1)] = fs.join(folder, name)
     if label_map is None:
         names = sorted(files)
     else:

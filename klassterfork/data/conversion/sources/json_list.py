@@ -19,6 +19,7 @@ import json
 import os
 import re
 
+from klassterfork.data.conversion import fs
 from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 
 _INDEXED_LINE = re.compile(r"^\s*(\d+)\s*[:, ]\s*(.+?)\s*$")
@@ -26,7 +27,7 @@ _INDEXED_LINE = re.compile(r"^\s*(\d+)\s*[:, ]\s*(.+?)\s*$")
 
 def read_lines(path):
     """Non-empty lines of a text file, stripped (CRLF and trailing blanks)."""
-    with open(path, encoding="utf-8-sig") as f:
+    with fs.open_file(path, encoding="utf-8-sig") as f:  # local or a URL
         return [line.strip() for line in f if line.strip()]
 
 
@@ -95,14 +96,15 @@ def check_label_kinds(labels, is_index):
 
 
 def split_existing(entries, what="video file"):
-    """Partitions entries into (found, missing) by `os.path.exists(entry.path)`.
+    """Partitions entries into (found, missing) by `fs.exists(entry.path)`
+    (a local path or a URL: one request per video on an object store).
 
     Returns:
         (list of VideoEntry, list of (path, reason)).
     """
     found, missing = [], []
     for entry in entries:
-        if os.path.exists(entry.path):
+        if fs.exists(entry.path):
             found.append(entry)
         else:
             missing.append((entry.path, f"{what} not found"))
@@ -110,10 +112,11 @@ def split_existing(entries, what="video file"):
 
 
 def join_video_path(videos, path):
-    """`path` if absolute, else `videos/path` (`path` itself if `videos` is None)."""
-    if videos is None or os.path.isabs(path):
+    """`path` if absolute or a URL, else `videos/path` (`path` itself if
+    `videos` is None); `videos` may be a URL."""
+    if videos is None or os.path.isabs(path) or fs.is_remote(path):
         return path
-    return os.path.join(videos, path)
+    return fs.join(videos, path)
 
 
 def _label_indices(raw, names, where):
@@ -163,7 +166,7 @@ def read(*, annotations, videos, split, label_map=None):
             is unknown.
     """
     del split  # One file is one split.
-    with open(annotations, encoding="utf-8-sig") as f:
+    with fs.open_file(annotations, encoding="utf-8-sig") as f:
         items = json.load(f)
     if not isinstance(items, list):
         raise ValueError(

@@ -18,10 +18,11 @@ a `kinetics-{N}_*.csv`, else the sorted names found in the CSV.
 """
 
 import csv
-import glob
+import fnmatch
 import os
 import re
 
+from klassterfork.data.conversion import fs
 from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 from klassterfork.data.conversion.sources.json_list import load_label_names
 
@@ -46,14 +47,17 @@ def canonical_split(split):
 def find_csv(annotations, split):
     """`annotations` if a file, else the one CSV of `split` in that folder
     (`*{ending}.csv` for an ending of `CSV_ENDINGS[split]`)."""
-    if os.path.isfile(annotations):
+    if fs.isfile(annotations):
         return annotations
     split = canonical_split(split)
     patterns = [f"*{end}.csv" for end in CSV_ENDINGS.get(split, (split,))]
-    folder = glob.escape(annotations)
-    found = sorted(
-        {p for pat in patterns for p in glob.glob(os.path.join(folder, pat))}
-    )
+    try:  # a listing, not a glob: the same for a local folder and a URL
+        listing = fs.listdir(annotations)
+    except (FileNotFoundError, NotADirectoryError):
+        listing = []
+    listing = [n for n in listing if not n.startswith(".")]  # as glob's `*`
+    found = sorted({fs.join(annotations, n) for pat in patterns
+                    for n in fnmatch.filter(listing, pat)})
     if len(found) != 1:
         raise FileNotFoundError(
             f"`annotations` must be a Kinetics CSV, or a folder with exactly one "
@@ -68,20 +72,20 @@ def default_label_map(csv_path):
     m = _VERSION.search(os.path.basename(csv_path))
     if not m:
         return None
-    path = os.path.join(os.path.dirname(csv_path), f"label_map_k{m.group(1)}.txt")
-    return path if os.path.isfile(path) else None
+    path = fs.join(fs.parent(csv_path), f"label_map_k{m.group(1)}.txt")
+    return path if fs.isfile(path) else None
 
 
 def _locate(videos, label, name):
     """First existing candidate path, else the flat one."""
     videos = videos or ""
-    flat = os.path.join(videos, name)
+    flat = fs.join(videos, name)
     if label:
         for folder in (label, label.replace(" ", "_")):
-            path = os.path.join(videos, folder, name)
-            if os.path.exists(path):
+            path = fs.join(videos, folder, name)
+            if fs.exists(path):
                 return path, True
-    return flat, os.path.exists(flat)
+    return flat, fs.exists(flat)
 
 
 @SOURCES.register("kinetics")
@@ -105,7 +109,7 @@ def read(*, annotations, videos, split, label_map=None, extension=".mp4"):
         ValueError: a missing column, or a label not in `label_map`.
     """
     csv_path = find_csv(annotations, split)
-    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+    with fs.open_file(csv_path, encoding="utf-8-sig") as f:  # local or a URL
         rows = list(csv.DictReader(f))
         columns = rows[0].keys() if rows else ()
     missing_columns = [c for c in REQUIRED_COLUMNS if c not in columns]

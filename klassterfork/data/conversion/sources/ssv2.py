@@ -15,8 +15,8 @@ sits beside the labels json.
 """
 
 import json
-import os
 
+from klassterfork.data.conversion import fs
 from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 from klassterfork.data.conversion.sources.json_list import split_existing
 
@@ -38,7 +38,7 @@ def class_name(template):
 
 def load_label_names(path):
     """Reads `something-something-v2-labels.json`: list of 174 names by index."""
-    with open(path, encoding="utf-8-sig") as f:
+    with fs.open_file(path, encoding="utf-8-sig") as f:  # a local path or a URL
         table = json.load(f)
     names = [None] * len(table)
     for name, index in table.items():
@@ -55,7 +55,7 @@ def load_label_names(path):
 def _load_mappings(mappings):
     if isinstance(mappings, dict):
         return mappings
-    with open(mappings, encoding="utf-8-sig") as f:
+    with fs.open_file(mappings, encoding="utf-8-sig") as f:
         return json.load(f)
 
 
@@ -129,13 +129,13 @@ def time_reversal_label_map(mappings, label_names):
 
 
 def _split_file(annotations, split):
-    if os.path.isfile(annotations):
+    if fs.isfile(annotations):
         return annotations
     if split not in SPLIT_FILES:
         raise ValueError(
             f"`split` must be one of {sorted(SPLIT_FILES)}. Received: split={split!r}"
         )
-    return os.path.join(annotations, SPLIT_FILES[split])
+    return fs.join(annotations, SPLIT_FILES[split])
 
 
 @SOURCES.register("ssv2")
@@ -161,13 +161,13 @@ def read(*, annotations, videos, split, labels=None, mappings=None, extension=".
         ValueError: a template that is not a class, or an entry without `id`.
     """
     split_path = _split_file(annotations, split)
-    folder = os.path.dirname(split_path)
-    labels = labels or os.path.join(folder, LABELS_FILE)
+    folder = fs.parent(split_path)
+    labels = labels or fs.join(folder, LABELS_FILE)
     names = load_label_names(labels)
     index = {name: i for i, name in enumerate(names)}
-    mappings = mappings or os.path.join(os.path.dirname(labels), MAPPINGS_FILE)
-    flip = flip_label_map(mappings, names) if os.path.isfile(mappings) else None
-    with open(split_path, encoding="utf-8-sig") as f:
+    mappings = mappings or fs.join(fs.parent(labels), MAPPINGS_FILE)
+    flip = flip_label_map(mappings, names) if fs.isfile(mappings) else None
+    with fs.open_file(split_path, encoding="utf-8-sig") as f:
         items = json.load(f)
     entries = []
     for i, item in enumerate(items):
@@ -175,7 +175,7 @@ def read(*, annotations, videos, split, labels=None, mappings=None, extension=".
             raise ValueError(f"{split_path}: item {i} has no `id`. Received: {item!r}")
         video_id = str(item["id"])
         path = f"{video_id}{extension}"
-        path = path if videos is None else os.path.join(videos, path)
+        path = path if videos is None else fs.join(videos, path)
         if "template" not in item:  # test split: ids only
             entries.append(VideoEntry(video_id=video_id, path=path))
             continue

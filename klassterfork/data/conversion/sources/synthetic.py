@@ -6,9 +6,9 @@
 """
 
 import json
-import os
 import re
 
+from klassterfork.data.conversion import fs
 from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 from klassterfork.data.conversion.sources.json_list import split_existing
 
@@ -17,7 +17,7 @@ EXTENSIONS = (".mp4", ".webm")
 
 
 def _load(path):
-    with open(path, encoding="utf-8") as f:
+    with fs.open_file(path) as f:  # a local path or a URL
         return json.load(f)
 
 
@@ -37,16 +37,16 @@ def read(*, annotations, videos=None, split):
     Raises:
         ValueError: an unknown split, or a template missing from labels.json.
     """
-    if os.path.isdir(annotations):
+    if fs.isdir(annotations):
         if split not in SPLITS:
             raise ValueError(
                 f"`split` must be one of {sorted(SPLITS)}. Received: {split=}"
             )
-        folder, split_file = annotations, os.path.join(annotations, f"{SPLITS[split]}.json")
+        folder, split_file = annotations, fs.join(annotations, f"{SPLITS[split]}.json")
     else:
-        folder, split_file = os.path.dirname(annotations), annotations
-    videos = videos if videos is not None else os.path.join(folder, "videos")
-    label_index = {k: int(v) for k, v in _load(os.path.join(folder, "labels.json")).items()}
+        folder, split_file = fs.parent(annotations), annotations
+    videos = videos if videos is not None else fs.join(folder, "videos")
+    label_index = {k: int(v) for k, v in _load(fs.join(folder, "labels.json")).items()}
     names = [""] * len(label_index)
     for name, i in label_index.items():
         names[i] = name
@@ -58,9 +58,9 @@ def read(*, annotations, videos=None, split):
                 f"{split_file}: id {item['id']}: template {item['template']!r} is "
                 f"not in labels.json ({len(names)} classes)."
             )
-        path = os.path.join(videos, f"{item['id']}{EXTENSIONS[0]}")
+        path = fs.join(videos, f"{item['id']}{EXTENSIONS[0]}")
         for ext in EXTENSIONS[1:]:
-            if not os.path.exists(path) and os.path.exists(path[: -len(EXTENSIONS[0])] + ext):
+            if not fs.exists(path) and fs.exists(path[: -len(EXTENSIONS[0])] + ext):
                 path = path[: -len(EXTENSIONS[0])] + ext
         entries.append(
             VideoEntry(
@@ -70,7 +70,7 @@ def read(*, annotations, videos=None, split):
                 label_text=key,
             )
         )
-    flip_path = os.path.join(folder, "flip_map.json")
-    flip = _load(flip_path)["flip_label_map"] if os.path.exists(flip_path) else None
+    flip_path = fs.join(folder, "flip_map.json")
+    flip = _load(flip_path)["flip_label_map"] if fs.exists(flip_path) else None
     found, missing = split_existing(entries)
     return Annotation(entries=found, label_names=names, missing=missing, flip_label_map=flip)

@@ -14,6 +14,7 @@ Class ids are 0-based here: `classInd` index 1 is class 0.
 
 import os
 
+from klassterfork.data.conversion import fs
 from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 from klassterfork.data.conversion.sources.json_list import (
     join_video_path,
@@ -29,8 +30,8 @@ FOLDS = (1, 2, 3)
 
 def find_split_dir(annotations):
     """The folder holding `classInd.txt` (`annotations` or its `ucfTrainTestlist`)."""
-    for folder in (annotations, os.path.join(annotations, "ucfTrainTestlist")):
-        if os.path.isfile(os.path.join(folder, "classInd.txt")):
+    for folder in (annotations, fs.join(annotations, "ucfTrainTestlist")):
+        if fs.isfile(fs.join(folder, "classInd.txt")):
             return folder
     raise FileNotFoundError(
         f"`annotations` must be a folder with classInd.txt (or its parent). "
@@ -62,11 +63,11 @@ def read(*, annotations, videos, split, fold=1):
     if fold not in FOLDS:
         raise ValueError(f"`fold` must be one of {FOLDS}. Received: fold={fold!r}")
     folder = find_split_dir(annotations)
-    names = load_label_names(os.path.join(folder, "classInd.txt"))
+    names = load_label_names(fs.join(folder, "classInd.txt"))
     index = {name: i for i, name in enumerate(names)}
     entries = []
     for prefix in SPLITS[split]:
-        list_path = os.path.join(folder, f"{prefix}{fold:02d}.txt")
+        list_path = fs.join(folder, f"{prefix}{fold:02d}.txt")
         entries += _read_list(list_path, index, videos)
     found, missing = split_existing(entries)
     return Annotation(entries=found, label_names=names, missing=missing)
