@@ -184,3 +184,52 @@ def test_kf_train_two_workers_over_the_budget_each_exit_2(tmp_path):
     named = [json.loads(x)["video_id"] for x in open(stage / "bad_records.jsonl")]
     assert len(named) == len(set(named)) >= 2 and set(named) <= set(ids), named
     assert not (stage / "DONE").exists()
+
+
+def service_run(tmp_path, corrupt, **train):
+    """`kf-train --workers 2` through a local tf.data service (2 workers) on
+    16 videos with records `corrupt` of shard 0 corrupt; (status, output,
+    stage folder, the corrupt records' video ids)."""
+    from klassterfork.data.runtime import service
+    from tests.data.test_bad_records import corrupt_frame
+    from tests.training.tiny_data import tiny_config, write_split
+
+    data = tmp_path / "data"
+    shards = write_split(str(data), "train", 16, seed=0, num_frames=4)
+    write_split(str(data), "validation", 4, seed=1, num_frames=4)
+    ids = [corrupt_frame(shards[0], r, 1) for r in corrupt]
+    config = json.loads(tiny_config(data, tmp_path / "exp", epochs=2, plot=False,
+                                    checkpoint_every_steps=1000))
+    for block in config["datasets"].values():
+        block["frame_step"] = 1  # 4 frames of 4: the garbage frame is in every clip
+    config["datasets"]["train"].update(train)
+    with service.LocalService(2, tmp_path / "svc") as svc:
+        config["datasets"]["train"]["service"] = {"address": svc.address, "timeout_s": 60}
+        cfg = tmp_path / "c.hjson"
+        cfg.write_text(json.dumps(config))
+        proc = subprocess.run(
+            [sys.executable, "-m", "klassterfork.cli.train", str(cfg), "--workers", "2"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    return proc.returncode, proc.stdout + proc.stderr, tmp_path / "exp" / "stage0", ids
+
+
+@pytest.mark.slow  # two trainer workers and two tf.data service workers: ~2 min
+def test_two_workers_through_the_service_name_a_corrupt_record_once(tmp_path):
+    status, out, stage, ids = service_run(tmp_path, [2])
+    assert status == 0, out[-4000:]
+    assert (stage / "DONE").read_text().strip() == "8", out[-4000:]  # every step
+    named = [json.loads(x)["video_id"] for x in open(stage / "bad_records.jsonl")]
+    assert named == ids, named
+
+
+@pytest.mark.slow  # as above
+def test_two_workers_through_the_service_over_the_budget_each_exit_2(tmp_path):
+    status, out, stage, ids = service_run(tmp_path, [1, 3, 5], max_bad_records=1)
+    assert status == exit_codes.CONFIG_ERROR, out[-4000:]
+    assert "failed: worker 0: 2, worker 1: 2\n" in out, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
+    paragraphs = [re.sub(r"^\[worker \d\] ", "", x) for x in out.splitlines()
+                  if "datasets.train.max_bad_records:" in x]
+    assert len(paragraphs) == 2 and paragraphs[0] == paragraphs[1], paragraphs
+    assert not (stage / "DONE").exists()
