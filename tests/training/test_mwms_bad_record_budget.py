@@ -233,3 +233,33 @@ def test_two_workers_through_the_service_over_the_budget_each_exit_2(tmp_path):
                   if "datasets.train.max_bad_records:" in x]
     assert len(paragraphs) == 2 and paragraphs[0] == paragraphs[1], paragraphs
     assert not (stage / "DONE").exists()
+
+
+def test_the_resume_bound_docs_state_for_a_record_dropped_mid_run(tmp_path):
+    # docs/long_runs.md: a multi-worker run drops record R after the record
+    # stage (U minus R); a resume skips R in the record stage from its epoch
+    # (F). Each pass holds the same records; the order differs only from
+    # R's shuffle block on.
+    from klassterfork.data.reading import resume
+    from tests.data.test_pipeline import video_record, write_shards
+
+    paths = write_shards(tmp_path, [video_record(f"v{i}", 2, 0) for i in range(16)])
+    counts = tuple(resume.count_records(p)[0] for p in paths)
+    bad, block = (0, 3), 4
+
+    def stream(skip):
+        layout = resume.Layout(shards=resume.Shards(tuple(paths), counts, skip, ()),
+                               file_seed=5, shuffle_seed=6, cycle_length=2,
+                               shuffle_buffer=block)
+        ds, _ = resume.records(layout, start_record=0)
+        return [(int(e), int(f), int(r)) for e, f, r, _ in ds.take(3 * sum(counts))]
+
+    full = stream(())
+    dropped = [x for x in full if x[1:] != bad]
+    skipped = stream(((*bad, 0),))
+    n = sum(counts) - 1
+    for p in range(3):
+        u, f = dropped[p * n:(p + 1) * n], skipped[p * n:(p + 1) * n]
+        assert sorted(u) == sorted(f)
+        at = [x[1:] for x in full[p * (n + 1):(p + 1) * (n + 1)]].index(bad)
+        assert u[:at // block * block] == f[:at // block * block]
