@@ -16,16 +16,19 @@ in it and stay initialized, as in the reference.
 
     python tools/resnet50_to_tdn.py resnet50-0676ba61.pth \
         resnet50-0676ba61_tdn.pth
+
+Exit status 0 when written; 2 for an input that is not such a state dict
+or an output that cannot be written (one line on stderr, no traceback).
 """
 
 import argparse
 import pickle
 import sys
+import zipfile
 
 import numpy as np
 
 from klassterfork.files import atomic_path
-from klassterfork.weights import torch_import
 
 
 def to_tdn(state):
@@ -38,14 +41,23 @@ def to_tdn(state):
         dict of str -> numpy array.
 
     Raises:
-        ValueError: `state` lacks `conv1.weight` or a `layer1..4` tensor.
+        ValueError: `state` lacks `conv1.weight` or a `layer1..4` tensor, or
+            `conv1.weight` is not an RGB conv kernel (out, 3, kh, kw).
     """
     if "conv1.weight" not in state or not all(
         any(k.startswith(f"layer{s}.") for k in state) for s in range(1, 5)
     ):
+        more = " ..." if len(state) > 6 else ""
         raise ValueError(
-            "expected a torchvision resnet50 state dict (conv1.weight, "
-            f"layer1..layer4). Received keys: {sorted(state)[:6]} ..."
+            "not a torchvision resnet50 state dict: it lacks conv1.weight or a "
+            f"layer1..layer4 tensor. Received {len(state)} keys: "
+            f"{sorted(state)[:6]}{more}."
+        )
+    shape = tuple(np.shape(state["conv1.weight"]))
+    if len(shape) != 4 or shape[1] != 3:
+        raise ValueError(
+            "conv1.weight must be an RGB conv kernel (out, 3, kh, kw), whose "
+            f"channel mean is the difference stem. Received shape: {shape}."
         )
     out = {}
     for key, value in state.items():
@@ -67,24 +79,67 @@ def to_tdn(state):
     return out
 
 
+# What torch.load raises on a file that is no PyTorch checkpoint: torch's
+# weights-only unpickler surfaces a damaged pickle as a KeyError /
+# IndexError / EOFError, a damaged zip as a RuntimeError.
+_READ_ERRORS = (OSError, RuntimeError, KeyError, IndexError, EOFError, TypeError,
+                ImportError, pickle.UnpicklingError, zipfile.BadZipFile)
+_ACCEPTED = ("Accepted: a torchvision resnet50 .pth state dict (conv1.weight, "
+             "bn1.*, layer1..layer4.*; bare or under 'state_dict' / 'model' / "
+             "'module').")
+
+
+def _first_sentence(err):
+    """`Type: first sentence`: torch's messages go on with advice (re-run with
+    weights_only=False) that does not apply to a file that is no checkpoint."""
+    text = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(err).__name__}: {text}".rstrip(": ")
+
+
+def _convert(source):
+    """(TDN state dict, None) or (None, the one-line refusal)."""
+    # Imported after argument parsing: the weights package imports
+    # TensorFlow, which --help should not wait for.
+    from klassterfork.weights import torch_import
+
+    try:
+        state = torch_import.load_state_dict(source)
+    except _READ_ERRORS as err:
+        return None, (f"resnet50_to_tdn: {source}: cannot be read as a PyTorch file "
+                      f"({_first_sentence(err)}). {_ACCEPTED}")
+    except ValueError as err:  # a checkpoint, but of no state dict
+        return None, f"resnet50_to_tdn: {str(err).rstrip('.')}. {_ACCEPTED}"
+    try:
+        return to_tdn(torch_import.normalize_keys(state)), None
+    except ValueError as err:
+        return None, f"resnet50_to_tdn: {source}: {err} {_ACCEPTED}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="resnet50_to_tdn", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="torchvision resnet50 .pth")
     parser.add_argument("out", help="TDN-layout .pth to write")
     args = parser.parse_args(argv)
-    try:
-        state = torch_import.normalize_keys(torch_import.load_state_dict(args.source))
-        tdn = to_tdn(state)
-    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
-        print(f"resnet50_to_tdn: {args.source}: expected a torchvision resnet50 "
-              f".pth state dict; {str(err).splitlines()[0]}",
-              file=sys.stderr)
+    tdn, refusal = _convert(args.source)
+    if refusal:
+        print(refusal, file=sys.stderr)
         return 2
     import torch
 
-    with atomic_path(args.out) as tmp:
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tdn.items()}
-        torch.save(tensors, tmp)
+    try:
+        with atomic_path(args.out) as tmp:
+            tensors = {k: torch.from_numpy(np.ascontiguousarray(v))
+                       for k, v in tdn.items()}
+            torch.save(tensors, tmp)
+    except OSError as err:
+        print(f"resnet50_to_tdn: {args.out}: cannot be written "
+              f"({_first_sentence(err)}). Accepted: a writable file path.",
+              file=sys.stderr)
+        return 2
     print(f"wrote {args.out}: {len(tdn)} tensors (TDN layout)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,12 @@ linear head this equals averaging the segment scores at inference.
 
 Backbone: torchvision's ResNet-50 (stride on the 3x3 conv, convs without bias,
 BN epsilon 1e-5; 23,508,032 parameters without fc), torch padding made
-explicit. Temporal modules (`temporal=`):
+explicit. `stride_in_1x1=True` moves the stride of the first block of stages
+2-4 to its 1x1 `conv1`: ResNet v1 as keras.applications' ResNet50 builds it
+(there a 1x1 stride-2 "valid" conv; the 3x3 stays "same" at stride 1; the
+stem's 7x7 and max pool are padded alike in both), so its ImageNet weights
+compute keras.applications' function here. Variable names and shapes are
+those of the default. Temporal modules (`temporal=`):
 
 - "none": plain TSN.
 - "tsm": TSM (Lin et al., ICCV 2019): `TemporalShift` of 1/8 of the channels
@@ -138,20 +143,24 @@ def mse_module(x, *, num_segments, name):
     return layers.Add(name=f"{name}_out")([x, xy])
 
 
-def bottleneck(x, planes, *, stride, use_bias, temporal, num_segments, name):
+def bottleneck(x, planes, *, stride, use_bias, temporal, num_segments, name,
+               stride_in_1x1=False):
     """torchvision Bottleneck (expansion 4) with an optional temporal module.
 
-    (B * S, H, W, C_in) -> (B * S, H / stride, W / stride, 4 planes).
+    (B * S, H, W, C_in) -> (B * S, H / stride, W / stride, 4 planes). The
+    stride is on the 3x3 `conv2` (v1.5), or on the 1x1 `conv1` with
+    `stride_in_1x1` (v1, keras.applications).
     """
+    stride1, stride2 = (stride, 1) if stride_in_1x1 else (1, stride)
     shortcut = x
     if temporal in ("tsm", "msn"):
         x = TemporalShift(num_segments, name=f"{name}_shift")(x)
-    y = conv2d(x, planes, 1, use_bias=use_bias, name=f"{name}_conv1")
+    y = conv2d(x, planes, 1, strides=stride1, use_bias=use_bias, name=f"{name}_conv1")
     y = layers.ReLU(name=f"{name}_relu1")(batch_norm(y, f"{name}_bn1"))
     if temporal == "tdn":
         y = mse_module(y, num_segments=num_segments, name=f"{name}_mse")
         y = LearnableShift(num_segments, name=f"{name}_shift")(y)
-    y = conv2d(y, planes, 3, strides=stride, use_bias=use_bias, name=f"{name}_conv2")
+    y = conv2d(y, planes, 3, strides=stride2, use_bias=use_bias, name=f"{name}_conv2")
     y = layers.ReLU(name=f"{name}_relu2")(batch_norm(y, f"{name}_bn2"))
     y = conv2d(y, planes * 4, 1, use_bias=use_bias, name=f"{name}_conv3")
     y = batch_norm(y, f"{name}_bn3")
@@ -163,12 +172,13 @@ def bottleneck(x, planes, *, stride, use_bias, temporal, num_segments, name):
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def resnet_stage(x, s, num_blocks, *, use_bias, temporal, num_segments, prefix=""):
+def resnet_stage(x, s, num_blocks, *, use_bias, temporal, num_segments, prefix="",
+                 stride_in_1x1=False):
     for b in range(1, num_blocks + 1):
         x = bottleneck(
             x, WIDTHS[s - 1], stride=2 if (s > 1 and b == 1) else 1,
             use_bias=use_bias, temporal=temporal, num_segments=num_segments,
-            name=f"{prefix}stage{s}_block{b}",
+            name=f"{prefix}stage{s}_block{b}", stride_in_1x1=stride_in_1x1,
         )
     return x
 
@@ -235,6 +245,7 @@ def TSN(
     dropout=0.5,
     init_std=0.001,
     head=None,
+    stride_in_1x1=False,
 ):
     """TSN / TSM / TDN over a ResNet-50 (see the module docstring).
 
@@ -252,6 +263,14 @@ def TSN(
         init_std: float. Normal init std of the head's Dense.
             Defaults to 0.001.
         head: None, a head name or `{HeadName: {kwargs}}`. Defaults to None.
+        stride_in_1x1: bool. Put the stride of the first block of stages 2-4
+            on its 1x1 `conv1` (ResNet v1, keras.applications' ResNet50)
+            instead of the 3x3 `conv2` (torchvision's v1.5, the default and
+            the TSN / TSM / TDN references' layout). Set it when starting
+            from keras.applications' ImageNet ResNet50 weights and its
+            function is wanted (config:
+            `model: {TSN: {stride_in_1x1: true}}`); same variables either
+            way. Defaults to False.
 
     Returns:
         `keras.Model`: (B, S * F, H, W, 3) -> (B, num_classes) logits.
@@ -260,10 +279,11 @@ def TSN(
         MotionSqueeze ("msn").
 
     Raises:
-        ValueError: unknown `temporal` / `depth`, or a frame count that is not
-            `num_segments * F`.
+        ValueError: unknown `temporal` / `depth`, a `stride_in_1x1` that is
+            not a bool, or a frame count that is not `num_segments * F`.
     """
     choose(temporal, TEMPORAL, "temporal")
+    choose(stride_in_1x1, (False, True), "stride_in_1x1")
     blocks = STAGE_BLOCKS[choose(depth, tuple(STAGE_BLOCKS), "depth")]
     frames = TDN_FRAMES if temporal == "tdn" else 1
     if input_shape is None:
@@ -294,7 +314,8 @@ def TSN(
     x = conv2d(x, 64, 7, strides=2, use_bias=use_bias, name="conv1")
     x = layers.ReLU(name="relu1")(batch_norm(x, "bn1"))
     x = max_pool(x, "maxpool")
-    kwargs = dict(use_bias=use_bias, num_segments=num_segments)
+    kwargs = dict(use_bias=use_bias, num_segments=num_segments,
+                  stride_in_1x1=stride_in_1x1)
     if temporal == "tdn":
         alpha, beta = (0.5, 0.5) if num_segments == 8 else (0.75, 0.25)
         x = _fuse(x, diff, alpha, beta, "fuse_stem")

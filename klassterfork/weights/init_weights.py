@@ -12,7 +12,9 @@ found from the file's content (magic bytes and structure), never its name
 - "keras_weights_h5": a Keras 3 `.weights.h5`;
 - "keras_legacy_h5": a Keras 2 h5, as `keras.applications` ships its
   ImageNet no-top weights (ResNet50 into TSN / TSM / TDN / MSN, InceptionV3
-  and VGG16 into `TwoStream2D`);
+  and VGG16 into `TwoStream2D`); ResNet50 is ResNet v1, so a TSN computes
+  its function only when built with `stride_in_1x1: true` (the report's
+  note says which layout the model has);
 - "torch": a PyTorch file (zip or legacy pickle; a bare state dict or one
   under "state_dict" / "model" / "module"), read with
   `torch.load(weights_only=True)` and paired through `torch_import`'s
@@ -249,8 +251,17 @@ def _pair_torch(model, path, targets):
             if key.startswith(copy) and twin in used and np.array_equal(
                     sd[key], sd[twin]):
                 consumed.add(key)
+    notes = []
+    if family in ("resnet2d", "tdn") and keras_sources.is_stride_in_1x1(
+            {layer.name: layer for layer in model.layers}):
+        notes.append(
+            "this model is ResNet v1 (stride_in_1x1: true, stride on the first "
+            "1x1 conv of stages 2-4); the PyTorch layout is torchvision's v1.5 "
+            "(stride on the 3x3): the weights load by name, but stages 2-4 "
+            "compute a different function than in the file's network (build "
+            "the model with stride_in_1x1: false, the default, to match it)")
     return keras_sources.Plan(pairs, sorted(sd), consumed=consumed,
-                              missing=missing)
+                              missing=missing, notes=notes)
 
 
 def _pair(model, path, fmt, targets):

@@ -13,7 +13,8 @@ file tensor's key, and notes for the report. Three layouts:
   `layer_names` and per layer `weight_names` ("conv1_conv/kernel:0").
   Layers pair by name (also inside a nested backbone model). torchvision-
   layout ResNet-50s (TSN) name their layers differently and put the stride
-  on the 3x3 conv: see `_applications_resnet50`.
+  on the 3x3 conv unless built with `stride_in_1x1=True`: see
+  `_applications_resnet50`.
 - `tf.train.Checkpoint(model=...)` folders written by the trainer: the
   checkpoint's object graph is followed from its `model` node on the model
   being loaded (`_operations/13/_kernel`).
@@ -231,11 +232,13 @@ def _applications_resnet50(source, targets):
     Renames the layers (`conv2_block1_1_conv` -> `stage1_block1_conv1`,
     `_0_` -> `downsample_`). A conv bias the model lacks is folded into the
     next BatchNormalization (mean' = mean - bias: exact), and gamma is
-    rescaled from epsilon 1.001e-5 to the model's (exact). The two nets
-    still differ: keras.applications is ResNet v1 (stride 2 on the first
-    1x1 conv of stages 3-5), TSN is torchvision's v1.5 (stride on the 3x3);
-    the stem and the first stage compute the same function, later stages
-    do not, which the report notes.
+    rescaled from epsilon 1.001e-5 to the model's (exact). keras.applications
+    is ResNet v1 (stride 2 on the first 1x1 conv of stages 3-5); a TSN built
+    with `stride_in_1x1=True` is too and then computes the same function.
+    The default TSN is torchvision's v1.5 (stride on the 3x3): the stem and
+    the first stage compute the same function, later stages do not. Either
+    way the report's note says which, since fine-tuning v1 weights in v1.5
+    is common and not an error, but should not be silent.
     """
     layers = {_layer_leaf(t.layer_path): t.layer for t in targets.values()}
     out = {_app_to_tsn(name): {it[0]: it for it in items}
@@ -255,12 +258,33 @@ def _applications_resnet50(source, targets):
             out[bn]["moving_mean"] = (*mean[:2], mean[2] - bias[2])
             consumed.add(bias[1])
     out = {name: list(stats.values()) for name, stats in out.items()}
-    note = ("keras.applications ResNet50 is ResNet v1 (stride on the first 1x1 "
-            "conv of stages 3-5); this model is torchvision's v1.5 (stride on "
-            "the 3x3): the weights load by name, conv biases folded into the "
-            "BatchNorm means, but stages 2-4 compute a different function than "
-            "in keras.applications")
-    return out, consumed, [note]
+    return out, consumed, [_resnet_layout_note(layers)]
+
+
+def _resnet_layout_note(layers):
+    """The report's note on keras.applications' v1 layout against the model's."""
+    if is_stride_in_1x1(layers):
+        return ("keras.applications ResNet50 is ResNet v1 (stride on the first "
+                "1x1 conv of its stages conv3-conv5), as this model "
+                "(stride_in_1x1: true): the weights load by name, conv biases "
+                "folded into the BatchNorm means, and its ResNet computes "
+                "keras.applications' function (TSM / TDN / MSN modules, if any, "
+                "come on top)")
+    return ("keras.applications ResNet50 is ResNet v1 (stride on the first 1x1 "
+            "conv of its stages conv3-conv5); this model is torchvision's v1.5 "
+            "(stride on the 3x3): the weights load by name, conv biases folded "
+            "into the BatchNorm means, but stages 2-4 compute a different "
+            "function than in keras.applications. To compute its function, "
+            "build the model with `stride_in_1x1: true` (config: "
+            "model.TSN.stride_in_1x1: true, i.e. "
+            "`model: {TSN: {stride_in_1x1: true}}`)")
+
+
+def is_stride_in_1x1(layers):
+    """Whether a TSN-layout ResNet ({layer name: layer}) strides its 1x1
+    (`stride_in_1x1=True`, ResNet v1) rather than its 3x3 (v1.5)."""
+    first = layers.get("stage2_block1_conv1")
+    return first is not None and tuple(first.strides) != (1, 1)
 
 
 def checkpoint_prefix(path):

@@ -244,10 +244,25 @@ def test_torch_tsm_resnet50_matches_torch(tmp_path):
     model = models.build("TSN", num_classes=5, temporal="tsm", depth=26,
                          num_segments=segments, input_shape=(segments, 32, 32, 3))
     report = init_weights.load_into(model, tmp_path / "tsm.pth", strict=True)
-    assert report.unused == []
+    assert report.unused == [] and report.notes == []  # v1.5 in both
     x = clip((2, segments, 32, 32, 3), seed=5)
     want = torch_logits(ref, x.reshape(-1, 32, 32, 3).transpose(0, 3, 1, 2))
     np.testing.assert_allclose(run(model, x), want, atol=TOL, rtol=0)
+
+
+@needs_torch
+def test_torch_v15_file_into_stride_in_1x1_model_is_named(tmp_path):
+    """torchvision's v1.5 weights in a ResNet v1 TSN load (same variables)
+    but compute another function from stage 2 on: the report says so."""
+    ref = torch_reference.randomize(torch_reference.ResNet50TSN(
+        num_classes=5, num_segments=1, layers=(2, 2, 2, 2)), seed=4)
+    torch.save(ref.state_dict(), tmp_path / "r50.pth")
+    model = models.build("TSN", num_classes=5, depth=26, num_segments=1,
+                         input_shape=(1, 32, 32, 3), stride_in_1x1=True)
+    report = init_weights.load_into(model, tmp_path / "r50.pth", strict=True)
+    assert report.unused == [] and report.initialized == []
+    assert "this model is ResNet v1 (stride_in_1x1: true" in report.paragraph()
+    assert "stages 2-4 compute a different function" in report.notes[0]
 
 
 @needs_torch
@@ -297,6 +312,9 @@ def test_applications_resnet50_into_tsn(tmp_path):
                        input_shape=(1, size, size, 3))
     report = init_weights.load_into(tsn, path, strict=True)
     assert report.format == "keras_legacy_h5" and "ResNet v1" in report.notes[0]
+    # v1 weights in the v1.5 default: named, with the key that matches them
+    # (test_applications_resnet50.py loads them with it, end to end).
+    assert "model.TSN.stride_in_1x1: true" in report.paragraph()
     src = {w.path: np.asarray(w) for w in app.weights}
     bias = app.get_layer("conv1_conv").bias.numpy()
     np.testing.assert_allclose(tsn.get_layer("bn1").moving_mean.numpy(),
