@@ -263,3 +263,28 @@ def test_the_resume_bound_docs_state_for_a_record_dropped_mid_run(tmp_path):
         assert sorted(u) == sorted(f)
         at = [x[1:] for x in full[p * (n + 1):(p + 1) * (n + 1)]].index(bad)
         assert u[:at // block * block] == f[:at // block * block]
+
+
+@pytest.mark.slow  # two real workers: ~40 s
+def test_kf_train_two_workers_that_diverge_each_exit_3(tmp_path):
+    # The launcher's other same-step status: a NaN loss is all-reduced, so
+    # every worker sees it after the same step and exits 3 by itself.
+    from tests.training.tiny_data import tiny_config, write_split
+
+    data = tmp_path / "data"
+    write_split(str(data), "train", 16, seed=0, num_frames=4)
+    write_split(str(data), "validation", 4, seed=1, num_frames=4)
+    config = json.loads(tiny_config(data, tmp_path / "exp", epochs=2))
+    for block in config["datasets"].values():
+        block["frame_step"] = 1
+    config["optimizer"] = {"SGD": {"learning_rate": 1e30}}
+    cfg = tmp_path / "c.hjson"
+    cfg.write_text(json.dumps(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "klassterfork.cli.train", str(cfg), "--workers", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == exit_codes.DIVERGED, out[-4000:]
+    assert "failed: worker 0: 3, worker 1: 3\n" in out, out[-4000:]
+    assert "stopped by the launcher" not in out and "Traceback" not in out, out[-4000:]
