@@ -54,6 +54,7 @@ def test_atomic_writes_and_appends_on_ram(tmp_path):
         files.open_file(f"{root}/missing.json")
 
 
+@pytest.mark.slow  # the in-memory demo below takes the same path by default
 def test_train_resume_evaluate_on_ram(tmp_path):
     local = tmp_path / "data"
     write_split(str(local), "train", 24, seed=0)
@@ -173,6 +174,10 @@ def test_demo_converts_trains_resumes_evaluates_in_memory(tmp_path):
     assert main([str(cfg), "-r"]) == 0
     with gfile.GFile(f"{exp}/stage0/DONE") as f:
         assert int(f.read()) == 4  # 2 epochs x 8 videos / batch 4
+    with gfile.GFile(f"{exp}/stage0/log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(io.StringIO(f.read()))] == [2, 4]
+    assert gfile.exists(f"{exp}/stage0/model.keras")
+    assert gfile.exists(f"{exp}/config.resolved.json")
     assert main([str(cfg), "-e"]) == 0
     with gfile.GFile(f"{exp}/stage0/predictions_val.json") as f:
         doc = json.load(f)
