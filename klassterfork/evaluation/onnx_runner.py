@@ -14,6 +14,8 @@ import types
 
 import numpy as np
 
+from klassterfork import files
+
 NO_NORM = {"mode": "none", "mean": None, "std": None}
 
 
@@ -22,7 +24,9 @@ class OnnxClassifier:
 
     Args:
         path: str. A `.onnx` file with one uint8 (B, T, H, W, 3) input and
-            one (B, num_classes) probability output.
+            one (B, num_classes) probability output; a `gs://` / `ram://`
+            path is read through `klassterfork.files` (onnxruntime opens
+            local files only).
         providers: list of str or None. onnxruntime execution providers;
             None takes every available one (CUDA first where installed).
 
@@ -34,8 +38,12 @@ class OnnxClassifier:
     def __init__(self, path, providers=None):
         import onnxruntime
 
+        source = str(path)
+        if files.is_remote(source):
+            with files.open_file(source, "rb") as f:
+                source = f.read()
         self.session = onnxruntime.InferenceSession(
-            str(path), providers=providers or onnxruntime.get_available_providers()
+            source, providers=providers or onnxruntime.get_available_providers()
         )
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(uint8)":

@@ -1,6 +1,10 @@
 """kf-export: the SavedModel's uint8 endpoint equals standardize -> model -> softmax."""
 
+import os
+import uuid
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from klassterfork.cli.export import main
@@ -8,12 +12,18 @@ from klassterfork.data import transforms
 from tests.evaluation.test_predict_cli import experiment  # noqa: F401  (shared fixture)
 
 
-def test_saved_model_serves_uint8_clips(experiment, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("where", ["local", "ram"])
+def test_saved_model_serves_uint8_clips(experiment, tmp_path, where):  # noqa: F811
+    """`ram://` (TF's in-memory filesystem) stands in for gs://: the folder
+    must be written through klassterfork.files, not os.replace."""
     import keras
 
     model_path = experiment / "stage0" / "model.keras"
     out = tmp_path / "served"
+    if where == "ram":
+        out = f"ram://kf-export-cli-{uuid.uuid4().hex[:8]}/served"
     assert main(["--model", str(model_path), "--output", str(out)]) == 0
+    assert not os.path.exists("ram:")
     served = tf.saved_model.load(str(out))
     clips = np.random.default_rng(0).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
     got = served.serve(tf.constant(clips)).numpy()
@@ -25,5 +35,6 @@ def test_saved_model_serves_uint8_clips(experiment, tmp_path):  # noqa: F811
 
 
 def test_missing_config_is_a_clear_error(tmp_path, capsys):
-    assert main(["--model", str(tmp_path / "m.keras"), "--output", str(tmp_path / "o")]) == 2
+    args = ["--model", str(tmp_path / "m.keras"), "--output", str(tmp_path / "o")]
+    assert main(args) == 2
     assert "config.resolved.json" in capsys.readouterr().err
