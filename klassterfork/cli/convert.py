@@ -55,6 +55,12 @@ def build_parser():
                         help="output folder: a local path or a URL fsspec knows "
                              "(gs://bucket/records with gcsfs installed, s3://, ...)")
     parser.add_argument("--split", default="train")
+    _add_output_options(parser)
+    return parser
+
+
+def _add_output_options(parser):
+    """How frames are stored and how the conversion runs."""
     parser.add_argument("--short-side", type=int, default=128,
                         help="resize so the short side is this (0 = keep)")
     parser.add_argument("--fps", type=float, default=None,
@@ -89,7 +95,6 @@ def build_parser():
     parser.add_argument("--label-remap", metavar="FILE", default=None,
                         help="label_remap.json from tools/class_overlap.py: drop the "
                              "removed classes' videos and re-index the rest")
-    return parser
 
 
 def apply_label_remap(annotation, path):
