@@ -98,7 +98,7 @@ def test_garbage_frame_and_truncated_shard_are_skipped_named_and_passed(tmp_path
 
 def flip_byte_mid_record(path, record_index):
     """Flips one byte in the middle of record `record_index`'s body: its CRC
-    no longer matches, so the reader stops there at run time (the headers,
+    no longer matches, so the reader fails there at run time (the headers,
     which the pipeline walks when it is built, are intact)."""
     sizes = [len(r.numpy()) for r in tf.data.TFRecordDataset(path)]
     offset = sum(12 + n + 4 for n in sizes[:record_index]) + 12 + sizes[record_index] // 2
@@ -109,31 +109,34 @@ def flip_byte_mid_record(path, record_index):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def test_corrupt_record_mid_shard_cuts_the_shard_there_and_resume_passes_it(tmp_path):
+def test_corrupt_record_body_mid_shard_is_skipped_alone_and_resume_passes_it(tmp_path):
     # A CRC error at run time (DataLossError), not found when the pipeline is
-    # built: the shard is cut at its last readable record, named, and the
-    # records after it count as lost; a rebuilt pipeline passes them.
-    videos = [video_record(f"v{i}", 6, i % 3) for i in range(12)]
+    # built. The record's length header is intact, so the next record's offset
+    # is known: that record alone is skipped and named; the records after it
+    # in its shard are still read, in this epoch and the later ones, and a
+    # rebuilt (resumed) pipeline reads around it.
+    videos = [video_record(f"v{i}", 6, i) for i in range(12)]  # label i: video i
     paths = write_shards(tmp_path, videos, num_shards=3)  # shard 0: v0 v3 v6 v9
-    flip_byte_mid_record(paths[0], 1)  # v3: v3, v6, v9 cannot be read
+    flip_byte_mid_record(paths[0], 1)  # v3
     assert pipeline.read_shards(paths).counts == (4, 4, 4)  # the headers are fine
     path = str(tmp_path / "bad_records.jsonl")
     log = bad_records.BadRecordLog(path)
-    batches = run_like_the_trainer(paths, log, 18, **{**KW, "max_bad_records": 4})
+    batches = run_like_the_trainer(paths, log, 18, **KW)
     entries = [json.loads(line) for line in open(path)]
-    assert len(entries) == 1, entries
-    assert entries[0]["shard"] == os.path.basename(paths[0])
-    assert entries[0]["readable"] == 1
+    assert [(e["shard"], e["record"], e["video_id"], e["epoch"]) for e in entries] == [
+        (os.path.basename(paths[0]), 1, None, 0)], entries
+    assert "readable" not in entries[0] and "lost" not in entries[0]
     assert "corrupted record" in entries[0]["error"]
-    assert log.count() == 3  # v3, v6 and v9
-    # 9 readable videos an epoch after the cut: every later epoch has each once.
+    assert log.count() == 1
+    # 11 videos an epoch, each once: every video but v3, v6 and v9 included.
     labels = np.concatenate([b[1] for b in batches])
     assert len(labels) == 36
+    for epoch in range(3):
+        assert sorted(labels[11 * epoch:11 * (epoch + 1)]) == [i for i in range(12) if i != 3]
     reread = bad_records.BadRecordLog(path)
-    for start in (0, 5, 11):
-        ds = pipeline.train_dataset(paths, start_batch=start, bad_records=reread,
-                                    **{**KW, "max_bad_records": 4})
-        for expected, got in zip(batches[start:], ds.take(18 - start)):
+    for start in (0, 5, 11, 16):
+        ds = pipeline.train_dataset(paths, start_batch=start, bad_records=reread, **KW)
+        for expected, got in zip(batches[start:], ds.take(18 - start), strict=True):
             np.testing.assert_array_equal(expected[0], got[0].numpy())
             np.testing.assert_array_equal(expected[1], got[1].numpy())
     assert [json.loads(line) for line in open(path)] == entries

@@ -17,11 +17,13 @@ crash on the same record.
 One JSON object a line:
     {"shard": "train-00003-of-00016.tfrecord", "record": 41, "video_id":
      "abc", "error": "...", "epoch": 0}                       a bad record
+     (also one whose body fails its checksum: its length header gives the
+     next record's offset, so the records after it are read)
     {"shard": "...", "record": 17, "readable": 17, "lost": 3, "video_id":
      null, "error": "truncated ...", "epoch": 0}               a shard cut at
-     record 17 (truncated, or a corrupt record after which the file cannot
-     be read): its first 17 records are used, `lost` (from the manifest's
-     per-shard count; null when unknown) are counted as bad.
+     record 17 (truncated, or a broken length header: the records after it
+     cannot be found): its first 17 records are used, `lost` (from the
+     manifest's per-shard count; null when unknown) are counted as bad.
     {"shard": "val-00000-of-00001.tfrecord", "record": 5, "video_id": "x",
      "error": "...", "epoch": 0, "set": "val"}                 a validation
      record the evaluation skipped (`set`: the key under `datasets`); it
@@ -285,9 +287,9 @@ def manifest_count(path):
 def cut_entry(path, readable, error, epoch=0, known=None):
     """The entry of a shard that cannot be read past record `readable`.
 
-    `known`: records the shard's headers show (a corrupt body mid-file leaves
-    them intact); the manifest's count is used when it has one (a truncated
-    file has lost the headers too)."""
+    `known`: records the shard's headers showed when the pipeline was built;
+    the manifest's count is used when it has one (a truncated file has lost
+    the headers too)."""
     expected = manifest_count(path)
     if expected is None:
         expected = known

@@ -17,6 +17,7 @@ import os
 import tensorflow as tf
 
 from klassterfork.data import records, transforms
+from klassterfork.data.reading import resume
 from klassterfork.data.reading.clips import (
     AUTOTUNE, dataset_options, decode_clip, encoded_frames, first_image, first_label,
     graph_fn, list_files, stack_flow)
@@ -73,8 +74,12 @@ def eval_dataset(files, spec, *, with_ids=False, skip_bad_records=False):
         raise ValueError("`skip_bad_records` needs `with_ids=True` and no "
                          f"`flatten_views`. Received: with_ids={with_ids}, "
                          f"flatten_views={views.flatten_views}")
-    ds = _video_views(tf.data.TFRecordDataset(list_files(files)), spec,
-                      skip_bad_records=skip_bad_records)
+    paths = list_files(files)
+    if skip_bad_records:
+        ds = _readable_records(paths)
+    else:
+        ds = tf.data.TFRecordDataset(paths).enumerate()
+    ds = _video_views(ds, spec, skip_bad_records=skip_bad_records)
     if views.flatten_views:
         ds = ds.flat_map(
             lambda clips, label, vid: tf.data.Dataset.from_tensor_slices(
@@ -91,10 +96,30 @@ def eval_dataset(files, spec, *, with_ids=False, skip_bad_records=False):
     return ds.prefetch(AUTOTUNE).with_options(dataset_options())
 
 
+def _readable_records(paths):
+    """(position, serialized) of the records of `paths` in file order, a
+    position counted over the files as `missing_records` counts it (headers
+    checked: `resume.count_records(verify=True)`). A record whose body fails
+    its checksum comes out empty (it then fails to decode and is dropped)
+    and the rest of its shard is read (`resume.read_shard_guarded`); the
+    records after a broken header or a truncated end cannot be found and
+    are not counted (`missing_records` logs that shard)."""
+    counts = [resume.count_records(p, verify=True)[0] for p in paths]
+    bases = [sum(counts[:i]) for i in range(len(paths))]
+
+    def read(path, count, base):
+        return resume.read_shard_guarded(path, 0, count).map(
+            graph_fn(lambda record, serialized: (base + record, serialized)))
+
+    return tf.data.Dataset.from_tensor_slices((
+        tf.constant(paths, tf.string), tf.constant(counts, tf.int64),
+        tf.constant(bases, tf.int64))).flat_map(graph_fn(read))
+
+
 def _video_views(ds, spec, *, skip_bad_records=False):
-    """Serialized records -> (views, label, id) per video (plus the record's
-    position with `skip_bad_records`), or with `views_per_chunk` the chunks
-    of each video's views.
+    """(position, serialized) records -> (views, label, id) per video (plus
+    the record's position with `skip_bad_records`), or with
+    `views_per_chunk` the chunks of each video's views.
 
     `skip_bad_records`: a failed decode is dropped right after the decode
     map (`ignore_errors`, before any batch), so one bad record costs only
@@ -113,10 +138,10 @@ def _video_views(ds, spec, *, skip_bad_records=False):
             out = views_of(crops, position, tf.range(views.num_views)), label, vid
             return (*out, index) if skip_bad_records else out
 
-        return tolerate(ds.enumerate().map(
+        return tolerate(ds.map(
             graph_fn(make_views), num_parallel_calls=spec.num_parallel_calls,
             deterministic=True))
-    ds = tolerate(ds.enumerate().map(
+    ds = tolerate(ds.map(
         graph_fn(lambda index, serialized: (*decode(serialized), index)),
         num_parallel_calls=spec.num_parallel_calls, deterministic=True))
     return ds.flat_map(graph_fn(
@@ -245,13 +270,13 @@ def missing_records(files, spec, seen, *, dataset_key):
         list of dicts, `bad_records.jsonl` entries: `shard`, `record`,
         `video_id`, `error`, `epoch` (0) and `set`.
     """
-    from klassterfork.data.reading import resume  # the header walk
-    from klassterfork.data.reading.train_records import _first_line, _video_id
+    from klassterfork.data.reading.train_records import _first_line, _video_id, known_video_id
 
     decode = _video_decoder(spec)
     found, position = [], 0
     for path in list_files(files):
-        count, truncated = resume.count_records(path)
+        # Verified headers: the positions `_readable_records` counts.
+        count, truncated = resume.count_records(path, verify=True)
         missing = [r for r in range(count) if position + r not in seen]
         position += count
         for record in missing:
@@ -264,8 +289,11 @@ def missing_records(files, spec, seen, *, dataset_key):
                 entry["error"] = "dropped by the evaluation pipeline; decodes on its own"
             except tf.errors.OpError as err:
                 entry["error"] = _first_line(err)
+                if isinstance(err, tf.errors.DataLossError):  # its body is not to be trusted
+                    entry["video_id"] = known_video_id(path, record)
             found.append(entry)
         if truncated:
-            LOG.warning("datasets.%s: %s ends inside record %d: the rest is not read",
+            LOG.warning("datasets.%s: %s cannot be read past record %d (it ends inside "
+                        "a record, or a length header is corrupt): the rest is not read",
                         dataset_key, path, count)
     return found

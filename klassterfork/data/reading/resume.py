@@ -10,7 +10,8 @@ therefore a pure function of (seed, epoch) and the shards' record counts:
   order from the counts alone, no record read);
 - records marked bad (`Shards.skip`, see `data/reading/bad_records.py`) are
   dropped, from the epoch they were found in on, before anything else
-  counts them, so positions are positions among good records;
+  counts them, so positions are positions among good records; they are
+  read around (a corrupt body costs only itself);
 - with P data-sharded pipelines, pipeline i keeps positions i, i + P, ...;
 - the example shuffle is a block shuffle: positions [bS, (b + 1)S) of the
   epoch (S = `shuffle_buffer`) come out in a random order drawn from
@@ -28,12 +29,13 @@ uninterrupted run (every random draw is keyed by the example's position).
 """
 
 import dataclasses
-import os
 import struct
 
 import tensorflow as tf
 
 from klassterfork import files as kf_files
+# The writer's checksum (one definition of the framing).
+from klassterfork.data.records import _masked_crc as masked_crc
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Remote file systems (gs://, s3://, hdfs://) read through TFRecordDataset's
@@ -41,13 +43,18 @@ AUTOTUNE = tf.data.AUTOTUNE
 REMOTE_READ_BUFFER = 256 * 1024
 
 
-def count_records(path):
+def count_records(path, *, verify=False):
     """(records, truncated) of a TFRecord file, from its length headers only.
 
     Walks the 12-byte headers (8-byte length + CRC), seeking over the record
     bodies, so it reads ~12 bytes per record. `truncated` is True when the
     file ends inside a record (a partial header or body): `records` then
     counts the complete ones before it.
+
+    verify: bool. Also stop (`truncated`) at the first length that fails
+        its CRC: the records after it cannot be found, while a record whose
+        body alone is corrupt is counted (the reader passes it by its
+        header). For the diagnosis; the build does not pay. Defaults to False.
     """
     size = kf_files.getsize(path)
     count, pos = 0, 0
@@ -58,6 +65,8 @@ def count_records(path):
         while pos < size:
             header = f.read(12)
             if len(header) < 12:
+                return count, True
+            if verify and struct.unpack("<I", header[8:])[0] != masked_crc(header[:8]):
                 return count, True
             (length,) = struct.unpack("<Q", header[:8])
             end = pos + 12 + length + 4
@@ -147,10 +156,11 @@ class Shards:
     Attributes:
         paths: tuple of str.
         counts: tuple of int. Readable records per file.
-        skip: tuple of (file index, record index, epoch): bad records.
+        skip: tuple of (file index, record index, epoch): bad records, read
+            around (its header gives the next record's offset).
         cut: tuple of (file index, readable records, epoch): from `epoch` on
-            the reader stops after `readable` records (a truncated or
-            corrupt shard; the rest cannot be read).
+            the reader stops after `readable` records (a truncated shard or
+            a broken length header: the records after it cannot be found).
     """
 
     paths: tuple
@@ -194,6 +204,9 @@ class Layout:
             otherwise.
         parallel_reads: bool. Read the open shards in parallel threads
             (same order). Defaults to True.
+        guarded: bool. Read with `read_shard_guarded` (an unreadable record
+            is an empty stand-in, not an error): for pipelines that drop bad
+            examples themselves (never rebuilt). Defaults to False.
     """
 
     shards: Shards
@@ -204,6 +217,7 @@ class Layout:
     num_shares: int = 1
     share: int = 0
     parallel_reads: bool = True
+    guarded: bool = False
 
     def records_per_epoch(self, epoch=0):
         """Good records this pipeline reads in `epoch`."""
@@ -288,6 +302,39 @@ def read_shard(path, first, count):
     return reader.skip(first).take(count - first)
 
 
+def read_shard_guarded(path, first, count):
+    """(record, serialized) of records `first` .. `count - 1` of one shard; a
+    record the reader cannot return comes out as an empty string in its
+    place, and the records after it are read.
+
+    Read as by `read_shard` until it fails (`ignore_errors` after a zip with
+    the record numbers, then -1: the last number before it says where), then
+    one record at a time, each reached by `skip` over the headers (a corrupt
+    body costs only itself): quadratic in the shard's length, paid on failure.
+    """
+    first = tf.cast(first, tf.int64)
+    whole = tf.data.Dataset.zip((tf.data.Dataset.range(first, count), read_shard(
+        path, first, count))).ignore_errors().concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.constant(""))))
+
+    def step(expected, element):
+        record, serialized = element
+        rest = tf.range(expected, tf.maximum(expected, tf.cast(count, tf.int64)))
+        out = tf.cond(record < 0, lambda: (rest, tf.fill(tf.shape(rest), ""), rest >= 0),
+                      lambda: (record[None], serialized[None], tf.constant([False])))
+        return tf.where(record < 0, expected, record + 1), out
+
+    def fetch(record, serialized, alone):
+        def again():  # the record alone, or "" when it cannot be read
+            return read_shard(path, record, record + 1).ignore_errors().concatenate(
+                tf.data.Dataset.from_tensors("")).take(1).get_single_element()
+
+        return record, tf.cond(alone, again, lambda: serialized)
+
+    return whole.scan(first, tf.autograph.experimental.do_not_convert(step)).unbatch().map(
+        tf.autograph.experimental.do_not_convert(fetch))
+
+
 def read_buffer_size(path, first):
     """int64 scalar: `REMOTE_READ_BUFFER` for a remote shard read from its
     first record, else 0 (unbuffered)."""
@@ -301,22 +348,8 @@ def _epoch_records(layout, epoch, files, firsts):
     """(epoch, file, record, serialized) of one epoch from the interleave
     input; `epoch` may be a tensor (the epochs after a resumed one)."""
     shards = layout.shards
-    paths = tf.constant(list(shards.paths))
-    counts = tf.constant(list(shards.counts), tf.int64)
     epoch = tf.cast(epoch, tf.int64)
-    for f, readable, since in shards.cut:
-        cut = tf.logical_and(tf.range(len(shards.paths)) == f, since <= epoch)
-        counts = tf.where(cut, tf.minimum(counts, readable), counts)
-
-    def read(f, first):
-        count = tf.gather(counts, f)
-        records = read_shard(tf.gather(paths, f), first, count)
-        # zip, not enumerate + map: no function call per record.
-        return tf.data.Dataset.zip((
-            tf.data.Dataset.from_tensors(epoch).repeat(),
-            tf.data.Dataset.from_tensors(f).repeat(),
-            tf.data.Dataset.range(first, count), records))
-
+    read = _shard_reader(shards, epoch, layout.guarded)
     ds = tf.data.Dataset.from_tensor_slices((files, tf.cast(firsts, tf.int64)))
     ds = ds.interleave(
         tf.autograph.experimental.do_not_convert(read),
@@ -339,6 +372,54 @@ def _epoch_records(layout, epoch, files, firsts):
         # parsed.
         ds = ds.shard(layout.num_shares, layout.share)
     return ds
+
+
+def _shard_reader(shards, epoch, guarded=False):
+    """`read(file, first)`: (epoch, file, record, serialized) of one shard
+    from record `first` to its count in `epoch` (its cut, if any).
+
+    A record r marked bad from `epoch` on is not read: the shard is read in
+    segments around it ([first, r), [r + 1, next bad), ...; `skip` passes r
+    by its header, so a corrupt body costs only itself). r comes out as an
+    empty stand-in, dropped after the interleave, whose turns thus stay
+    those over the whole shard (what `Interleave` replays).
+    """
+    paths, counts = tf.constant(list(shards.paths)), tf.constant(list(shards.counts), tf.int64)
+    for f, readable, since in shards.cut:
+        cut = tf.logical_and(tf.range(len(shards.paths)) == f, since <= epoch)
+        counts = tf.where(cut, tf.minimum(counts, readable), counts)
+
+    def tagged(path, f, first, count):
+        if guarded:
+            return read_shard_guarded(path, first, count).map(
+                tf.autograph.experimental.do_not_convert(lambda r, x: (epoch, f, r, x)))
+        # zip, not enumerate + map: no function call per record.
+        return tf.data.Dataset.zip((
+            tf.data.Dataset.from_tensors(epoch).repeat(),
+            tf.data.Dataset.from_tensors(f).repeat(),
+            tf.data.Dataset.range(first, count), read_shard(path, first, count)))
+
+    if not shards.skip:
+        return lambda f, first: tagged(tf.gather(paths, f), f, first, tf.gather(counts, f))
+    bad_file, bad_record, bad_since = (tf.constant(column, dtype) for column, dtype in zip(
+        zip(*shards.skip), (tf.int32, tf.int64, tf.int64)))
+
+    def read(f, first):
+        path, count = tf.gather(paths, f), tf.gather(counts, f)
+        here = ((bad_file == f) & (bad_since <= epoch) & (bad_record >= first)
+                & (bad_record < count))
+        holes = tf.unique(tf.sort(tf.boolean_mask(bad_record, here))).y
+
+        def segment(start, end):  # then hole `end`'s stand-in (none at the end)
+            hole = tf.data.Dataset.from_tensors((epoch, f, end, tf.constant(""))).take(
+                tf.cast(end < count, tf.int64))
+            return tagged(path, f, start, end).concatenate(hole)
+
+        starts, ends = tf.concat([[first], holes + 1], 0), tf.concat([holes, [count]], 0)
+        return tf.data.Dataset.from_tensor_slices((starts, ends)).flat_map(
+            tf.autograph.experimental.do_not_convert(segment))
+
+    return read
 
 
 def _block_shuffle(ds, layout, epoch, first_block, drop=0):
@@ -397,10 +478,8 @@ def records(layout, *, start_record=0, repeat=True):
     """
     epoch, record = layout.locate(start_record)
     if not repeat and epoch > 0:
-        return tf.data.Dataset.from_tensor_slices(
-            (tf.zeros([0], tf.int64), tf.zeros([0], tf.int32), tf.zeros([0], tf.int64),
-             tf.zeros([0], tf.string))
-        ), None
+        return tf.data.Dataset.from_tensor_slices((tf.zeros([0], tf.int64), tf.zeros(
+            [0], tf.int32), tf.zeros([0], tf.int64), tf.zeros([0], tf.string))), None
     start = plan_start(layout, epoch, record)
     files = tf.constant([f for f, _ in start.files], tf.int32)
     firsts = tf.constant([r for _, r in start.files], tf.int64)

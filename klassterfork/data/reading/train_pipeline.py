@@ -21,7 +21,8 @@ the trainer's resume uses).
 
 Bad records (`data/reading/bad_records.py`): a truncated shard is found by
 its headers when the pipeline is built, and its readable records are used;
-a record that fails to parse or decode is named by `BadRecordLog.diagnose`
+a record that fails to parse or decode, or to read (a body that fails its
+checksum: the shard is read past it), is named by `BadRecordLog.diagnose`
 when the iterator raises, and every later build skips it (from the epoch it
 was found in on, so resumes stay exact); `max_bad_records` bounds them.
 
@@ -233,6 +234,8 @@ def _layout(paths, build):
         shuffle_buffer=spec.reading.shuffle_buffer,
         num_shares=num_pipes if policy == "data" else 1,
         share=pipe_id if policy == "data" else 0,
+        # These drop a bad example and go on: a shard must not stop at one.
+        guarded=place.skip_bad_records or bool(place.bad_records_dir),
     )
     # A truncated shard found now is cut from the epoch the run starts in.
     start = build.start_batch * spec.batch_size // spec.augment.repeated_views

@@ -8,6 +8,7 @@ a given example on (the record stage of `resume.py`); `_diagnoser` replays a
 failed step's examples one by one to name the bad record.
 """
 
+import json
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from klassterfork import files as kf_files
 from klassterfork.data import records
 from klassterfork.data.reading import bad_records as bad_records_lib
 from klassterfork.data.reading import resume
@@ -185,6 +187,9 @@ def _example_namer(layout, make_clip, *, repeated_views, repeat):
                 make_clip(index, (epoch, f, r, serialized))
             except tf.errors.OpError as err:
                 seen.add((f, r))
+                if not serialized.numpy():  # a guarded reader's stand-in: read it again
+                    found.append(name_record(layout.shards.paths[f], r, epoch))
+                    continue
                 found.append({
                     "shard": os.path.basename(layout.shards.paths[f]), "record": r,
                     "video_id": _video_id(serialized), "error": _first_line(err),
@@ -195,39 +200,95 @@ def _example_namer(layout, make_clip, *, repeated_views, repeat):
 
 
 def _unreadable_shards(layout, start_record, err):
-    """Cut entries for the shards of the current epoch that cannot be read to
-    their end: each open (and next) shard is read from its planned offset."""
+    """The entries of the records of the current epoch that cannot be read:
+    each open (and next) shard is read from its planned offset to its end
+    (`_unreadable_records`)."""
     epoch, record = layout.locate(start_record)
     start = resume.plan_start(layout, epoch, record)
     counts = layout.shards.counts_at(epoch)
     found = []
     for f, first in start.files[: 2 * layout.cycle_length]:
-        path = layout.shards.paths[f]
-        readable = first
-        try:
-            for _ in tf.data.TFRecordDataset(path).skip(first).take(counts[f] - first):
-                readable += 1
-        except tf.errors.OpError as shard_err:
-            found.append(bad_records_lib.cut_entry(
-                path, readable, _first_line(shard_err), epoch=epoch, known=counts[f]))
+        found += _unreadable_records(layout.shards.paths[f], first, counts[f], epoch)
     if not found:
         raise err
     return found
 
 
+def _unreadable_records(path, first, count, epoch):
+    """Entries for the records [first, count) of shard `path` that the reader
+    cannot return.
+
+    A record whose body fails its checksum (DataLossError) while its length
+    header is intact is one bad record: its header gives the next record's
+    offset, so the records after it are read on (the pipeline reads around
+    it, `resume._shard_reader`). A failure at a broken or missing header
+    (`resume.count_records(verify=True)` stops there) is a cut: the records
+    after it cannot be found, and are counted as lost.
+    """
+    found = []
+    while first < count:
+        try:
+            for _ in tf.data.TFRecordDataset(path).skip(first).take(count - first):
+                first += 1
+            return found
+        except tf.errors.OpError as err:
+            found.append(_failure_entry(path, first, err, epoch, count))
+            if "readable" in found[-1]:
+                return found
+            first += 1
+    return found
+
+
+def _failure_entry(path, record, err, epoch, count):
+    """The entry of record `record` of shard `path` (`count` records by the
+    headers as the pipeline counted them), which the reader failed on with
+    `err`: one bad record when its length header is intact and its body
+    fails its checksum, else a cut there (see `_unreadable_records`)."""
+    headers = resume.count_records(path, verify=True)[0]
+    if isinstance(err, tf.errors.DataLossError) and record < headers:
+        return {"shard": os.path.basename(path), "record": int(record),
+                "video_id": known_video_id(path, record),
+                "error": f"{_first_line(err)} (its body fails its checksum; the records "
+                         "after it are read)", "epoch": int(epoch)}
+    return bad_records_lib.cut_entry(path, record, _first_line(err), epoch=epoch, known=count)
+
+
+def known_video_id(path, record):
+    """The video id of record `record` of shard `path` as the conversion
+    wrote it down, or None: the shard's report (`.convert/<shard>.json`
+    beside it, kept by kf-convert) lists its entries' ids in order, the
+    failed ones (not written) apart. For a record whose body cannot be
+    trusted, so its own id is not read."""
+    # ".convert": conversion's STATE_DIR (reading/ does not import conversion/).
+    report = os.path.join(os.path.dirname(path), ".convert", os.path.basename(path) + ".json")
+    try:
+        with kf_files.open_file(report) as f:
+            info = json.load(f)
+        failed = {note.get("id") for note in info.get("failed") or []}
+        written = [i for i in info.get("ids") or [] if i not in failed]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    return written[record] if record < len(written) else None
+
+
 def name_record(path, record, epoch):
     """The bad-record entry of record `record` of shard `path`, read again:
-    its video id and the first error of parsing it or decoding its frames."""
+    its video id and the first error of parsing it or decoding its frames
+    (or of reading it: `_failure_entry`)."""
     entry = {"shard": os.path.basename(path), "record": int(record), "video_id": None,
              "error": "dropped by the pipeline; decodes on its own", "epoch": int(epoch)}
     try:
-        serialized = next(iter(tf.data.TFRecordDataset(path).skip(record).take(1)))
+        serialized = next(iter(tf.data.TFRecordDataset(path).skip(record).take(1)), None)
+    except tf.errors.OpError as err:  # the reader itself: a corrupt body, or a cut
+        return _failure_entry(path, record, err, epoch, resume.count_records(path)[0])
+    if serialized is None:
+        return {**entry, "error": "the record is no longer in the shard"}
+    try:
         entry["video_id"] = _video_id(serialized)
         for frame in records.parse(serialized)["frames"]:
             tf.io.decode_image(frame)
-    except (tf.errors.OpError, StopIteration) as err:
-        entry["error"] = _first_line(err) if isinstance(err, tf.errors.OpError) else (
-            "the record is no longer in the shard")
+    except tf.errors.OpError as err:
+        entry["error"] = _first_line(err)
     return entry
 
 
@@ -242,6 +303,8 @@ def _first_line(err):
     """The error's message without TF's function-node and op decorations."""
     message = getattr(err, "message", str(err))
     message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", message).strip()
-    return message.splitlines()[0][:300] if message else type(err).__name__
+    # An eager op's message ends its first line with " name: " (the op's name).
+    line = re.sub(r"\s+name:\s*$", "", message.splitlines()[0]) if message else ""
+    return line[:300] or type(err).__name__
 
 
