@@ -119,6 +119,33 @@ def test_several_corrupt_bodies_in_a_shard_are_each_skipped_and_named(tmp_path):
     assert_resumes_exactly(paths, path, batches, (0, 4, 7, 13), **KW)
 
 
+def test_a_corrupt_body_is_named_with_the_id_kf_convert_wrote_down(tmp_path):
+    # A real conversion with a failed video among the good ones: the shard's
+    # report lists every entry, the failed one not written.
+    from klassterfork.cli import convert as convert_cli
+    from klassterfork.data import records
+    from klassterfork.data.conversion import synthetic
+    from klassterfork.data.reading.train_records import known_video_id
+
+    synthetic.generate(tmp_path / "syn", num_train=3, num_val=0, seed=3, workers=1,
+                       progress=False, min_seconds=0.5, max_seconds=0.6)
+    good = sorted((tmp_path / "syn" / "videos").glob("*.mp4"))
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"{good[0]},a\nempty.mp4,a\n{good[1]},b\n{good[2]},a\n")
+    out = tmp_path / "out"
+    assert convert_cli.main(["--csv", str(csv), "--out", str(out), "--split", "train",
+                             "--workers", "1", "--quiet", "--short-side", "32",
+                             "--num-shards", "1"]) == 0
+    (path,) = [str(p) for p in sorted(out.glob("train-*.tfrecord"))]
+    ids = [records.parse(r)["id"].numpy().decode() for r in tf.data.TFRecordDataset(path)]
+    assert len(ids) == 3 and [known_video_id(path, r) for r in range(4)] == ids + [None]
+    flip_bodies(path, 1)
+    log = bad_records.BadRecordLog()
+    run_like_the_trainer([path], log, 3, **{**KW, "clip_len": 2, "max_bad_records": 1})
+    assert [(e["record"], e["video_id"]) for e in log.entries] == [(1, ids[1])]
+
+
 @pytest.mark.parametrize("broken", ["length_crc", "truncated"])
 def test_a_broken_header_or_truncated_end_is_still_a_cut_with_lost_counted(tmp_path, broken):
     paths = write_shards(tmp_path, videos(12), num_shards=3)  # shard 0: v0 v3 v6 v9
