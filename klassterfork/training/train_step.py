@@ -77,11 +77,17 @@ def make_train_step(model, optimizer, loss_fn, strategy, step, *, global_batch,
     def train_step(iterator, stop):
         clips, labels = next(iterator)
         out = strategy.run(step_fn, args=(clips, labels, stop))
-        step.assign_add(1)
-        return {
+        logs = {
             k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
             for k, v in out.items()
         }
+        # Counted only once the step has run: without the dependency the
+        # increment is free to run before `next` fails on a bad record, and
+        # the checkpoint then says one step more than was taken (a resume
+        # starts a batch late).
+        with tf.control_dependencies(tf.nest.flatten(logs)):
+            step.assign_add(1)
+        return logs
 
     return tf.function(train_step, jit_compile=bool(jit_compile))
 
