@@ -68,6 +68,9 @@ def test_trains_logs_checkpoints_and_evaluates(data_dir, tmp_path):
     assert metrics["val_top1"] == pytest.approx(float(rows[-1]["val_top1"]), abs=1e-6)
 
 
+# The default run checks the same with a real SIGKILL at a random step
+# (test_fault_tolerance) and after a bad record (test_bad_records_crc).
+@pytest.mark.slow
 def test_resume_ends_with_same_step_and_weights(data_dir, tmp_path):
     full_cfg, full_exp = write_config(tmp_path / "full", data_dir, epochs=2, deterministic=True)
     assert main([str(full_cfg)]) == 0
