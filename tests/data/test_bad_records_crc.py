@@ -231,10 +231,12 @@ def test_kf_train_skips_a_corrupt_body_and_a_resumed_run_ends_as_an_uninterrupte
     val = write_split(str(data), "validation", 8, seed=1)
     flip_bodies(train[0], 5)
     flip_bodies(val[1], 1)
-    full_cfg, full = write_config(tmp_path / "full", data, epochs=2, deterministic=True)
+    full_cfg, full = write_config(tmp_path / "full", data, epochs=1, deterministic=True)
     assert main([str(full_cfg)]) == 0
-    cfg, cut = write_config(tmp_path / "cut", data, epochs=2, deterministic=True)
-    assert main([str(cfg), "--set", "train_loop.stop_after_steps=8"]) == 0
+    cfg, cut = write_config(tmp_path / "cut", data, epochs=1, deterministic=True)
+    assert main([str(cfg), "--set", "train_loop.stop_after_steps=4"]) == 0
+    # Stopped after the step that met the corrupt train record (of 6 steps).
+    assert '"record": 5' in (cut / "stage0" / "bad_records.jsonl").read_text()
     assert main([str(cfg), "-r"]) == 0
     for exp in (full, cut):
         entries = [json.loads(x) for x in open(exp / "stage0" / "bad_records.jsonl")]
