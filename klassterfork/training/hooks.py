@@ -378,14 +378,14 @@ class BadRecordHook(Hook):
         if not self.multi_worker:
             return
         self.bad_records.mark = {"resume_exact": False}  # what this run drops from now on
-        late = [e for e in entries if e.get("resume_exact") is False]
+        # A record dropped in place is held there on resume (exact); a cut shortens epochs.
+        late = [e for e in entries if e.get("resume_exact") is False and "readable" in e]
         if late and loop.step:
-            self.log(f"resume at step {loop.step}: not exact: an earlier multi-worker run "
-                     f"dropped {len(late)} bad record(s) inside its pipeline (e.g. "
-                     f"{describe_bad_record(late[0])}); they are now skipped from the epoch "
-                     "they were found in, so from there the order of each pass after their "
-                     "shuffle blocks and every clip's random draws differ from an "
-                     "uninterrupted run (docs/long_runs.md, \"Bad records\")")
+            self.log(f"resume at step {loop.step}: not exact: an earlier multi-worker run found "
+                     f"{len(late)} shard(s) cut mid-run (e.g. {describe_bad_record(late[0])}); "
+                     "they are cut from the epoch they were found in, so from there the order "
+                     "and every clip's random draws differ from an uninterrupted run "
+                     "(docs/long_runs.md, \"Bad records\")")
 
     def before_step(self, loop):
         if self.multi_worker:  # this worker's budget vote, beside its signal vote
@@ -419,8 +419,10 @@ class BadRecordHook(Hook):
             key = json.dumps(entry, sort_keys=True)
             if key not in self.known and entry.get("set", "train") == "train":
                 self.known.add(key)
-                self.log(f"skipped bad record (dropped in the pipeline; -r from a later "
-                         f"checkpoint is not exact): {describe_bad_record(entry)}")
+                how = "from a later checkpoint is not exact" if "readable" in entry else (
+                    "keeps its place")
+                self.log(f"skipped bad record (dropped in the pipeline; -r {how}): "
+                         f"{describe_bad_record(entry)}")
 
     def on_step_error(self, loop, err):
         if not isinstance(err, self.ERRORS):

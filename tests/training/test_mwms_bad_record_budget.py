@@ -97,10 +97,11 @@ def test_an_over_budget_worker_stops_every_worker_after_the_same_step(tmp_path):
     assert "v1, v3, v5" in text
     # Each dropped record is a named line on the worker that dropped it.
     assert [x for x in lines0 if x.startswith("skipped bad record")] == [
-        "skipped bad record (dropped in the pipeline; -r from a later checkpoint is not "
-        f"exact): {os.path.basename(e['shard'])} record {e['record']} (video "
+        "skipped bad record (dropped in the pipeline; -r keeps its place): "
+        f"{os.path.basename(e['shard'])} record {e['record']} (video "
         f"'v{e['record']}', epoch 0): Unknown image file format" for e in map(entry, (1, 3, 5))]
-    # Marked in the file: a resume after them is not exact (docs/long_runs.md).
+    # Marked in the file as dropped in place: a resume holds them there
+    # (docs/long_runs.md; tests/data/test_bad_records_resume_exact.py).
     saved = [json.loads(x) for x in open(path)]
     assert [e["resume_exact"] for e in saved] == [False] * 3
 
@@ -115,9 +116,12 @@ def test_past_the_budget_the_file_stays_as_the_paragraph_read_it(tmp_path):
     assert "2 bad records exceed the budget of 1" in str(log.shared_budget_error())
 
 
-def test_a_resume_after_records_dropped_mid_run_says_it_is_not_exact(tmp_path):
+def test_a_resume_after_a_shard_cut_mid_run_says_it_is_not_exact(tmp_path):
+    # A record dropped in place is held there (exact: no line); a shard cut
+    # mid-run shortens the epochs from the one it was found in.
     log = BadRecordLog(str(tmp_path / "bad_records.jsonl"))
-    log.add([dict(entry(1), resume_exact=False)])
+    cut = dict(entry(6), readable=6, lost=2, error="truncated", video_id=None)
+    log.add([dict(entry(1), resume_exact=False), dict(cut, resume_exact=False)])
     lines = []
     hook = hooks.BadRecordHook(BadRecordLog(log.path), batches_per_step=1, rebuild=None,
                                multi_worker=True, source=SOURCE, log=lines.append)
@@ -125,8 +129,8 @@ def test_a_resume_after_records_dropped_mid_run_says_it_is_not_exact(tmp_path):
                      steps_per_epoch=4, total_steps=8)
     loop.run([hook])
     assert len(lines) == 1 and lines[0].startswith(
-        "resume at step 4: not exact: an earlier multi-worker run dropped 1 bad record(s) "
-        "inside its pipeline (e.g. train-00000-of-00002.tfrecord record 1"), lines
+        "resume at step 4: not exact: an earlier multi-worker run found 1 shard(s) cut "
+        "mid-run (e.g. train-00000-of-00002.tfrecord: unreadable after record 6"), lines
 
 
 def test_the_launcher_lets_every_worker_exit_2_by_itself(tmp_path):
@@ -235,34 +239,30 @@ def test_two_workers_through_the_service_over_the_budget_each_exit_2(tmp_path):
     assert not (stage / "DONE").exists()
 
 
-def test_the_resume_bound_docs_state_for_a_record_dropped_mid_run(tmp_path):
+def test_a_record_dropped_mid_run_is_held_in_its_place_on_resume(tmp_path):
     # docs/long_runs.md: a multi-worker run drops record R after the record
-    # stage (U minus R); a resume skips R in the record stage from its epoch
-    # (F). Each pass holds the same records; the order differs only from
-    # R's shuffle block on.
+    # stage; a resume holds R in its place from the epoch it was found in (an
+    # empty stand-in, not read), so its record stage gives the dropping run's
+    # stream: the same records at the same positions in every pass. (Which
+    # batch a resume starts at: tests/data/test_bad_records_resume_exact.py.)
     from klassterfork.data.reading import resume
     from tests.data.test_pipeline import video_record, write_shards
 
     paths = write_shards(tmp_path, [video_record(f"v{i}", 2, 0) for i in range(16)])
     counts = tuple(resume.count_records(p)[0] for p in paths)
-    bad, block = (0, 3), 4
+    bad = (0, 3)
 
-    def stream(skip):
-        layout = resume.Layout(shards=resume.Shards(tuple(paths), counts, skip, ()),
+    def stream(hold):
+        layout = resume.Layout(shards=resume.Shards(tuple(paths), counts, hold=hold),
                                file_seed=5, shuffle_seed=6, cycle_length=2,
-                               shuffle_buffer=block)
+                               shuffle_buffer=4, guarded=True)
         ds, _ = resume.records(layout, start_record=0)
-        return [(int(e), int(f), int(r)) for e, f, r, _ in ds.take(3 * sum(counts))]
+        return [(int(e), int(f), int(r), x.numpy()) for e, f, r, x in ds.take(48)]
 
-    full = stream(())
-    dropped = [x for x in full if x[1:] != bad]
-    skipped = stream(((*bad, 0),))
-    n = sum(counts) - 1
-    for p in range(3):
-        u, f = dropped[p * n:(p + 1) * n], skipped[p * n:(p + 1) * n]
-        assert sorted(u) == sorted(f)
-        at = [x[1:] for x in full[p * (n + 1):(p + 1) * (n + 1)]].index(bad)
-        assert u[:at // block * block] == f[:at // block * block]
+    full, held = stream(()), stream(((*bad, 1),))  # found in epoch 1
+    assert [x[:3] for x in held] == [x[:3] for x in full]
+    assert [x for x in held if not x[3]] == [(e, *bad, b"") for e in (1, 2)]
+    assert [x for x in held if x[3]] == [x for x in full if x[1:3] != bad or x[0] < 1]
 
 
 @pytest.mark.slow  # two real workers: ~40 s

@@ -28,6 +28,11 @@ One JSON object a line:
      "error": "...", "epoch": 0, "set": "val"}                 a validation
      record the evaluation skipped (`set`: the key under `datasets`); it
      counts in the set's `skipped` metric, not against the train budget.
+    A multi-worker run adds `"resume_exact": false` to what its pipelines
+    drop mid-run (dropped in place; the name is older than what it means
+    now): a resumed `skip_bad_records` pipeline holds such a record in its
+    place instead of skipping it (`for_paths`), which keeps the resume exact
+    (docs/long_runs.md); only such a cut still shifts what follows it.
 
 The budget (`max_bad_records`) counts bad records plus lost ones (an unknown
 loss counts 1); over it, training stops with one paragraph naming the
@@ -74,7 +79,7 @@ class BadRecordLog:
         self.over_budget = None
         self._watched = None  # (folder, shard paths) of `collect`
         # Fields added to each new entry (the trainer marks the records a
-        # multi-worker pipeline drops mid-run: a resume after them is not exact).
+        # multi-worker pipeline drops mid-run: a resume holds them in place).
         self.mark = {}
         if path:
             self.entries = _read(path)
@@ -104,7 +109,11 @@ class BadRecordLog:
             kf_files.makedirs(os.path.dirname(self.path) or ".")
             with _locked(self.path + ".lock"):
                 theirs = _read(self.path)
-                ours = {_key(e) for e in theirs}
+                ours = {_key(e): e for e in theirs}
+                for e in new:  # keep the first epoch any worker found it in: a held
+                    prior = ours.get(_key(e))  # record counts from there (`for_paths`)
+                    if prior is not None and e.get("epoch", 0) < prior.get("epoch", 0):
+                        prior["epoch"] = e["epoch"]
                 self.entries = theirs + [e for e in self.entries if _key(e) not in ours]
                 text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.entries)
                 kf_files.write_text_atomic(self.path, text)
@@ -112,10 +121,14 @@ class BadRecordLog:
             LOG.warning("bad record skipped: %s", describe(e))
         return new
 
-    def for_paths(self, paths):
-        """(skip, cut) for `resume.Shards` over `paths` (matched by file name)."""
+    def for_paths(self, paths, hold=False):
+        """(skip, cut) for `resume.Shards` over `paths` (matched by file name);
+        hold=True: (skip, cut, hold), where the records a pipeline dropped in
+        place (`"resume_exact": false`, not a cut) are held, not skipped: a
+        pipeline that drops them alike keeps the positions of the run that
+        dropped them (`train_records.stream_start`)."""
         index = {os.path.basename(p): i for i, p in enumerate(paths)}
-        skip, cut = [], []
+        skip, cut, held = [], [], []
         for e in self._train_entries():
             f = index.get(e["shard"])
             if f is None:
@@ -123,8 +136,9 @@ class BadRecordLog:
             if "readable" in e:
                 cut.append((f, int(e["readable"]), int(e.get("epoch", 0))))
             else:
-                skip.append((f, int(e["record"]), int(e.get("epoch", 0))))
-        return tuple(skip), tuple(cut)
+                (held if hold and e.get("resume_exact") is False else skip).append(
+                    (f, int(e["record"]), int(e.get("epoch", 0))))
+        return (tuple(skip), tuple(cut)) + ((tuple(held),) if hold else ())
 
     def _train_entries(self):
         """The entries of the train data (an evaluation's carry `set`)."""

@@ -9,9 +9,9 @@ therefore a pure function of (seed, epoch) and the shards' record counts:
   (`tf.data` interleave, deterministic; `Interleave` below replays its
   order from the counts alone, no record read);
 - records marked bad (`Shards.skip`, see `data/reading/bad_records.py`) are
-  dropped, from the epoch they were found in on, before anything else
-  counts them, so positions are positions among good records; they are
-  read around (a corrupt body costs only itself);
+  dropped from the epoch they were found in on, before anything counts
+  them (read around: a corrupt body costs only itself); `Shards.hold`
+  ones stay in their place as empty stand-ins;
 - with P data-sharded pipelines, pipeline i keeps positions i, i + P, ...;
 - the example shuffle is a block shuffle: positions [bS, (b + 1)S) of the
   epoch (S = `shuffle_buffer`) come out in a random order drawn from
@@ -81,8 +81,7 @@ def count_records(path, *, verify=False):
 def file_order(seed, epoch, num_files):
     """The shard order of `epoch`: int32 [num_files], a permutation.
 
-    Stateless in (seed, epoch): the same in graph and eager mode, so the
-    Python replay and the pipeline agree.
+    Stateless in (seed, epoch): the Python replay and the pipeline agree.
     """
     key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
     draws = tf.random.stateless_uniform([num_files], key, dtype=tf.float32)
@@ -161,12 +160,16 @@ class Shards:
         cut: tuple of (file index, readable records, epoch): from `epoch` on
             the reader stops after `readable` records (a truncated shard or
             a broken length header: the records after it cannot be found).
+        hold: tuple of (file index, record index, epoch): bad records kept in
+            their place from `epoch` on as empty stand-ins (not read), for a
+            pipeline that drops them later, as the run that found them did.
     """
 
     paths: tuple
     counts: tuple
     skip: tuple = ()
     cut: tuple = ()
+    hold: tuple = ()
 
     def counts_at(self, epoch):
         counts = list(self.counts)
@@ -180,7 +183,7 @@ class Shards:
         return frozenset((f, r) for f, r, since in self.skip
                          if since <= epoch and r < counts[f])
 
-    def good_records(self, epoch=0):
+    def good_records(self, epoch=0):  # held records keep their positions
         return sum(self.counts_at(epoch)) - len(self.skip_at(epoch))
 
     def changes(self):
@@ -226,9 +229,8 @@ class Layout:
 
     def locate(self, record):
         """(epoch, position in it) of this pipeline's good record `record`,
-        counted over epochs (epoch lengths change where records were found
-        bad, so this walks those changes, not the epochs)."""
-        epoch = 0
+        counted over epochs (lengths change where records were found bad)."""
+        epoch = 0  # walks the changes of the good records, not the epochs
         for change in self.shards.changes() + [None]:
             per_epoch = self.records_per_epoch(epoch)
             if not per_epoch:
@@ -279,8 +281,7 @@ def plan_start(layout, epoch, record):
         item = replay.next()
         if item is None:
             break
-        if item not in skip:
-            good += 1
+        good += item not in skip
     files = replay.remaining()
     skipped = sum(first for _, first in files)
     return Start(epoch=epoch, files=files, block=block, drop=drop, skipped=skipped)
@@ -336,8 +337,7 @@ def read_shard_guarded(path, first, count):
 
 
 def read_buffer_size(path, first):
-    """int64 scalar: `REMOTE_READ_BUFFER` for a remote shard read from its
-    first record, else 0 (unbuffered)."""
+    """`REMOTE_READ_BUFFER` for a remote shard read from record 0, else 0."""
     remote = tf.strings.regex_full_match(path, "[a-zA-Z][a-zA-Z0-9+.-]*://.*")
     local = tf.strings.regex_full_match(path, "file://.*")
     buffered = remote & ~local & tf.equal(tf.cast(first, tf.int64), 0)
@@ -399,10 +399,10 @@ def _shard_reader(shards, epoch, guarded=False):
             tf.data.Dataset.from_tensors(f).repeat(),
             tf.data.Dataset.range(first, count), read_shard(path, first, count)))
 
-    if not shards.skip:
+    if not shards.skip + shards.hold:  # held records: stand-ins kept after the interleave
         return lambda f, first: tagged(tf.gather(paths, f), f, first, tf.gather(counts, f))
     bad_file, bad_record, bad_since = (tf.constant(column, dtype) for column, dtype in zip(
-        zip(*shards.skip), (tf.int32, tf.int64, tf.int64)))
+        zip(*shards.skip + shards.hold), (tf.int32, tf.int64, tf.int64)))
 
     def read(f, first):
         path, count = tf.gather(paths, f), tf.gather(counts, f)

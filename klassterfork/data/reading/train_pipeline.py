@@ -24,7 +24,9 @@ its headers when the pipeline is built, and its readable records are used;
 a record that fails to parse or decode, or to read (a body that fails its
 checksum: the shard is read past it), is named by `BadRecordLog.diagnose`
 when the iterator raises, and every later build skips it (from the epoch it
-was found in on, so resumes stay exact); `max_bad_records` bounds them.
+was found in on, so resumes stay exact); `max_bad_records` bounds them. A
+`skip_bad_records` pipeline drops them itself, so its resume holds the ones
+it dropped in their place instead (`_stream_start`), as exact.
 
 Distribution (`Placement(num_input_pipelines=P, input_pipeline_id=i)`, one
 call per input pipeline, e.g. from
@@ -53,7 +55,8 @@ from klassterfork.data.reading.clips import (
     AUTOTUNE, dataset_options, decode_clip, encoded_frames, first_image, first_label,
     flip_clip, graph_fn, list_files, stack_flow)
 from klassterfork.data.reading.train_records import (
-    _diagnoser, _example_namer, _examples, pipeline_seed, read_shards, shard_policy_for)
+    _diagnoser, _example_namer, _examples, pipeline_seed, read_shards, shard_policy_for,
+    stream_start)
 from klassterfork.data.transforms import augment
 from klassterfork.data.transforms.checks import check_choice
 LOG = logging.getLogger(__name__)
@@ -173,9 +176,9 @@ def train_dataset(files, spec, *, start_batch=0, placement=None):
         layout, make_clip, batch_size=spec.batch_size,
         repeated_views=spec.augment.repeated_views, repeat=spec.reading.repeat), budget)
 
-    ds = _examples(layout, start_example=start_batch * spec.batch_size,
-                   repeated_views=spec.augment.repeated_views, repeat=spec.reading.repeat,
-                   seeded=build.seeded)
+    start = _stream_start(layout, build)
+    ds = _examples(layout, start_example=start, repeated_views=spec.augment.repeated_views,
+                   repeat=spec.reading.repeat, seeded=build.seeded)
     if build.placement.bad_records_dir:
         ds = _flagging_bad_examples(ds, make_clip, build, build.placement.bad_records_dir,
                                     [os.path.basename(p) for p in layout.shards.paths])
@@ -183,7 +186,7 @@ def train_dataset(files, spec, *, start_batch=0, placement=None):
     elif build.placement.skip_bad_records:
         ds = _skipping_bad_examples(ds, make_clip, build, _example_namer(
             layout, make_clip, repeated_views=spec.augment.repeated_views,
-            repeat=spec.reading.repeat), log, budget)
+            repeat=spec.reading.repeat), log, budget, start)
     else:
         ds = ds.map(graph_fn(make_clip),
                     num_parallel_calls=spec.reading.num_parallel_calls, deterministic=True)
@@ -240,7 +243,9 @@ def _layout(paths, build):
     # A truncated shard found now is cut from the epoch the run starts in.
     start = build.start_batch * spec.batch_size // spec.augment.repeated_views
     layout = dataclasses.replace(layout, shards=read_shards(paths, log, epoch_of=(
-        lambda shards: dataclasses.replace(layout, shards=shards).locate(start)[0])))
+        lambda shards: dataclasses.replace(layout, shards=shards).locate(start)[0]),
+        # It drops them after the record stage, as the run that dropped them.
+        hold=place.skip_bad_records and not place.bad_records_dir))
     budget = spec.reading.max_bad_records
     if budget is None:
         # A fraction of the WHOLE train set (every pipeline's shards), as the
@@ -250,6 +255,20 @@ def _layout(paths, build):
         budget = bad_records_lib.default_budget(sum(every))
     log.check_budget(budget)
     return layout, log, budget
+
+
+def _stream_start(layout, build):
+    """The stream position of this pipeline's batch `start_batch`: with
+    records held in place (`resume.Shards.hold`: dropped mid-run by a
+    `skip_bad_records` pipeline), the examples it dropped before are counted,
+    so batches, order and random draws are the dropping run's."""
+    batch_start = build.start_batch * build.spec.batch_size
+    start = stream_start(layout, batch_start, build.spec.augment.repeated_views)
+    if start != batch_start:
+        LOG.info("batch %d starts at example %d of this pipeline's stream: %d example(s) "
+                 "of records held in place (dropped by the pipeline, as in the run that "
+                 "found them) come before it", build.start_batch, start, start - batch_start)
+    return start
 
 
 def _flagging_bad_examples(ds, make_clip, build, out_dir, shard_names):
@@ -282,7 +301,7 @@ def _flagging_bad_examples(ds, make_clip, build, out_dir, shard_names):
         tf.ensure_shape(x, s.shape) for x, s in zip(element, spec)))
 
 
-def _skipping_bad_examples(ds, make_clip, build, name_examples, log, budget):
+def _skipping_bad_examples(ds, make_clip, build, name_examples, log, budget, start):
     """The per-example map with bad examples dropped and named (see
     `Placement.skip_bad_records`): `ignore_errors` right after the map, then
     a scan that finds the gaps in the example indices and names them."""
@@ -313,7 +332,6 @@ def _skipping_bad_examples(ds, make_clip, build, name_examples, log, budget):
 
     ds = ds.map(graph_fn(clip_and_index), num_parallel_calls=spec.reading.num_parallel_calls,
                 deterministic=True).ignore_errors()
-    start = build.start_batch * spec.batch_size
     return ds.scan(tf.constant(start, tf.int64), graph_fn(find_gaps))
 
 

@@ -81,7 +81,7 @@ def pipeline_seed(seed, input_pipeline_id):
     return int(state.generate_state(1, np.uint32)[0] >> 1)
 
 
-def read_shards(paths, log=None, *, epoch_of=None):
+def read_shards(paths, log=None, *, epoch_of=None, hold=False):
     """`resume.Shards` of `paths`: record counts from the headers, bad records.
 
     A shard that ends inside a record is reported (file name, records
@@ -96,6 +96,9 @@ def read_shards(paths, log=None, *, epoch_of=None):
         epoch_of: callable `resume.Shards -> int` or None. The epoch the
             pipeline starts in, reckoned on the shards as known before this
             call's finds (`Layout.locate` of the start record); None: 0.
+        hold: bool. Hold the records a pipeline dropped in place
+            (`BadRecordLog.for_paths`) instead of skipping them: for a
+            pipeline that drops them alike (`Placement.skip_bad_records`).
 
     Raises:
         ValueError: when the files hold no record at all.
@@ -116,12 +119,81 @@ def read_shards(paths, log=None, *, epoch_of=None):
         epoch = 0
         if epoch_of is not None:
             epoch = int(epoch_of(resume.Shards(tuple(paths), tuple(counts),
-                                               *log.for_paths(paths))))
+                                               *log.for_paths(paths, hold))))
         log.add([bad_records_lib.cut_entry(
             path, count, f"truncated: the file ends inside record {count} "
             f"({os.path.getsize(path)} bytes)", epoch=epoch) for path, count in found])
-    skip, cut = log.for_paths(paths)
-    return resume.Shards(tuple(paths), tuple(counts), skip, cut)
+    return resume.Shards(tuple(paths), tuple(counts), *log.for_paths(paths, hold))
+
+
+def stream_start(layout, target, repeated_views):
+    """The stream position (the enumerate index, which keys the draws) of
+    the example read after `target` others, when every held record
+    (`Shards.hold`) is dropped after the record stage: `target` plus the
+    held examples before it, as the run that dropped them counted (its
+    batch N began after N * batch examples that were not dropped)."""
+    hold, k = layout.shards.hold, repeated_views
+    if not hold:
+        return target
+    first, position, epoch, begin = min(since for *_, since in hold), target, 0, 0
+    while True:
+        length = layout.records_per_epoch(epoch) * k
+        if not length:
+            return position  # `Layout.locate` says why
+        if epoch >= first and layout.num_shares == 1 and begin + length <= position:
+            # A whole epoch before the start: each active held record is in it.
+            position += len(_held_at(layout.shards, epoch)) * k
+        elif epoch >= first:
+            for dropped in _held_positions(layout, epoch, k):
+                position += begin + dropped <= position
+        if position < begin + length:
+            return position
+        begin, epoch = begin + length, epoch + 1
+
+
+def _held_at(shards, epoch):
+    counts = shards.counts_at(epoch)
+    return {(f, r) for f, r, since in shards.hold
+            if since <= epoch and r < counts[f]} - shards.skip_at(epoch)
+
+
+def _held_positions(layout, epoch, repeated_views):
+    """Sorted example positions, within `epoch` of this pipeline, of its held
+    records: the interleave replayed to them (`resume.Interleave`), their
+    share, then their place in their shuffle block (`_block_order`)."""
+    shards, held = layout.shards, _held_at(layout.shards, epoch)
+    skip = shards.skip_at(epoch)
+    order = resume.file_order(layout.file_seed, epoch, len(shards.paths)).numpy().tolist()
+    replay = resume.Interleave(order, shards.counts_at(epoch), layout.cycle_length)
+    good, local = 0, []
+    while held:
+        item = replay.next()
+        if item is None:
+            break
+        if item in held:
+            held.discard(item)
+            if good % layout.num_shares == layout.share:
+                local.append(good // layout.num_shares)
+        good += item not in skip
+    size, per, out = layout.shuffle_buffer, layout.records_per_epoch(epoch), []
+    for x in local:
+        if size:
+            block, within = divmod(x, size)
+            x = block * size + _block_order(layout, epoch, block, min(size, per - block * size)
+                                            ).index(within)
+        out += [x * repeated_views + v for v in range(repeated_views)]
+    return sorted(out)
+
+
+def _block_order(layout, epoch, block, n):
+    """[position in the block before the shuffle] in the order
+    `resume._block_shuffle` gives out block `block` of `epoch` (n records):
+    the same seed and buffer, and its order depends on n only."""
+    base = tf.constant([layout.shuffle_seed, epoch], tf.int64)
+    key = tf.random.experimental.stateless_fold_in(base, tf.constant(block, tf.int64))
+    seed = tf.random.stateless_uniform([], key, minval=1, maxval=2**62, dtype=tf.int64)
+    ds = resume._fixed_seed_shuffle(tf.data.Dataset.range(n), layout.shuffle_buffer, seed)
+    return [int(x) for x in ds]
 
 
 def _examples(layout, *, start_example, repeated_views, repeat, seeded=True):
