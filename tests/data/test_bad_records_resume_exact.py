@@ -53,7 +53,18 @@ def assert_resumes_exactly(paths, path, batches, starts, first=0, **kw):
             assert np.array_equal(want[1], got[1]), f"labels of batch {step} (resumed at {k})"
 
 
-def test_a_resume_after_records_dropped_in_the_pipeline_reads_the_same_batches(tmp_path):
+# Each resume rebuilds a pipeline (~3 s on 2 cores): the default run resumes
+# at a few batches (in the epoch of the drops and in later ones), the slow
+# run at many.
+def starts(default, full):
+    return pytest.mark.parametrize("starts", [
+        pytest.param(default, id="some"),
+        pytest.param(full, id="many", marks=pytest.mark.slow)])
+
+
+@starts([1, 9], [0, 1, 2, 3, 4, 6, 9, 13])
+def test_a_resume_after_records_dropped_in_the_pipeline_reads_the_same_batches(
+        tmp_path, starts):
     paths = write_shards(tmp_path, videos(8))  # shard 0: v0 v2 v4 v6, shard 1: v1 v3 v5 v7
     flip_bodies(paths[1], 1)  # v3: unreadable, the guarded reader's stand-in
     corrupt_frame(paths[0], 2, 1)  # v4: does not decode
@@ -64,10 +75,11 @@ def test_a_resume_after_records_dropped_in_the_pipeline_reads_the_same_batches(t
         (1, 0, False), (2, 0, False)]
     labels = np.concatenate([b[1] for b in batches])
     assert 3 not in labels and 4 not in labels
-    assert_resumes_exactly(paths, path, batches, [0, 1, 2, 3, 4, 6, 9, 13])
+    assert_resumes_exactly(paths, path, batches, starts)
 
 
-def test_with_repeated_views_and_a_record_found_in_a_later_epoch(tmp_path):
+@starts([7, 13], [5, 6, 7, 8, 10, 13, 16])
+def test_with_repeated_views_and_a_record_found_in_a_later_epoch(tmp_path, starts):
     # The run starts in epoch 1 (batch 5: example 10 of 8 an epoch), so the
     # record is found in epoch 1 or 2 (after the start): held from there on.
     paths = write_shards(tmp_path, videos(8))
@@ -77,11 +89,14 @@ def test_with_repeated_views_and_a_record_found_in_a_later_epoch(tmp_path):
     batches = uninterrupted(paths, path, 12, start_batch=5, **kw)
     epochs = {e["epoch"] for e in bad_records.BadRecordLog(path).entries}
     assert len(epochs) == 1 and min(epochs) >= 1, epochs
-    assert_resumes_exactly(paths, path, batches, [5, 6, 7, 8, 10, 13, 16], first=5, **kw)
+    assert_resumes_exactly(paths, path, batches, starts, first=5, **kw)
 
 
-@pytest.mark.parametrize("num_shards", [2, 3])  # shard_policy "file", "data"
-def test_each_worker_resumes_exactly(tmp_path, num_shards):
+@pytest.mark.parametrize("num_shards,starts", [
+    pytest.param(2, [1, 3, 5, 8, 11], marks=pytest.mark.slow),  # shard_policy "file"
+    (3, [3, 8]),  # shard_policy "data"
+    pytest.param(3, [1, 3, 5, 8, 11], marks=pytest.mark.slow)])
+def test_each_worker_resumes_exactly(tmp_path, num_shards, starts):
     paths = write_shards(tmp_path, videos(12), num_shards=num_shards)
     flip_bodies(paths[1], 1)
     corrupt_frame(paths[0], 0, 1)
@@ -91,7 +106,7 @@ def test_each_worker_resumes_exactly(tmp_path, num_shards):
     assert sorted((e["shard"][6:11], e["record"], e["epoch"]) for e in entries) == [
         ("00000", 0, 0), ("00001", 1, 0)], entries
     for pipe in (0, 1):
-        assert_resumes_exactly(paths, path, runs[pipe], [1, 3, 5, 8, 11],
+        assert_resumes_exactly(paths, path, runs[pipe], starts,
                                num_input_pipelines=2, input_pipeline_id=pipe)
 
 
