@@ -115,7 +115,7 @@ def read_flow_folder(
     px of the frame) and quantized again; otherwise the bytes are kept.
 
     Args:
-        folder: str. The frame folder.
+        folder: str. The frame folder: a local path or a URL (see `fs`).
         patterns: (str, str). File patterns of the x and y components.
         short_side: int or None. Target short side of the stored frames.
         first_index: int. Index of the first flow image.
@@ -137,14 +137,16 @@ def read_flow_folder(
         paths = frames_lib.frame_paths(
             folder, pattern, first_index=first_index, num_frames=num_flows
         )
-        kept = frames_lib.jpegs_if_target_size(paths, short_side, channels=1)
+        # Read once (for a URL folder, fetched through `fs`): kept as they
+        # are when at the target size, else decoded from these same bytes.
+        data = frames_lib.read_bytes(paths)
+        kept = frames_lib.kept_jpegs(data, short_side, channels=1)
         if kept is not None:
             out.append(kept[0])
             continue
         jpegs = []
-        for path in paths:
-            with open(path, "rb") as f:
-                q = decode_gray(f.read(), path)
+        for path, image in zip(paths, data):
+            q = decode_gray(image, path)
             height, width = q.shape
             new_h, new_w = frames_lib.short_side_size(height, width, short_side)
             if (new_h, new_w) != (height, width):

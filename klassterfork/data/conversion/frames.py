@@ -12,17 +12,20 @@ side and re-encodes (`frame_folder_jpegs` does whichever applies).
 
 Images are decoded with OpenCV ignoring EXIF orientation, as
 `tf.io.decode_jpeg` does, so both paths give the same pixels.
+
+A folder may be a URL (`gs://b/frames/v1`, `memory://...`): it is listed and
+its images read through the converter's filesystem layer (`fs`), the bytes
+decoded as for a local folder; a local folder keeps the plain `os` calls.
 """
 
 import dataclasses
-import os
 import re
 
 import cv2
 import numpy as np
 
 # One resize rule for videos and frame folders (re-exported for flow.py).
-from klassterfork.data.conversion import video
+from klassterfork.data.conversion import fs, video
 from klassterfork.data.conversion.video import resize_short_side, short_side_size
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "read_jpeg_bytes_if_target_size",
     "frame_folder_jpegs",
     "jpegs_if_target_size",
+    "kept_jpegs",
     "jpeg_header",
     "decode_rgb",
     "read_bytes",
@@ -77,7 +81,7 @@ def frame_paths(folder, pattern=DEFAULT_PATTERN, *, first_index=1, num_frames=No
     """Paths of a folder's frames in time order.
 
     Args:
-        folder: str. The frame folder.
+        folder: str. The frame folder: a local path or a URL.
         pattern: str. File name with one index placeholder.
         first_index: int. Index of the first frame (1 for `img_00001.jpg`;
             mmaction2's `start_index` plus the list's offset).
@@ -94,15 +98,15 @@ def frame_paths(folder, pattern=DEFAULT_PATTERN, *, first_index=1, num_frames=No
     """
     if num_frames is not None:
         return [
-            os.path.join(folder, format_index(pattern, first_index + i))
+            fs.join(folder, format_index(pattern, first_index + i))
             for i in range(num_frames)
         ]
-    if not os.path.isdir(folder):
+    if not fs.isdir(folder):
         raise FileNotFoundError(f"frame folder not found: {folder}")
     regex = _pattern_regex(pattern)
     indices = sorted(
         int(m.group(1))
-        for m in map(regex.match, os.listdir(folder))
+        for m in map(regex.match, fs.listdir(folder))
         if m and int(m.group(1)) >= first_index
     )
     if not indices or indices[0] != first_index:
@@ -117,7 +121,7 @@ def frame_paths(folder, pattern=DEFAULT_PATTERN, *, first_index=1, num_frames=No
                 f"{folder}: frame {format_index(pattern, expected)!r} is missing "
                 f"but later frames exist (up to {last!r})."
             )
-    return [os.path.join(folder, format_index(pattern, i)) for i in indices]
+    return [fs.join(folder, format_index(pattern, i)) for i in indices]
 
 
 def jpeg_header(data):
@@ -176,12 +180,8 @@ def encode_jpeg(image, quality=DEFAULT_QUALITY):
 
 
 def read_bytes(paths):
-    """The files' contents, in order."""
-    out = []
-    for path in paths:
-        with open(path, "rb") as f:
-            out.append(f.read())
-    return out
+    """The files' contents, in order (local paths or URLs, see `fs.read_files`)."""
+    return fs.read_files(paths)
 
 
 def read_frame_folder(
@@ -225,7 +225,12 @@ def jpegs_if_target_size(paths, short_side, channels=3):
         (list of bytes, height, width), or None when any frame would need
         decoding (not JPEG, other size, other channel count).
     """
-    data = read_bytes(paths)
+    return kept_jpegs(read_bytes(paths), short_side, channels)
+
+
+def kept_jpegs(data, short_side, channels=3):
+    """`jpegs_if_target_size` on bytes already read (`data`: list of bytes),
+    for a caller that decodes the same bytes when they cannot be kept."""
     headers = {jpeg_header(d) for d in data}
     if len(headers) != 1:
         return None

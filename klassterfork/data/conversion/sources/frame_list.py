@@ -1,7 +1,8 @@
 """Frame-folder lists: TSN / TDN lists and mmaction2 rawframe annotation files.
 
 Line forms (blank separated; `path` is a folder of frames, relative to
-`videos` unless absolute):
+`videos` unless absolute or a URL; the list, `videos` and the folders may be
+URLs such as `gs://b/frames`, read through `fs`):
 
     path num_frames label               TSN/TDN, mmaction2 `rawframe_test_list.txt`
     path num_frames                     unlabelled (test lists)
@@ -20,11 +21,10 @@ folder counterpart of `video.decode_to_jpeg`), with optional optical flow.
 """
 
 import dataclasses
-import os
 
 from klassterfork.data.conversion import flow as flow_lib
 from klassterfork.data.conversion import frames as frames_lib
-from klassterfork.data.conversion import video
+from klassterfork.data.conversion import fs, video
 from klassterfork.data.conversion.sources.base import SOURCES, Annotation, VideoEntry
 from klassterfork.data.conversion.sources.json_list import (
     join_video_path,
@@ -215,19 +215,36 @@ def _missing_reason(folder, pattern, flow_patterns, first_index, num_frames):
 
     Checks the first and last frame, and the first image of each flow
     component (denseflow writes T - 1 flows for T frames, so their count is
-    left to `flow.read_flow_folder`). Stat calls only: lists are long.
+    left to `flow.read_flow_folder`). Stat calls only: lists are long. A
+    URL folder is checked through `fs` (see `_missing_reasons`).
     """
     if num_frames < 1:
         return f"num_frames={num_frames} < 1"
-    if not os.path.isdir(folder):
+    if not fs.isdir(folder):
         return "frame folder not found"
     last = first_index + num_frames - 1
     names = [frames_lib.format_index(pattern, i) for i in (first_index, last)]
     names += [frames_lib.format_index(p, first_index) for p in flow_patterns or ()]
     for name in names:
-        if not os.path.isfile(os.path.join(folder, name)):
+        if not fs.isfile(fs.join(folder, name)):
             return f"frame file not found: {name}"
     return None
+
+
+def _missing_reasons(folders, pattern, flow_patterns):
+    """`_missing_reason` of each (folder, first_index, num_frames), in order.
+
+    Local folders are checked one after another; when any is a URL the
+    checks run `fs.thread_map`'s few at a time, as each stat call is a
+    request (a long list on `gs://` would otherwise take hours).
+    """
+    def reason(item):
+        folder, first, num_frames = item
+        return _missing_reason(folder, pattern, flow_patterns, first, num_frames)
+
+    if any(fs.is_remote(folder) for folder, _, _ in folders):
+        return fs.thread_map(reason, folders)
+    return [reason(item) for item in folders]
 
 
 @SOURCES.register("frames")
@@ -248,7 +265,8 @@ def read(
 
     Args:
         annotations: str. The list file.
-        videos: str or None. Folder the relative frame folders are under.
+        videos: str or None. Folder the relative frame folders are under
+            (a local path or a URL).
         split: str. Name of the split (the file already is one split).
         pattern: str. Frame file pattern. Defaults to "img_%05d.jpg".
         start_index: int. Index of a video's first frame file. Defaults to 1.
@@ -278,16 +296,18 @@ def read(
         top = max((max(p[4]) for p in parsed if p[4]), default=-1)
         names = [str(i) for i in range(top + 1)]
     flow_patterns = tuple(flow_patterns) if flow_patterns else None
-    entries, missing = [], []
-    for where, rel, offset, num_frames, labels in parsed:
+    for where, *_, labels in parsed:
         bad = [x for x in labels if not 0 <= x < len(names)]
         if bad:
             raise ValueError(
                 f"{where}: labels {bad} outside [0, {len(names)}) of {label_map}."
             )
-        folder = join_video_path(videos, rel)
-        first = start_index + offset
-        reason = _missing_reason(folder, pattern, flow_patterns, first, num_frames)
+    folders = [(join_video_path(videos, rel), start_index + offset, num_frames)
+               for _, rel, offset, num_frames, _ in parsed]
+    reasons = _missing_reasons(folders, pattern, flow_patterns)
+    entries, missing = [], []
+    for (_, rel, offset, num_frames, labels), (folder, first, _), reason in zip(
+            parsed, folders, reasons):
         if reason:
             missing.append((folder, reason))
             continue
