@@ -108,6 +108,8 @@ def free_ports(n):
     return ports
 
 
+# The default run's 2-worker test below checks identical workers with SyncBN.
+@pytest.mark.slow
 def test_two_worker_multi_worker_mirrored_ends_with_identical_weights(data_dir, tmp_path):
     cfg, exp = write_config(tmp_path, data_dir, epochs=1, strategy="multi_worker")
     ports = free_ports(2)
@@ -181,9 +183,11 @@ def test_two_workers_equal_one_worker_with_the_same_global_batch(data_dir, tmp_p
              "TF_CONFIG": json.dumps({"cluster": cluster,
                                       "task": {"type": "worker", "index": task}})},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for task in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
+    assert "2 replica(s)" in outs[0][0]
+    w1 = np.load(tmp_path / "w1.npz")
     one = [np.asarray(w) for w in
            keras.saving.load_model(str(single_exp / "stage0" / "model.keras")).weights]
     two = np.load(tmp_path / "w0.npz")
@@ -192,8 +196,11 @@ def test_two_workers_equal_one_worker_with_the_same_global_batch(data_dir, tmp_p
     initial = np.load(tmp_path / "w0.npz.initial.npz")
     for i, w in enumerate(one):
         np.testing.assert_allclose(two[f"w{i}"], w, atol=1e-5, rtol=1e-4)
+        np.testing.assert_array_equal(w1[f"w{i}"], two[f"w{i}"])  # the workers agree
         moved += not np.allclose(initial[f"w{i}"], w)
     assert moved > 10
+    # Only the chief (worker 0) keeps checkpoints and the model.
+    assert (tmp_path / "two" / "exp" / "stage0" / "model.keras").exists()
 
 
 def test_mixup_cutmix_training_with_soft_target_loss(data_dir, tmp_path):
