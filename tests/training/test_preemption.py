@@ -53,10 +53,22 @@ def run_cli(*args):
 
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
+    """A callable returning the experiment folder of the uninterrupted run.
+    The run starts here and trains while the test's signalled run does
+    (independent processes, mostly one-core start-up); the callable waits."""
     cfg, exp = write_cfg(tmp_path_factory.mktemp("full"), data)
-    proc = run_cli(cfg)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return exp
+    proc = start(cfg)
+
+    def finished():
+        if proc.returncode is None:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-3000:]
+        return exp
+
+    yield finished
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
 
 
 def csv_rows(path):
@@ -124,12 +136,13 @@ def test_signal_then_resume_loses_no_step(data, uninterrupted, tmp_path, signum)
     assert (exp / "stage0" / "DONE").read_text().strip() == str(EPOCHS * STEPS_PER_EPOCH)
     # No duplicate rows, none missing; the split epoch reports all its steps.
     assert logged_steps(exp) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
-    rows, ref = csv_rows(exp / "stage0" / "log.csv"), csv_rows(uninterrupted / "stage0" / "log.csv")
+    reference = uninterrupted()
+    rows, ref = csv_rows(exp / "stage0" / "log.csv"), csv_rows(reference / "stage0" / "log.csv")
     assert [r["epoch"] for r in rows] == [str(e) for e in range(1, EPOCHS + 1)]
     for r, f in zip(rows, ref):
         for key in ("loss", "top1", "val_top1"):
             assert float(r[key]) == pytest.approx(float(f[key]), abs=1e-6), (key, r, f)
-    a = keras.saving.load_model(str(uninterrupted / "stage0" / "model.keras")).weights
+    a = keras.saving.load_model(str(reference / "stage0" / "model.keras")).weights
     b = keras.saving.load_model(str(exp / "stage0" / "model.keras")).weights
     for wa, wb in zip(a, b):
         np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), atol=1e-6, rtol=0)
