@@ -39,7 +39,13 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     write_split(str(data), "train", 24, seed=0)
     write_split(str(data), "validation", 8, seed=1)
     full_cfg, full_exp = config(tmp_path, data, "full")
-    assert main([str(full_cfg)]) == 0
+    # The uninterrupted reference trains beside the run to kill (independent
+    # processes; most of each is one-core start-up).
+    full = subprocess.Popen(
+        [sys.executable, "runs/train.py", str(full_cfg)], cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
 
     cfg, exp = config(tmp_path, data, "killed")
     kill_after = random.Random(os.getpid()).randint(3, 14)  # of 18 steps
@@ -59,6 +65,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert not (exp / "stage0" / "DONE").exists()
 
     assert main([str(cfg), "-r"]) == 0
+    _, err = full.communicate(timeout=300)
+    assert full.returncode == 0, err[-3000:]
     for e in (full_exp, exp):
         assert (e / "stage0" / "DONE").read_text().strip() == "18"
     a = keras.saving.load_model(str(full_exp / "stage0" / "model.keras")).weights
