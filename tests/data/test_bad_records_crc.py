@@ -8,6 +8,8 @@ the records after it counted as lost."""
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from klassterfork.data.reading import bad_records, eval_pipeline, resume
 from klassterfork.data.spec import EvalData
 from tests.data.test_bad_records import KW, run_like_the_trainer, truncate_mid_record
 from tests.data.test_pipeline import video_record, write_shards
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def record_offsets(path):
@@ -232,12 +236,18 @@ def test_kf_train_skips_a_corrupt_body_and_a_resumed_run_ends_as_an_uninterrupte
     flip_bodies(train[0], 5)
     flip_bodies(val[1], 1)
     full_cfg, full = write_config(tmp_path / "full", data, epochs=1, deterministic=True)
-    assert main([str(full_cfg)]) == 0
+    # The uninterrupted run trains in its own process meanwhile.
+    reference = subprocess.Popen(
+        [sys.executable, "runs/train.py", str(full_cfg)], cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     cfg, cut = write_config(tmp_path / "cut", data, epochs=1, deterministic=True)
     assert main([str(cfg), "--set", "train_loop.stop_after_steps=4"]) == 0
     # Stopped after the step that met the corrupt train record (of 6 steps).
     assert '"record": 5' in (cut / "stage0" / "bad_records.jsonl").read_text()
     assert main([str(cfg), "-r"]) == 0
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-3000:]
     for exp in (full, cut):
         entries = [json.loads(x) for x in open(exp / "stage0" / "bad_records.jsonl")]
         assert sorted((e["shard"], e["record"], e.get("set", "train")) for e in entries) == [
