@@ -28,11 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # XLA-compiling each family's step under jax costs 6-60 s here (TDN ~2/3 of
-# the whole check, TSM and R(2+1)D ~20 s): the default run compiles one
-# family (attention, the cheapest); the slow jax test every other family (the
-# torch check, in the default run, trains every family on a non-TensorFlow
-# backend).
-JAX_DEFAULT = ("VideoViT",)
+# the whole check), so the jax check is slow; the default run trains every
+# family on torch, the other non-TensorFlow backend.
 
 
 def run_backend(backend, families=()):
@@ -63,18 +60,11 @@ def test_every_family_trains_on_torch_backend():
     check(run_backend("torch"), "torch")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                    reason="jax not installed")
-def test_one_family_per_layer_kind_trains_on_jax_backend():
-    check(run_backend("jax", JAX_DEFAULT), "jax", JAX_DEFAULT)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                     reason="jax not installed")
-def test_the_other_families_train_on_jax_backend():
-    families = [f for f in FAMILIES if f not in JAX_DEFAULT]
-    check(run_backend("jax", families), "jax", families)
+def test_every_family_trains_on_jax_backend():
+    check(run_backend("jax"), "jax")
 
 
 @pytest.mark.slow  # the default backend; its forward passes run in every model test

@@ -213,6 +213,9 @@ def check_learned(exp, epochs=5):
     assert max(val) == 1.0, log
 
 
+# The default run trains through the service in the worker-loss and
+# corrupt-record tests (every step, every record named once); learning is slow.
+@pytest.mark.slow
 def test_training_through_the_service_loss_falls(svc, motion_data, tmp_path, capsys):
     exp = tmp_path / "exp"
     path = tmp_path / "c.hjson"
