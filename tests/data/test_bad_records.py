@@ -164,6 +164,9 @@ def test_an_error_that_is_not_the_data_is_not_blamed_on_a_record(tmp_path):
     assert log.diagnose(0, 2) == [] and log.entries == []
 
 
+# The default run takes the trainer's bad-record path (name, rebuild, resume)
+# in test_bad_records_crc's kf-train test.
+@pytest.mark.slow
 def test_trainer_run_completes_names_them_and_resume_passes_them(tmp_path):
     data = tmp_path / "data"
     paths = write_split(str(data), "train", 24, seed=0, num_frames=4)

@@ -62,7 +62,7 @@ def starts(default, full):
         pytest.param(full, id="many", marks=pytest.mark.slow)])
 
 
-@starts([1, 9], [0, 1, 2, 3, 4, 6, 9, 13])
+@starts([9], [0, 1, 2, 3, 4, 6, 9, 13])
 def test_a_resume_after_records_dropped_in_the_pipeline_reads_the_same_batches(
         tmp_path, starts):
     paths = write_shards(tmp_path, videos(8))  # shard 0: v0 v2 v4 v6, shard 1: v1 v3 v5 v7

@@ -9,6 +9,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from tests.training.tiny_data import tiny_config, write_split
 
@@ -27,6 +28,8 @@ def run_cli(*args):
     return proc
 
 
+# 26 s (three trainings); the default run keeps the extension decisions below.
+@pytest.mark.slow
 def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
     data = tmp_path / "data"
     write_split(str(data), "train", 24, seed=0)

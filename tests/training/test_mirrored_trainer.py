@@ -51,6 +51,10 @@ def write_config(folder, data_dir, **loop):
     return str(path), folder / "exp"
 
 
+# 13-31 s; MirroredStrategy on 2 logical CPUs stays in the default run through
+# test_input_sharding and test_optimizers, distribution equality through
+# test_trainer's 2-worker = 1-worker test.
+@pytest.mark.slow
 def test_mirrored_two_cpus_equals_default_strategy(data_dir, tmp_path):
     mirrored, mirrored_exp = write_config(tmp_path / "two", data_dir, strategy="mirrored",
                                           logical_cpu_devices=2)

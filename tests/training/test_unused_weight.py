@@ -119,6 +119,7 @@ def test_unused_weight_is_untouched_and_the_rest_trains_as_without_it(name):
     assert any("conv1_temp/kernel" in str(w.message) for w in caught)
 
 
+@pytest.mark.slow  # the in-process tests above check the same rules on one replica
 def test_mirrored_two_cpus_sgd_and_adamw_accumulation():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve())],
