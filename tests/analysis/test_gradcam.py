@@ -195,6 +195,9 @@ def experiment(tmp_path_factory):
     return trained_tiny_model(tmp_path_factory)
 
 
+# Both tests below share a model trained for 20 s: slow (the default run
+# keeps the Grad-CAM tests against the numpy reference above).
+@pytest.mark.slow
 def test_trained_model_looks_at_the_moving_object(experiment):
     # The "Done when": mean saliency inside the box > outside.
     model, transform, _ = predict.load_setup(str(experiment / "stage0" / "model.keras"))
@@ -216,6 +219,7 @@ def test_trained_model_looks_at_the_moving_object(experiment):
     assert inside.mean() > 1.5 * outside.mean(), (inside, outside)
 
 
+@pytest.mark.slow
 def test_cli_writes_gif_and_png(experiment, tmp_path, capsys):
     video = write_motion_video(tmp_path / "clip.mp4", 1, seed=9)
     out = tmp_path / "cams"

@@ -73,6 +73,7 @@ def test_a_run_from_trained_weights_starts_where_they_left_off(trained, tmp_path
         capsys.readouterr().out)
 
 
+@pytest.mark.slow  # 8-12 s; tests/weights/test_init_weights.py checks the same report by default
 def test_another_class_count_leaves_exactly_the_head_initialized(trained, tmp_path):
     data_dir, _ = trained
     four = tmp_path / "four"

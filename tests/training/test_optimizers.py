@@ -322,6 +322,7 @@ def test_global_clipnorm_leaves_a_small_gradient_alone():
 
 
 # ---- tf.distribute -----------------------------------------------------------
+@pytest.mark.slow  # 10-12 s; the rules are checked on one replica above
 def test_mirrored_two_cpus_multipliers_clipping_and_accumulation():
     """2 logical CPUs (a subprocess: they must be set before TF starts)."""
     script = pathlib.Path(__file__).with_name("optimizer_mirrored_run.py")

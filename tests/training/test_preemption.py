@@ -148,6 +148,7 @@ def test_signal_then_resume_loses_no_step(data, uninterrupted, tmp_path, signum)
         np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow  # 8-10 s; the first signal's path is the default run's
 def test_second_signal_exits_at_once_without_checkpoint(data, tmp_path):
     cfg, exp = write_cfg(tmp_path, data)
     proc = start(cfg)
