@@ -22,10 +22,21 @@ from klassterfork.config.loader import ConfigError, Source
 from klassterfork.data.reading.bad_records import BadRecordLog
 from klassterfork.training import hooks, launcher
 from klassterfork.training.loop import TrainLoop
-from tests.training.test_launcher_signals import STANDIN, events, run_in_process
+from tests.training.test_launcher_signals import events, run_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCE = Source("c.hjson", "{\n datasets: {train: {max_bad_records: 1}}\n}\n")
+
+
+def kf_train_two_workers(tmp_path, config):
+    """`kf-train CONFIG --workers 2` on 127.0.0.1: (process, stdout + stderr)."""
+    cfg = tmp_path / "c.hjson"
+    cfg.write_text(json.dumps(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "klassterfork.cli.train", str(cfg), "--workers", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    return proc, proc.stdout + proc.stderr
 
 
 def entry(record):
@@ -167,13 +178,7 @@ def test_kf_train_two_workers_over_the_budget_each_exit_2(tmp_path):
     for block in config["datasets"].values():
         block["frame_step"] = 1  # 4 frames of 4: the garbage frame is in every clip
     config["datasets"]["train"]["max_bad_records"] = 1
-    cfg = tmp_path / "c.hjson"
-    cfg.write_text(json.dumps(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "klassterfork.cli.train", str(cfg), "--workers", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=400,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    out = proc.stdout + proc.stderr
+    proc, out = kf_train_two_workers(tmp_path, config)
     assert proc.returncode == exit_codes.CONFIG_ERROR, out[-4000:]
     # Each worker ended with its own 2; the launcher signalled none of them.
     assert "failed: worker 0: 2, worker 1: 2\n" in out, out[-4000:]
@@ -278,13 +283,7 @@ def test_kf_train_two_workers_that_diverge_each_exit_3(tmp_path):
     for block in config["datasets"].values():
         block["frame_step"] = 1
     config["optimizer"] = {"SGD": {"learning_rate": 1e30}}
-    cfg = tmp_path / "c.hjson"
-    cfg.write_text(json.dumps(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "klassterfork.cli.train", str(cfg), "--workers", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=400,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    out = proc.stdout + proc.stderr
+    proc, out = kf_train_two_workers(tmp_path, config)
     assert proc.returncode == exit_codes.DIVERGED, out[-4000:]
     assert "failed: worker 0: 3, worker 1: 3\n" in out, out[-4000:]
     assert "stopped by the launcher" not in out and "Traceback" not in out, out[-4000:]
