@@ -163,7 +163,10 @@ def run_onnx(path, clips):
 
 
 def run_litert(path, clips):
-    interpreter = litert.Interpreter(model_path=str(path))
+    return invoke_litert(litert.Interpreter(model_path=str(path)), clips)
+
+
+def invoke_litert(interpreter, clips):
     index = interpreter.get_input_details()[0]["index"]
     interpreter.resize_tensor_input(index, clips.shape)
     interpreter.allocate_tensors()
@@ -260,13 +263,7 @@ def read_back(path, fmt, clips):
     if fmt == "onnx":
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         return session.run(["probabilities"], {"video": clips})[0]
-    interpreter = litert.Interpreter(model_content=data)
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, clips.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, clips)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return invoke_litert(litert.Interpreter(model_content=data), clips)
 
 
 @pytest.mark.parametrize(
